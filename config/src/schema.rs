@@ -1,0 +1,400 @@
+//! The file format: which sections and keys exist, their defaults, and the
+//! checks that span several keys. Each function walks one section into its
+//! settings type; a `None` result means a problem was recorded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::section::Section;
+use crate::settings::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
+    let mut claims = Claims::default();
+    let service = root.table(SERVICE).map(|s| service(s, &mut claims));
+    if service.is_none() && !root.has(SERVICE) {
+        root.problem(SERVICE, "missing");
+    }
+    let admin = admin(root.table_or_empty("admin"), &mut claims);
+    let telemetry = telemetry(root.table_or_empty("telemetry"));
+    let speculation = speculation(root.table_or_empty("speculation"));
+    let predictor = predictor(root.table_or_empty("predictor"));
+    let cache = cache(root.table_or_empty("cache"));
+    let proxy = proxy(root.table_or_empty("proxy"));
+    let contexts = contexts(root.table_or_empty("contexts"));
+    let dependencies: Vec<_> = root
+        .tables("dependency")
+        .into_iter()
+        .map(|d| dependency(d, &mut claims))
+        .collect();
+    root.finish();
+
+    Some(Config {
+        service: service??,
+        admin: admin?,
+        telemetry: telemetry?,
+        speculation: speculation?,
+        predictor: predictor?,
+        cache: cache?,
+        proxy: proxy?,
+        contexts: contexts?,
+        dependencies: dependencies.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+const SERVICE: &str = "service";
+
+fn name(s: &mut Section<'_>) -> Option<String> {
+    let name = s.string("name");
+    let name = s.required("name", name)?;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        s.problem(
+            "name",
+            format!("invalid name {name:?} (1 to 64 of A-Z a-z 0-9 - _ .)"),
+        );
+        return None;
+    }
+    Some(name)
+}
+
+fn upstream(s: &mut Section<'_>) -> Option<Upstream> {
+    s.parsed("upstream", "socket address", parse_upstream)
+}
+
+/// `"127.0.0.1:9101"`, `"[::1]:9101"` or `"users:8080"` (a host name,
+/// resolved at start-up).
+fn parse_upstream(raw: &str) -> Option<Upstream> {
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Some(Upstream {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = raw.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    host_ok.then(|| Upstream {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn protocol(s: &mut Section<'_>) -> Option<Protocol> {
+    if !s.has("protocol") {
+        return Some(Protocol::Http1);
+    }
+    s.parsed("protocol", "protocol (\"http1\" or \"h2c\")", |p| match p {
+        "http1" => Some(Protocol::Http1),
+        "h2c" => Some(Protocol::H2c),
+        _ => None,
+    })
+}
+
+/// Reads a key with a default, keeping `None` only when the value was bad.
+macro_rules! or_default {
+    ($s:expr, $key:expr, $read:ident $(, $arg:expr)*; $default:expr) => {
+        if $s.has($key) { $s.$read($key $(, $arg)*) } else { Some($default) }
+    };
+}
+
+fn timeouts(s: &mut Section<'_>) -> (Option<Duration>, Option<Duration>) {
+    let connect = or_default!(s, "connect_timeout", duration; SECOND);
+    let timeout = or_default!(s, "timeout", duration; 30 * SECOND);
+    for (key, value) in [("connect_timeout", connect), ("timeout", timeout)] {
+        if value.is_some_and(|d| d.is_zero()) {
+            s.problem(key, "must be greater than zero");
+        }
+    }
+    (
+        connect.filter(|d| !d.is_zero()),
+        timeout.filter(|d| !d.is_zero()),
+    )
+}
+
+fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
+    let name = name(&mut s);
+    let listen = s.socket_addr("listen");
+    let listen = s.required("listen", listen);
+    claims.address(&s, "listen", listen);
+    let up = upstream(&mut s);
+    let up = s.required("upstream", up);
+    let protocol = protocol(&mut s);
+    let (connect_timeout, timeout) = timeouts(&mut s);
+    s.finish();
+    Some(Service {
+        name: name?,
+        listen: listen?,
+        upstream: up?,
+        protocol: protocol?,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+    })
+}
+
+fn admin(mut s: Section<'_>, claims: &mut Claims) -> Option<Admin> {
+    let default = SocketAddr::from(([127, 0, 0, 1], 15000));
+    let listen = or_default!(s, "listen", socket_addr; default);
+    claims.address(&s, "listen", listen);
+    s.finish();
+    Some(Admin { listen: listen? })
+}
+
+fn telemetry(mut s: Section<'_>) -> Option<Telemetry> {
+    let endpoint = if s.has("otlp_endpoint") {
+        s.parsed("otlp_endpoint", "endpoint URL", |u| {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))?;
+            let authority = rest.split('/').next()?;
+            parse_upstream(authority).map(|_| u.to_string())
+        })
+        .map(Some)
+    } else {
+        Some(None)
+    };
+    s.finish();
+    Some(Telemetry {
+        otlp_endpoint: endpoint?,
+    })
+}
+
+fn speculation(mut s: Section<'_>) -> Option<Speculation> {
+    let enabled = or_default!(s, "enabled", boolean; true);
+    let confidence = or_default!(s, "confidence", number, 0.0, 1.0; 0.8);
+    let horizon = or_default!(s, "horizon", duration; Duration::from_millis(200));
+    let methods = or_default!(s, "methods", string_list; vec!["GET".into(), "HEAD".into()]);
+    let methods = methods.and_then(|list| {
+        let bad: Vec<_> = list
+            .iter()
+            .filter(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            .collect();
+        if bad.is_empty() {
+            Some(list)
+        } else {
+            s.problem(
+                "methods",
+                format!("invalid method {:?} (uppercase, like \"GET\")", bad[0]),
+            );
+            None
+        }
+    });
+    let max_inflight = or_default!(s, "max_inflight", count, 0, 1_000_000; 256);
+    let max_waste_ratio = or_default!(s, "max_waste_ratio", number, 0.0, 1.0; 0.25);
+    s.finish();
+    Some(Speculation {
+        enabled: enabled?,
+        confidence: confidence?,
+        horizon: horizon?,
+        methods: methods?,
+        max_inflight: max_inflight?,
+        max_waste_ratio: max_waste_ratio?,
+    })
+}
+
+fn predictor(mut s: Section<'_>) -> Option<Predictor> {
+    let kind = or_default!(s, "kind", string; "online".to_string());
+    let model = s.string("model").map(PathBuf::from);
+    let kind = match (kind.as_deref(), model) {
+        (Some("online"), None) => Some(PredictorKind::Online),
+        (Some("online"), Some(_)) => {
+            s.problem("model", "only used with kind = \"onnx\"");
+            None
+        }
+        (Some("onnx"), Some(model)) => Some(PredictorKind::Onnx { model }),
+        (Some("onnx"), None) => {
+            s.problem("model", "missing (kind = \"onnx\" needs a model file)");
+            None
+        }
+        (Some(other), _) => {
+            s.problem(
+                "kind",
+                format!("invalid predictor kind {other:?} (\"online\" or \"onnx\")"),
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let min_observations = or_default!(s, "min_observations", count, 1, 1_000_000; 3);
+    let trace_log = s.string("trace_log").map(PathBuf::from);
+    s.finish();
+    Some(Predictor {
+        kind: kind?,
+        min_observations: min_observations?,
+        trace_log,
+    })
+}
+
+fn cache(mut s: Section<'_>) -> Option<Cache> {
+    let capacity = or_default!(s, "capacity", size; 64 << 20);
+    s.finish();
+    Some(Cache {
+        capacity: capacity?,
+    })
+}
+
+fn proxy(mut s: Section<'_>) -> Option<Proxy> {
+    let threads = or_default!(s, "threads", count, 1, 256; 2);
+    let shutdown_timeout = or_default!(s, "shutdown_timeout", duration; 3 * SECOND);
+    let header = or_default!(s, "max_request_header_size", size; 64 << 10);
+    let header = header.filter(|&n| {
+        let ok = (1024..=(1 << 20)).contains(&n);
+        if !ok {
+            s.problem(
+                "max_request_header_size",
+                format!("{n} bytes is out of range 1KiB..=1MiB"),
+            );
+        }
+        ok
+    });
+    s.finish();
+    Some(Proxy {
+        threads: threads? as usize,
+        shutdown_timeout: shutdown_timeout?,
+        max_request_header_size: header?,
+    })
+}
+
+fn contexts(mut s: Section<'_>) -> Option<Contexts> {
+    let max_open = or_default!(s, "max_open", count, 1, 10_000_000; 10_000);
+    let max_age = or_default!(s, "max_age", duration; 60 * SECOND);
+    let max_calls = or_default!(s, "max_calls", count, 1, 100_000; 256);
+    let history = or_default!(s, "history", count, 0, 1_000_000; 256);
+    let redact = or_default!(s, "redact_headers", string_list; Vec::new());
+    let redact = redact.map(|extra| {
+        let mut all: Vec<String> = ALWAYS_REDACTED.iter().map(|h| h.to_string()).collect();
+        for h in extra {
+            let h = h.to_ascii_lowercase();
+            if !all.contains(&h) {
+                all.push(h);
+            }
+        }
+        all
+    });
+    s.finish();
+    Some(Contexts {
+        max_open: max_open? as usize,
+        max_age: max_age?,
+        max_calls: max_calls? as usize,
+        history: history? as usize,
+        redact_headers: redact?,
+    })
+}
+
+fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
+    let name = name(&mut s);
+    claims.name(&s, name.as_deref());
+    let listen = s.socket_addr("listen");
+    let listen = s.required("listen", listen);
+    claims.address(&s, "listen", listen);
+    let has_upstream = s.has("upstream");
+    let up = upstream(&mut s);
+    let container = s.table("container").map(container);
+    let target = match (has_upstream, container) {
+        (true, None) => up.map(Target::Static),
+        (false, Some(c)) => c.map(Target::Container),
+        (true, Some(_)) => {
+            s.section_problem("has both upstream and container; give one");
+            None
+        }
+        (false, None) => {
+            s.problem("upstream", "missing (give upstream or a container section)");
+            None
+        }
+    };
+    let protocol = protocol(&mut s);
+    let (connect_timeout, timeout) = timeouts(&mut s);
+    s.finish();
+    Some(Dependency {
+        name: name?,
+        listen: listen?,
+        target: target?,
+        protocol: protocol?,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+    })
+}
+
+fn container(mut s: Section<'_>) -> Option<Container> {
+    let image = s.string("image");
+    let image = s.required("image", image).filter(|i| {
+        if i.trim().is_empty() {
+            s.problem("image", "must not be empty");
+        }
+        !i.trim().is_empty()
+    });
+    let args = or_default!(s, "args", string_list; Vec::new());
+    let port = s.count("port", 1, 65535).map(|p| p as u16);
+    let port = s.required("port", port);
+    let min = or_default!(s, "min_instances", count, 0, 1000; 0);
+    let max = or_default!(s, "max_instances", count, 1, 1000; 4);
+    let keep_alive = or_default!(s, "keep_alive", duration; 60 * SECOND);
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            s.problem(
+                "min_instances",
+                format!("{lo} is greater than max_instances {hi}"),
+            );
+        }
+    }
+    s.finish();
+    let (min, max) = (min?, max?);
+    (min <= max).then_some(())?;
+    Some(Container {
+        image: image?,
+        args: args?,
+        port: port?,
+        min_instances: min,
+        max_instances: max,
+        keep_alive: keep_alive?,
+    })
+}
+
+/// Listen addresses and dependency names seen so far: two listeners on one
+/// address would fail at start-up, and two dependencies with one name would
+/// be indistinguishable in metrics. Say so now.
+#[derive(Default)]
+struct Claims {
+    addresses: HashMap<SocketAddr, String>,
+    names: HashMap<String, String>,
+}
+
+impl Claims {
+    fn address(&mut self, s: &Section<'_>, key: &str, addr: Option<SocketAddr>) {
+        let Some(addr) = addr else { return };
+        let path = s.key_path(key);
+        match self.addresses.get(&addr) {
+            Some(first) => s.problem(key, format!("address {addr} is already used by {first}")),
+            None => {
+                self.addresses.insert(addr, path);
+            }
+        }
+    }
+
+    fn name(&mut self, s: &Section<'_>, name: Option<&str>) {
+        let Some(name) = name else { return };
+        let path = s.key_path("name");
+        match self.names.get(name) {
+            Some(first) => s.problem("name", format!("{name:?} is already used by {first}")),
+            None => {
+                self.names.insert(name.to_string(), path);
+            }
+        }
+    }
+}

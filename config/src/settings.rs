@@ -1,0 +1,172 @@
+//! The typed settings that a valid file turns into. Every value here has
+//! passed validation; defaults are filled in.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated augur configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub service: Service,
+    pub admin: Admin,
+    pub telemetry: Telemetry,
+    pub speculation: Speculation,
+    pub predictor: Predictor,
+    pub cache: Cache,
+    pub proxy: Proxy,
+    pub contexts: Contexts,
+    pub dependencies: Vec<Dependency>,
+}
+
+/// `[service]`: the ingress listener and the service it fronts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    /// How long augur waits for the next bytes from the upstream before it
+    /// answers 504.
+    pub timeout: Duration,
+}
+
+/// A static upstream: an IP address or a host name, and a port. Host names
+/// are resolved once, at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The protocol augur speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext, with prior knowledge.
+    H2c,
+}
+
+/// `[admin]`: the listener for `/metrics`, `/healthz`, `/readyz`, `/debug/*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// OTLP/gRPC collector; no exporter when absent.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `[speculation]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speculation {
+    pub enabled: bool,
+    pub confidence: f64,
+    pub horizon: Duration,
+    pub methods: Vec<String>,
+    pub max_inflight: u32,
+    pub max_waste_ratio: f64,
+}
+
+/// `[predictor]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictor {
+    pub kind: PredictorKind,
+    pub min_observations: u32,
+    pub trace_log: Option<PathBuf>,
+}
+
+/// Which sequence model the predictor runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictorKind {
+    Online,
+    Onnx { model: PathBuf },
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cache {
+    /// Bytes of response held at most.
+    pub capacity: u64,
+}
+
+/// `[proxy]`: how the listeners behave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    /// Worker threads per listener.
+    pub threads: usize,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Largest request header block accepted; larger ones get 431.
+    pub max_request_header_size: u64,
+}
+
+/// `[contexts]`: the bookkeeping of in-flight inbound requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contexts {
+    /// Open contexts held at most; past it, requests are proxied untracked.
+    pub max_open: usize,
+    /// An open context older than this is abandoned and dropped.
+    pub max_age: Duration,
+    /// Dependency calls recorded per context at most.
+    pub max_calls: usize,
+    /// Closed contexts kept for `/debug/contexts`.
+    pub history: usize,
+    /// Header names (lowercase) whose values are never shown; always
+    /// includes `authorization`, `cookie` and `proxy-authorization`.
+    pub redact_headers: Vec<String>,
+}
+
+/// One `[[dependency]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dependency {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub target: Target,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// Where a dependency's requests go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Static(Upstream),
+    Container(Container),
+}
+
+/// `[dependency.container]`: a container augur manages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub image: String,
+    pub args: Vec<String>,
+    pub port: u16,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub keep_alive: Duration,
+}
+
+/// Header names whose values are credentials, redacted wherever augur shows
+/// or logs a request.
+pub const ALWAYS_REDACTED: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+];

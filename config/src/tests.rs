@@ -1,0 +1,104 @@
+use super::*;
+use std::time::Duration;
+
+const MINIMAL: &str = r#"
+[service]
+name = "frontend"
+listen = "127.0.0.1:15006"
+upstream = "127.0.0.1:8080"
+"#;
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.service.name, "frontend");
+    assert_eq!(c.service.upstream.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.service.protocol, Protocol::Http1);
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:15000");
+    assert_eq!(c.speculation.methods, ["GET", "HEAD"]);
+    assert_eq!(c.speculation.horizon, Duration::from_millis(200));
+    assert_eq!(c.cache.capacity, 64 << 20);
+    assert_eq!(c.proxy.shutdown_timeout, Duration::from_secs(3));
+    assert_eq!(c.telemetry.otlp_endpoint, None);
+    assert!(
+        c.contexts
+            .redact_headers
+            .contains(&"authorization".to_string())
+    );
+    assert!(c.dependencies.is_empty());
+}
+
+#[test]
+fn sizes_and_durations_use_units() {
+    let text = format!(
+        "{MINIMAL}\n[cache]\ncapacity = \"1KiB\"\n[proxy]\nshutdown_timeout = \"1500ms\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.cache.capacity, 1024);
+    assert_eq!(c.proxy.shutdown_timeout, Duration::from_millis(1500));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[service]
+name = "front end"
+listen = "nope"
+upstream = "x:y"
+colour = "blue"
+
+[[dependency]]
+name = "users"
+listen = "127.0.0.1:15101"
+upstream = "127.0.0.1:9"
+
+[[dependency]]
+name = "users"
+listen = "127.0.0.1:15101"
+upstream = "127.0.0.1:9"
+
+[[dependency]]
+name = "posts"
+listen = "127.0.0.1:15102"
+"#;
+    let Err(Error::Invalid(problems)) = parse(text) else {
+        panic!("expected invalid");
+    };
+    let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    for expected in [
+        "service.name: invalid name \"front end\" (1 to 64 of A-Z a-z 0-9 - _ .)",
+        "service.listen: invalid socket address \"nope\"",
+        "service.upstream: invalid socket address \"x:y\"",
+        "service.colour: unknown key",
+        "dependency[2].upstream: missing (give upstream or a container section)",
+        "dependency[1].listen: address 127.0.0.1:15101 is already used by dependency[0].listen",
+        "dependency[1].name: \"users\" is already used by dependency[0].name",
+    ] {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.ends_with(": missing") && l.starts_with("service."))
+        );
+        assert!(
+            lines.contains(&expected.to_string()),
+            "{expected:?} not in {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let err = parse("[service]\nname = \"a\"\nlisten = 15006x\n").unwrap_err();
+    match err {
+        Error::Syntax { line, .. } => assert_eq!(line, 3),
+        other => panic!("expected a syntax error, got {other}"),
+    }
+}
+
+#[test]
+fn host_names_are_valid_upstreams() {
+    let text = MINIMAL.replace("127.0.0.1:8080", "app.internal:8080");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.service.upstream.host, "app.internal");
+    assert_eq!(c.service.upstream.port, 8080);
+}
