@@ -1,1 +1,23 @@
-//! placeholder
+//! augur's proxy: the pingora services that front a service and its
+//! dependencies, the execution contexts that tie a service's dependency
+//! calls to the inbound request that caused them, and everything an
+//! operator sees (metrics, traces, the admin API).
+//!
+//! Read `server.rs` first: it is the story of start-up and names every
+//! piece. The request path is `ingress.rs` (inbound requests) and
+//! `egress.rs` (dependency calls); `context.rs` holds what they record.
+
+pub mod admin;
+pub mod context;
+pub mod egress;
+pub mod failure;
+pub mod headers;
+pub mod ingress;
+pub mod metrics;
+pub mod request;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod traceparent;
+pub mod upstream;

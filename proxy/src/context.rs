@@ -1,0 +1,312 @@
+//! Execution contexts: one per inbound request, keyed by its trace id, that
+//! collect every dependency call the service makes while handling it.
+//!
+//! The table is sharded so that concurrent requests rarely meet on a lock;
+//! each shard's lock is held only to insert, append or remove. It is bounded
+//! three ways: open contexts by count (past it, requests go untracked),
+//! open contexts by age (abandoned ones are expired by a background sweep),
+//! and calls per context.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// A trace id, the key of a context.
+pub type TraceKey = u128;
+
+const SHARDS: usize = 32;
+
+/// The inbound request of a context, with credentials already redacted.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundRecord {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub route: Arc<str>,
+    /// Header names and values in arrival order; redacted values read
+    /// `[redacted]`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// One dependency call made while a context was open.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub dependency: Arc<str>,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// 0 when no response came (transport error).
+    pub status: u16,
+    pub outcome: &'static str,
+    /// Microseconds from the inbound request's arrival to this call's.
+    pub start_offset_us: u64,
+    pub duration_us: u64,
+    pub response_bytes: u64,
+}
+
+/// A context after its inbound response ended.
+#[derive(Debug, Serialize)]
+pub struct ClosedContext {
+    pub trace_id: String,
+    pub started_unix_ms: u64,
+    pub duration_us: u64,
+    pub status: u16,
+    pub inbound: InboundRecord,
+    pub calls: Vec<CallRecord>,
+    /// Calls not recorded because the context held `max_calls` already.
+    pub calls_dropped: u32,
+}
+
+struct OpenContext {
+    started: Instant,
+    started_unix_ms: u64,
+    inbound: InboundRecord,
+    calls: Vec<CallRecord>,
+    calls_dropped: u32,
+}
+
+/// Why an inbound request is proxied without a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untracked {
+    /// `max_open` contexts are open already.
+    Full,
+    /// Another inbound request with the same trace id is still open.
+    Duplicate,
+}
+
+impl Untracked {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Untracked::Full => "full",
+            Untracked::Duplicate => "duplicate_trace",
+        }
+    }
+}
+
+/// How big the table may grow.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_open: usize,
+    pub max_age: Duration,
+    pub max_calls: usize,
+    pub history: usize,
+}
+
+pub struct ContextTable {
+    shards: Box<[Mutex<HashMap<TraceKey, OpenContext>>]>,
+    open: AtomicUsize,
+    history: Mutex<VecDeque<Arc<ClosedContext>>>,
+    limits: Limits,
+}
+
+impl ContextTable {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            open: AtomicUsize::new(0),
+            history: Mutex::new(VecDeque::with_capacity(limits.history.min(4096))),
+            limits,
+        }
+    }
+
+    fn shard(&self, key: TraceKey) -> &Mutex<HashMap<TraceKey, OpenContext>> {
+        // Trace ids are random: their low bits spread well.
+        &self.shards[(key as usize) % SHARDS]
+    }
+
+    /// Opens a context for `key`, unless the table is full or the trace is
+    /// open already.
+    pub fn open(&self, key: TraceKey, inbound: InboundRecord) -> Result<(), Untracked> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_open {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Untracked::Full);
+        }
+        let mut shard = self.shard(key).lock();
+        if shard.contains_key(&key) {
+            drop(shard);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Untracked::Duplicate);
+        }
+        shard.insert(
+            key,
+            OpenContext {
+                started: Instant::now(),
+                started_unix_ms: unix_ms(SystemTime::now()),
+                inbound,
+                calls: Vec::new(),
+                calls_dropped: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// When the open context of `key` started, if there is one.
+    pub fn started(&self, key: TraceKey) -> Option<Instant> {
+        self.shard(key).lock().get(&key).map(|c| c.started)
+    }
+
+    /// Appends a call to the open context of `key`; false when there is none.
+    pub fn record(&self, key: TraceKey, call: CallRecord) -> bool {
+        let mut shard = self.shard(key).lock();
+        let Some(ctx) = shard.get_mut(&key) else {
+            return false;
+        };
+        if ctx.calls.len() < self.limits.max_calls {
+            ctx.calls.push(call);
+        } else {
+            ctx.calls_dropped = ctx.calls_dropped.saturating_add(1);
+        }
+        true
+    }
+
+    /// Closes the context of `key` with the inbound response's status and
+    /// keeps it in the history.
+    pub fn close(&self, key: TraceKey, status: u16) -> Option<Arc<ClosedContext>> {
+        let ctx = self.shard(key).lock().remove(&key)?;
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let closed = Arc::new(ClosedContext {
+            trace_id: format!("{key:032x}"),
+            started_unix_ms: ctx.started_unix_ms,
+            duration_us: micros(ctx.started.elapsed()),
+            status,
+            inbound: ctx.inbound,
+            calls: ctx.calls,
+            calls_dropped: ctx.calls_dropped,
+        });
+        if self.limits.history > 0 {
+            let mut history = self.history.lock();
+            if history.len() >= self.limits.history {
+                history.pop_front();
+            }
+            history.push_back(closed.clone());
+        }
+        Some(closed)
+    }
+
+    /// Drops open contexts older than `max_age`; returns how many.
+    pub fn expire(&self) -> usize {
+        let now = Instant::now();
+        let mut expired = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|_, c| now.duration_since(c.started) < self.limits.max_age);
+            expired += before - shard.len();
+        }
+        self.open.fetch_sub(expired, Ordering::AcqRel);
+        expired
+    }
+
+    /// The last `limit` closed contexts, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<ClosedContext>> {
+        self.history
+            .lock()
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound() -> InboundRecord {
+        InboundRecord {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            route: "GET /".into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn call(dep: &str) -> CallRecord {
+        CallRecord {
+            dependency: dep.into(),
+            method: "GET".into(),
+            path: "/x".into(),
+            query: None,
+            status: 200,
+            outcome: "miss",
+            start_offset_us: 0,
+            duration_us: 1,
+            response_bytes: 0,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_open: 2,
+            max_age: Duration::from_secs(60),
+            max_calls: 2,
+            history: 2,
+        }
+    }
+
+    #[test]
+    fn calls_join_their_own_context() {
+        let t = ContextTable::new(limits());
+        t.open(1, inbound()).unwrap();
+        t.open(2, inbound()).unwrap();
+        assert!(t.record(1, call("a")));
+        assert!(t.record(2, call("b")));
+        assert!(!t.record(3, call("c")));
+        let one = t.close(1, 200).unwrap();
+        assert_eq!(one.calls.len(), 1);
+        assert_eq!(&*one.calls[0].dependency, "a");
+        assert_eq!(t.open_count(), 1);
+    }
+
+    #[test]
+    fn bounded_by_count_calls_and_history() {
+        let t = ContextTable::new(limits());
+        t.open(1, inbound()).unwrap();
+        assert_eq!(t.open(1, inbound()), Err(Untracked::Duplicate));
+        t.open(2, inbound()).unwrap();
+        assert_eq!(t.open(3, inbound()), Err(Untracked::Full));
+        for _ in 0..5 {
+            t.record(1, call("a"));
+        }
+        let c = t.close(1, 200).unwrap();
+        assert_eq!((c.calls.len(), c.calls_dropped), (2, 3));
+        t.close(2, 200);
+        t.open(4, inbound()).unwrap();
+        t.close(4, 500);
+        let recent = t.recent(10);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].status, 500);
+        assert_eq!(t.open_count(), 0);
+    }
+
+    #[test]
+    fn old_contexts_expire() {
+        let t = ContextTable::new(Limits {
+            max_age: Duration::ZERO,
+            ..limits()
+        });
+        t.open(1, inbound()).unwrap();
+        assert_eq!(t.expire(), 1);
+        assert_eq!(t.open_count(), 0);
+        assert!(t.close(1, 200).is_none());
+    }
+}

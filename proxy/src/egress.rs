@@ -1,0 +1,180 @@
+//! An egress listener: fronts one dependency. A call that carries the
+//! `traceparent` of an open context is recorded in it (`miss`: augur went
+//! upstream for it); any other call is proxied the same way and counted as
+//! `bypass`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+
+use crate::context::{CallRecord, TraceKey, micros};
+use crate::state::{Inflight, Shared};
+use crate::telemetry::{self, MaybeSpan};
+use crate::traceparent::{self, TraceParent};
+use crate::upstream::Target;
+use crate::{failure, headers, request};
+
+/// How a dependency call was answered.
+pub mod outcome {
+    pub const MISS: &str = "miss";
+    pub const BYPASS: &str = "bypass";
+}
+
+pub struct Egress {
+    pub shared: Arc<Shared>,
+    pub target: Target,
+}
+
+pub struct CallCtx {
+    started: Instant,
+    /// Set once the request header was read and accepted.
+    accepted: bool,
+    /// The context this call belongs to, with the time it opened.
+    context: Option<(TraceKey, Instant)>,
+    /// The `traceparent` sent upstream, when the call came with one.
+    traceparent: Option<TraceParent>,
+    span: MaybeSpan,
+    response_bytes: u64,
+    _inflight: Inflight,
+}
+
+#[async_trait]
+impl ProxyHttp for Egress {
+    type CTX = CallCtx;
+
+    fn new_ctx(&self) -> CallCtx {
+        CallCtx {
+            started: Instant::now(),
+            accepted: false,
+            context: None,
+            traceparent: None,
+            span: None,
+            response_bytes: 0,
+            _inflight: self.shared.inflight_guard(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
+        if request::reject_oversized(session, self.shared.max_header_size).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
+        let parent = request::traceparent(req);
+        ctx.context = parent.and_then(|p| {
+            let started = self.shared.contexts.started(p.trace_id)?;
+            Some((p.trace_id, started))
+        });
+        let (span, tp) = self.shared.telemetry.start(
+            format!("{} {}", req.method, self.target.name),
+            SpanKind::Client,
+            parent,
+            vec![
+                KeyValue::new("augur.dependency", self.target.name.to_string()),
+                KeyValue::new("http.request.method", req.method.to_string()),
+                KeyValue::new("url.path", req.uri.path().to_string()),
+            ],
+        );
+        ctx.span = span;
+        ctx.traceparent = parent.map(|_| tp);
+        ctx.accepted = true;
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut CallCtx) -> Result<Box<HttpPeer>> {
+        Ok(self.target.peer())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        headers::strip_request(upstream);
+        headers::add_forwarded(upstream, request::client_ip(session));
+        if let Some(tp) = ctx.traceparent {
+            upstream.insert_header(traceparent::HEADER, tp.to_string())?;
+        }
+        self.shared
+            .metrics
+            .upstream_requests
+            .with_label_values(&[&*self.target.name, "real"])
+            .inc();
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _: &mut Session,
+        response: &mut ResponseHeader,
+        _: &mut CallCtx,
+    ) -> Result<()> {
+        headers::strip_response(response);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        _: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.response_bytes += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _: &mut CallCtx,
+    ) -> FailToProxy {
+        failure::respond(session, e, &self.target).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
+        if !ctx.accepted {
+            return;
+        }
+        let elapsed = ctx.started.elapsed();
+        let status = request::final_status(session, e);
+        let mut outcome = outcome::BYPASS;
+        if let Some((key, opened)) = ctx.context {
+            let req = session.req_header();
+            let call = CallRecord {
+                dependency: self.target.name.clone(),
+                method: req.method.to_string(),
+                path: req.uri.path().to_string(),
+                query: req.uri.query().map(str::to_string),
+                status,
+                outcome: outcome::MISS,
+                start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
+                duration_us: micros(elapsed),
+                response_bytes: ctx.response_bytes,
+            };
+            // The context may have closed meanwhile; then the call bypassed it.
+            if self.shared.contexts.record(key, call) {
+                outcome = outcome::MISS;
+            }
+        }
+        self.shared
+            .metrics
+            .dependency_call(&self.target.name, outcome, elapsed);
+        telemetry::finish(
+            &mut ctx.span,
+            status,
+            vec![KeyValue::new("augur.outcome", outcome)],
+        );
+    }
+}

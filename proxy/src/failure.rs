@@ -1,0 +1,91 @@
+//! The one place that decides what a client sees when proxying fails: the
+//! status, and a short plain-text body that names what failed.
+
+use bytes::Bytes;
+use pingora::ErrorType::*;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{Error, ErrorSource};
+
+use crate::upstream::Target;
+
+/// The status for an error, or 0 when the client is gone and nothing can
+/// be sent.
+pub fn status_of(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+                _ => 502,
+            },
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                ReadTimedout | WriteTimedout => 408,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+fn body(code: u16, e: &Error, target: &Target) -> String {
+    match code {
+        504 => format!(
+            "augur: {} at {} did not answer within {}\n",
+            target.label,
+            target.addr,
+            humanize(target.timeout)
+        ),
+        502 => format!(
+            "augur: {} at {} failed: {}\n",
+            target.label,
+            target.addr,
+            reason(e)
+        ),
+        400 => "augur: bad request\n".to_string(),
+        _ => format!(
+            "augur: {}\n",
+            http::StatusCode::from_u16(code)
+                .map_or("error", |s| s.canonical_reason().unwrap_or("error"))
+        ),
+    }
+}
+
+fn reason(e: &Error) -> &'static str {
+    match e.etype() {
+        ConnectRefused => "connection refused",
+        ConnectError | ConnectNoRoute => "cannot connect",
+        ConnectionClosed => "connection closed before a response",
+        ReadError => "read error",
+        WriteError => "write error",
+        InvalidHTTPHeader => "invalid response",
+        _ => "upstream error",
+    }
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Writes the error response (when the client can still take one) and
+/// reports the status for logging. The connection is never reused.
+pub async fn respond(session: &mut Session, e: &Error, target: &Target) -> FailToProxy {
+    let code = status_of(e);
+    if code > 0 && session.response_written().is_none() {
+        let text = body(code, e, target);
+        if let Err(write) = session
+            .respond_error_with_body(code, Bytes::from(text))
+            .await
+        {
+            tracing::debug!("cannot send the error response: {write}");
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

@@ -1,0 +1,180 @@
+//! What a proxy must do to headers on the way through: drop hop-by-hop
+//! headers (RFC 9110 §7.6.1), add `x-forwarded-for` and `forwarded`, keep
+//! credentials out of anything augur shows, and measure a header block.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, UPGRADE};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Hop-by-hop headers that are never forwarded. `transfer-encoding` is not
+/// listed: pingora re-frames bodies itself and removes or rewrites it.
+const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+
+/// Names listed in `Connection` (except `upgrade`/`close`/`keep-alive`, which are
+/// handled by the framing layer), lowercased.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop headers from a request going upstream. A WebSocket
+/// style upgrade keeps `connection: upgrade` and `upgrade`; `te: trailers`
+/// is kept since it is the one value every hop must honour.
+pub fn strip_request(req: &mut RequestHeader) {
+    for name in connection_tokens(&req.headers) {
+        req.remove_header(&name);
+    }
+    let te_trailers = req
+        .headers
+        .get(http::header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    if te_trailers {
+        let _ = req.insert_header(http::header::TE, "trailers");
+    }
+    if !req.headers.contains_key(UPGRADE) {
+        req.remove_header(&CONNECTION);
+    }
+}
+
+/// Removes hop-by-hop headers from a response coming back.
+pub fn strip_response(resp: &mut ResponseHeader) {
+    for name in connection_tokens(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.remove_header(&CONNECTION);
+    }
+}
+
+/// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239).
+pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
+    let Some(ip) = client else { return };
+    let xff = match req
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    let _ = req.insert_header("x-forwarded-for", xff);
+    let node = match ip {
+        IpAddr::V4(v4) => format!("for={v4};proto=http"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+    };
+    let fwd = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {node}"),
+        None => node,
+    };
+    let _ = req.insert_header("forwarded", fwd);
+    if !req.headers.contains_key("x-forwarded-proto") {
+        let _ = req.insert_header("x-forwarded-proto", "http");
+    }
+}
+
+/// Size of a request header block as it came on the wire (request line,
+/// each `name: value\r\n`, the blank line), close enough for a limit.
+pub fn request_header_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
+/// The text shown instead of a credential.
+pub const REDACTED: &str = "[redacted]";
+
+/// Header names and values for display, with the values of `redact`
+/// replaced. Non-UTF-8 values are shown lossily.
+pub fn redacted(headers: &HeaderMap, redact: &[String]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = if redact.iter().any(|r| r == name.as_str()) {
+                REDACTED.to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_string(), shown)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut r = req(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_request(&mut r);
+        let mut names: Vec<_> = r.headers.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-kept"]);
+        assert_eq!(r.headers["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_connection_upgrade() {
+        let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_request(&mut r);
+        assert!(r.headers.contains_key("connection"));
+        assert!(r.headers.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut r = req(&[("x-forwarded-for", "10.0.0.1")]);
+        add_forwarded(&mut r, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(r.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(r.headers["forwarded"], "for=127.0.0.1;proto=http");
+        let mut r = req(&[]);
+        add_forwarded(&mut r, Some("::1".parse().unwrap()));
+        assert_eq!(r.headers["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let r = req(&[("authorization", "Bearer s3cret"), ("accept", "*/*")]);
+        let shown = redacted(&r.headers, &["authorization".to_string()]);
+        assert_eq!(shown[0], ("authorization".into(), REDACTED.into()));
+        assert_eq!(shown[1], ("accept".into(), "*/*".into()));
+    }
+}

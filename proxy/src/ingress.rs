@@ -1,0 +1,141 @@
+//! The ingress listener: fronts the service. Every inbound request is
+//! classified into a route, opens an execution context under its trace id,
+//! and reaches the service with a `traceparent` naming augur's span.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+
+use crate::context::{InboundRecord, TraceKey};
+use crate::state::{Inflight, Shared};
+use crate::telemetry::{self, MaybeSpan};
+use crate::traceparent::{self, TraceParent};
+use crate::upstream::Target;
+use crate::{failure, headers, request};
+
+pub struct Ingress {
+    pub shared: Arc<Shared>,
+    pub target: Target,
+}
+
+pub struct InboundCtx {
+    started: Instant,
+    route: Option<Arc<str>>,
+    /// The trace id, when this request has an open context.
+    context: Option<TraceKey>,
+    /// The `traceparent` the service receives.
+    traceparent: Option<TraceParent>,
+    span: MaybeSpan,
+    _inflight: Inflight,
+}
+
+#[async_trait]
+impl ProxyHttp for Ingress {
+    type CTX = InboundCtx;
+
+    fn new_ctx(&self) -> InboundCtx {
+        InboundCtx {
+            started: Instant::now(),
+            route: None,
+            context: None,
+            traceparent: None,
+            span: None,
+            _inflight: self.shared.inflight_guard(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        if request::reject_oversized(session, self.shared.max_header_size).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
+        let route: Arc<str> = request::route(req).into();
+        let parent = request::traceparent(req);
+        let (span, tp) = self.shared.telemetry.start(
+            route.to_string(),
+            SpanKind::Server,
+            parent,
+            vec![
+                KeyValue::new("http.request.method", req.method.to_string()),
+                KeyValue::new("url.path", req.uri.path().to_string()),
+                KeyValue::new("http.route", route.to_string()),
+            ],
+        );
+        let inbound = InboundRecord {
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().map(str::to_string),
+            route: route.clone(),
+            headers: headers::redacted(&req.headers, &self.shared.redact),
+        };
+        match self.shared.contexts.open(tp.trace_id, inbound) {
+            Ok(()) => ctx.context = Some(tp.trace_id),
+            Err(why) => self
+                .shared
+                .metrics
+                .contexts_untracked
+                .with_label_values(&[why.as_str()])
+                .inc(),
+        }
+        ctx.route = Some(route);
+        ctx.traceparent = Some(tp);
+        ctx.span = span;
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut InboundCtx) -> Result<Box<HttpPeer>> {
+        Ok(self.target.peer())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        headers::strip_request(upstream);
+        headers::add_forwarded(upstream, request::client_ip(session));
+        if let Some(tp) = ctx.traceparent {
+            upstream.insert_header(traceparent::HEADER, tp.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _: &mut Session,
+        response: &mut ResponseHeader,
+        _: &mut InboundCtx,
+    ) -> Result<()> {
+        headers::strip_response(response);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _: &mut InboundCtx,
+    ) -> FailToProxy {
+        failure::respond(session, e, &self.target).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {
+        let Some(route) = ctx.route.take() else {
+            return;
+        };
+        let status = request::final_status(session, e);
+        if let Some(key) = ctx.context.take() {
+            self.shared.contexts.close(key, status);
+        }
+        self.shared.metrics.inbound(&route, ctx.started.elapsed());
+        telemetry::finish(&mut ctx.span, status, Vec::new());
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics, named as in DESIGN.md. One registry per process,
+//! rendered as text on the admin listener.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Distinct route labels kept at most; later routes are counted as `other`
+/// so a scan of random paths cannot grow the registry without bound.
+const MAX_ROUTES: usize = 1000;
+
+/// Latency buckets in seconds, from 100 µs to 30 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    routes: RwLock<HashSet<Arc<str>>>,
+    pub inbound_requests: IntCounterVec,
+    pub inbound_duration: HistogramVec,
+    pub dependency_calls: IntCounterVec,
+    pub dependency_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub contexts_open: IntGauge,
+    pub contexts_untracked: IntCounterVec,
+    pub contexts_expired: prometheus::IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let contexts_open = IntGauge::new("augur_contexts_open", "Execution contexts open now")?;
+        registry.register(Box::new(contexts_open.clone()))?;
+        let contexts_expired = prometheus::IntCounter::new(
+            "augur_contexts_expired_total",
+            "Open contexts dropped because they outlived contexts.max_age",
+        )?;
+        registry.register(Box::new(contexts_expired.clone()))?;
+        Ok(Self {
+            inbound_requests: counter(
+                "augur_inbound_requests_total",
+                "Inbound requests by route (method and path template)",
+                &["route"],
+            )?,
+            inbound_duration: histogram(
+                "augur_inbound_request_duration_seconds",
+                "Inbound request duration, from request header to the end of the response",
+                &["route"],
+            )?,
+            dependency_calls: counter(
+                "augur_dependency_calls_total",
+                "Calls the service made to a dependency, by how augur answered them",
+                &["dependency", "outcome"],
+            )?,
+            dependency_duration: histogram(
+                "augur_dependency_call_duration_seconds",
+                "Dependency call duration as the service saw it",
+                &["dependency", "outcome"],
+            )?,
+            upstream_requests: counter(
+                "augur_upstream_requests_total",
+                "Requests augur sent to a dependency, real or speculative",
+                &["dependency", "kind"],
+            )?,
+            contexts_untracked: counter(
+                "augur_contexts_untracked_total",
+                "Inbound requests proxied without an execution context, by reason",
+                &["reason"],
+            )?,
+            contexts_open,
+            contexts_expired,
+            routes: RwLock::new(HashSet::new()),
+            registry,
+        })
+    }
+
+    /// The label for `route`, or `other` once [`MAX_ROUTES`] are known.
+    pub fn route_label(&self, route: &Arc<str>) -> Arc<str> {
+        if let Some(known) = self.routes.read().get(route) {
+            return known.clone();
+        }
+        let mut routes = self.routes.write();
+        if routes.len() < MAX_ROUTES {
+            routes.insert(route.clone());
+            route.clone()
+        } else {
+            Arc::from("other")
+        }
+    }
+
+    pub fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
+        let label = self.route_label(route);
+        self.inbound_requests.with_label_values(&[&*label]).inc();
+        self.inbound_duration
+            .with_label_values(&[&*label])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {
+        self.dependency_calls
+            .with_label_values(&[dependency, outcome])
+            .inc();
+        self.dependency_duration
+            .with_label_values(&[dependency, outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a metric that fails to
+        // encode is left out rather than failing the scrape.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

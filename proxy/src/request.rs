@@ -1,0 +1,60 @@
+//! Reading what a request says, for both listeners: its route, its trace
+//! context, its client, and how it ended.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::{Error, Result};
+
+use crate::traceparent::{self, TraceParent};
+
+/// `METHOD /path/{id}/template`: the route an inbound request belongs to.
+pub fn route(req: &RequestHeader) -> String {
+    let template = augur_predictor::shape::path_template(req.uri.path());
+    format!("{} {}", req.method, template)
+}
+
+/// The request's `traceparent`, when it has a valid one.
+pub fn traceparent(req: &RequestHeader) -> Option<TraceParent> {
+    req.headers
+        .get(traceparent::HEADER)
+        .and_then(|v| TraceParent::parse(v.as_bytes()))
+}
+
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// The status the client got: the written response's, else the one the
+/// error maps to, else 0 (the client went away first).
+pub fn final_status(session: &Session, e: Option<&Error>) -> u16 {
+    session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or_else(|| e.map(crate::failure::status_of))
+        .unwrap_or(0)
+}
+
+/// Answers 431 and closes the connection when the request's header block
+/// is larger than `limit`. Returns whether it did.
+pub async fn reject_oversized(session: &mut Session, limit: usize) -> Result<bool> {
+    let size = crate::headers::request_header_size(session.req_header());
+    if size <= limit {
+        return Ok(false);
+    }
+    session.set_keepalive(None);
+    session
+        .respond_error_with_body(
+            431,
+            Bytes::from(format!(
+                "augur: request header block of {size} bytes is over the limit of {limit}\n"
+            )),
+        )
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,208 @@
+//! Start-up, step by step: check what the configuration asks for, resolve
+//! upstreams, make sure every address can be bound, start telemetry, build
+//! the shared state, add one pingora service per listener, then run until a
+//! signal and drain.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use augur_config::{Config, Target as DependencyTarget};
+use pingora::apps::http_app::HttpServer;
+use pingora::proxy::{ProxyHttp, http_proxy_service_with_name};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::context::{ContextTable, Limits};
+use crate::egress::Egress;
+use crate::ingress::Ingress;
+use crate::metrics::Metrics;
+use crate::shutdown::Drain;
+use crate::state::Shared;
+use crate::telemetry::Telemetry;
+use crate::upstream::Target;
+
+/// Runs augur until SIGTERM or SIGINT. Returns an error only for problems
+/// found before the listeners start.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let service = &config.service;
+    let ingress_target = Target::new(
+        "service",
+        &service.name,
+        &service.upstream,
+        service.protocol,
+        service.connect_timeout,
+        service.timeout,
+    )?;
+    let mut egress_targets = Vec::new();
+    for (i, dep) in config.dependencies.iter().enumerate() {
+        let DependencyTarget::Static(upstream) = &dep.target else {
+            bail!(
+                "dependency[{i}] {:?}: container-managed dependencies need the resource manager, which this build does not have yet; give a static upstream",
+                dep.name
+            );
+        };
+        let target = Target::new(
+            "dependency",
+            &dep.name,
+            upstream,
+            dep.protocol,
+            dep.connect_timeout,
+            dep.timeout,
+        )?;
+        egress_targets.push((dep.listen, target));
+    }
+
+    let mut listeners = vec![service.listen];
+    listeners.extend(egress_targets.iter().map(|(addr, _)| *addr));
+    check_bindable(&config, &listeners)?;
+
+    let telemetry = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => Telemetry::otlp(endpoint, &service.name)?,
+        None => Telemetry::disabled(),
+    };
+    let contexts = ContextTable::new(Limits {
+        max_open: config.contexts.max_open,
+        max_age: config.contexts.max_age,
+        max_calls: config.contexts.max_calls,
+        history: config.contexts.history,
+    });
+    let shared = Arc::new(Shared::new(
+        contexts,
+        Metrics::new().context("cannot register metrics")?,
+        telemetry,
+        config.contexts.redact_headers.clone(),
+        usize::try_from(config.proxy.max_request_header_size).unwrap_or(usize::MAX),
+        listeners,
+    ));
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+    let conf = server.configuration.clone();
+    let ingress = Ingress {
+        shared: shared.clone(),
+        target: ingress_target,
+    };
+    server.add_service(proxy_service(&conf, "ingress", service.listen, ingress));
+    for (listen, target) in egress_targets {
+        let name = format!("egress {}", target.name);
+        let egress = Egress {
+            shared: shared.clone(),
+            target,
+        };
+        server.add_service(proxy_service(&conf, &name, listen, egress));
+    }
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(Admin {
+            shared: shared.clone(),
+        }),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+    let mut sweeper = background_service("contexts", Sweeper(shared.clone()));
+    sweeper.threads = Some(1);
+    server.add_service(sweeper);
+
+    tracing::info!(
+        "augur {}: ingress {} -> {}, {} dependencies, admin {}",
+        env!("CARGO_PKG_VERSION"),
+        service.listen,
+        service.upstream,
+        config.dependencies.len(),
+        config.admin.listen
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain {
+            shared: shared.clone(),
+            timeout: config.proxy.shutdown_timeout,
+        }),
+    });
+    // Reached only if pingora's own grace period ended before the drain
+    // thread exited the process.
+    shared.telemetry.shutdown(Duration::from_millis(500));
+    Ok(())
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let shutdown = config.proxy.shutdown_timeout;
+    ServerConf {
+        threads: config.proxy.threads,
+        // The drain thread exits first; this is the fallback.
+        grace_period_seconds: Some(shutdown.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: 2,
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    }
+}
+
+fn proxy_service<P>(
+    conf: &Arc<ServerConf>,
+    name: &str,
+    listen: SocketAddr,
+    proxy: P,
+) -> Service<pingora::proxy::HttpProxy<P>>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
+    // Downstream h2c stays off: pingora detects it by reading 24 bytes
+    // before parsing, which leaves a shorter HTTP/1 request hanging.
+    let mut service = http_proxy_service_with_name(conf, proxy, name);
+    service.add_tcp(&listen.to_string());
+    service
+}
+
+/// Binds each address once so that a port in use is a clear error now
+/// rather than a panic inside pingora later.
+fn check_bindable(config: &Config, listeners: &[SocketAddr]) -> anyhow::Result<()> {
+    let all = listeners
+        .iter()
+        .chain(std::iter::once(&config.admin.listen));
+    for addr in all {
+        TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    Ok(())
+}
+
+/// An address to connect to for reaching a listener bound to `addr`.
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Expires abandoned contexts once a second.
+struct Sweeper(Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let expired = self.0.contexts.expire();
+                    if expired > 0 {
+                        self.0.metrics.contexts_expired.inc_by(expired as u64);
+                    }
+                    self.0.metrics.contexts_open.set(self.0.contexts.open_count() as i64);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! W3C Trace Context `traceparent` headers: parsing, formatting, fresh ids.
+
+use std::fmt;
+
+/// A parsed `traceparent`: which trace a request belongs to and which span
+/// sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    pub flags: u8,
+}
+
+pub const HEADER: &str = "traceparent";
+
+/// The `sampled` bit of `flags`.
+pub const SAMPLED: u8 = 0x01;
+
+impl TraceParent {
+    /// Parses a header value. Version `00` must be exactly 55 characters;
+    /// later versions may append fields, which are ignored as the spec says.
+    /// All-zero ids and the invalid version `ff` are rejected.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() < 55 || (value.len() > 55 && value.get(55) != Some(&b'-')) {
+            return None;
+        }
+        let version = hex(&value[0..2])?;
+        if version == 0xff || (version == 0 && value.len() != 55) {
+            return None;
+        }
+        if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let trace_id = hex(&value[3..35])?;
+        let parent_id = u64::try_from(hex(&value[36..52])?).ok()?;
+        let flags = u8::try_from(hex(&value[53..55])?).ok()?;
+        (trace_id != 0 && parent_id != 0).then_some(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// A new trace with random ids, sampled.
+    pub fn fresh() -> Self {
+        Self {
+            trace_id: fresh_id128(),
+            parent_id: fresh_id64(),
+            flags: SAMPLED,
+        }
+    }
+
+    /// The same trace, sent by another span.
+    pub fn with_parent(self, parent_id: u64) -> Self {
+        Self { parent_id, ..self }
+    }
+
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
+/// Lowercase hex only, as the spec requires.
+fn hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    digits.iter().try_fold(0u128, |acc, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some((acc << 4) | u128::from(v))
+    })
+}
+
+/// A random, non-zero 128-bit id.
+pub fn fresh_id128() -> u128 {
+    loop {
+        let id = fastrand::u128(..);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A random, non-zero 64-bit id.
+pub fn fresh_id64() -> u64 {
+    loop {
+        let id = fastrand::u64(..);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_formats_round_trip() {
+        let tp = TraceParent::parse(VALID.as_bytes()).unwrap();
+        assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(tp.parent_id, 0x00f067aa0ba902b7);
+        assert_eq!(tp.flags, 1);
+        assert_eq!(tp.to_string(), VALID);
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceParent::parse(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn future_versions_may_append_fields() {
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-whatever";
+        assert!(TraceParent::parse(v.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn fresh_ids_are_valid() {
+        let tp = TraceParent::fresh();
+        assert_eq!(TraceParent::parse(tp.to_string().as_bytes()), Some(tp));
+    }
+}

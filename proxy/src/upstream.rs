@@ -1,0 +1,72 @@
+//! Where a listener sends its requests: an address resolved at start-up
+//! (pingora's `HttpPeer` would otherwise resolve host names on every
+//! request, blocking) and the connection settings that go with it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use augur_config::{Protocol, Upstream};
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+
+/// How long an idle upstream connection stays in the pool.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Concurrent streams on one h2c connection.
+const H2_STREAMS: usize = 100;
+
+/// One upstream, ready to hand pingora a peer for each request.
+#[derive(Clone)]
+pub struct Target {
+    /// `service "frontend"` or `dependency "users"`, for messages.
+    pub label: Arc<str>,
+    /// The dependency's name (the service's name for the ingress).
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    peer: HttpPeer,
+}
+
+impl Target {
+    pub fn new(
+        kind: &str,
+        name: &str,
+        upstream: &Upstream,
+        protocol: Protocol,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let addr = resolve(upstream)
+            .with_context(|| format!("{kind} {name:?}: cannot resolve upstream {upstream}"))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer.options.total_connection_timeout = Some(connect_timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        if protocol == Protocol::H2c {
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        Ok(Self {
+            label: format!("{kind} {name:?}").into(),
+            name: name.into(),
+            addr,
+            timeout,
+            peer,
+        })
+    }
+
+    pub fn peer(&self) -> Box<HttpPeer> {
+        Box::new(self.peer.clone())
+    }
+}
+
+fn resolve(upstream: &Upstream) -> anyhow::Result<SocketAddr> {
+    (upstream.host.as_str(), upstream.port)
+        .to_socket_addrs()?
+        .next()
+        .context("the name has no address")
+}

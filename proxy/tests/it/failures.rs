@@ -1,0 +1,132 @@
+//! Bad input and faults: each gets a clear answer, and augur keeps serving.
+
+use std::time::{Duration, Instant};
+
+use hyper::Response;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_a_closed_connection() {
+    let upstream = echo_server().await;
+    let augur = Augur::start(&Ports::new(0), upstream, &[], "").await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nbad header line\r\n\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+        b"\x00\x01\r\n\r\n",
+        b"GET / HTTP/1.1\r\ncontent-length: nope\r\n\r\n",
+    ] {
+        // Reading to EOF proves the connection was closed.
+        let resp = raw_exchange(augur.ingress, garbage, Duration::from_secs(5));
+        assert!(
+            resp.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    assert_eq!(get(&augur.url("/still-up")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let upstream = echo_server().await;
+    let ports = Ports::new(1);
+    let augur = Augur::start(
+        &ports,
+        upstream,
+        &[Dep::new("users", upstream)],
+        "[proxy]\nmax_request_header_size = \"8KiB\"",
+    )
+    .await;
+    let big = "a".repeat(16 * 1024);
+    for addr in [augur.ingress, augur.deps[0]] {
+        let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+        let resp = raw_exchange(addr, req.as_bytes(), Duration::from_secs(5));
+        assert!(
+            resp.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&resp[..40.min(resp.len())])
+        );
+        // Just under the limit passes.
+        let ok = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+            &big[..6000]
+        );
+        let resp = raw_exchange(addr, ok.as_bytes(), Duration::from_secs(5));
+        assert!(resp.starts_with(b"HTTP/1.1 200"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_refusing_connections_gives_502_naming_it() {
+    let upstream = echo_server().await;
+    let dead = local(free_port());
+    let ports = Ports::new(2);
+    let deps = [Dep::new("users", dead), Dep::new("posts", upstream)];
+    let augur = Augur::start(&ports, upstream, &deps, "").await;
+    for _ in 0..3 {
+        let got = get(&augur.dep_url(0, "/u/1")).await;
+        assert_eq!(got.status, 502);
+        let text = got.text();
+        assert!(
+            text.contains("dependency \"users\"") && text.contains(&dead.to_string()),
+            "{text}"
+        );
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(text.len() < 200);
+    }
+    assert_eq!(get(&augur.dep_url(1, "/p/1")).await.status, 200);
+    assert_eq!(get(&augur.url("/")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_dependency_gives_504_after_its_timeout() {
+    let upstream = echo_server().await;
+    let hanging = serve(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(Body::default())
+    })
+    .await;
+    let ports = Ports::new(1);
+    let dep = Dep {
+        extra: "timeout = \"300ms\"",
+        ..Dep::new("slow", hanging)
+    };
+    let augur = Augur::start(&ports, upstream, &[dep], "").await;
+    let started = Instant::now();
+    let got = get(&augur.dep_url(0, "/wait")).await;
+    let waited = started.elapsed();
+    assert_eq!(got.status, 504);
+    assert!(
+        got.text().contains("dependency \"slow\"") && got.text().contains("300ms"),
+        "{}",
+        got.text()
+    );
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(get(&augur.url("/")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut ports = Ports::new(0);
+    ports.ingress = port;
+    let path = write_config(&config_text(&ports, local(free_port()), &[], ""));
+    let out = augur_command()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
