@@ -1,1 +1,12 @@
-//! placeholder
+//! augur's demo and benchmarks. Everything here talks to augur only over
+//! HTTP, as a user's services would: it starts real processes (augur,
+//! nginx, haproxy, the demo services) on 127.0.0.1 and measures them.
+//!
+//! Start with `main.rs` for the commands; `demo.rs` is the end-to-end demo,
+//! `bench.rs` the pass-through benchmark, `load.rs` the load generator.
+
+pub mod bench;
+pub mod demo;
+pub mod load;
+pub mod procs;
+pub mod server;

@@ -67,6 +67,11 @@ struct OpenContext {
     inbound: InboundRecord,
     calls: Vec<CallRecord>,
     calls_dropped: u32,
+    /// Calls attached and not yet recorded.
+    pending: u32,
+    /// Set when the inbound response ended while calls were still pending:
+    /// its status and duration. The last pending call closes the context.
+    closing: Option<(u16, Duration)>,
 }
 
 /// Why an inbound request is proxied without a context.
@@ -139,17 +144,26 @@ impl ContextTable {
                 inbound,
                 calls: Vec::new(),
                 calls_dropped: 0,
+                pending: 0,
+                closing: None,
             },
         );
         Ok(())
     }
 
-    /// When the open context of `key` started, if there is one.
-    pub fn started(&self, key: TraceKey) -> Option<Instant> {
-        self.shard(key).lock().get(&key).map(|c| c.started)
+    /// Attaches a starting call to the open context of `key`, which then
+    /// stays open until the call is [recorded](Self::record). Returns when
+    /// the context started, or `None` when there is no open context.
+    pub fn attach(&self, key: TraceKey) -> Option<Instant> {
+        let mut shard = self.shard(key).lock();
+        let ctx = shard.get_mut(&key).filter(|c| c.closing.is_none())?;
+        ctx.pending += 1;
+        Some(ctx.started)
     }
 
-    /// Appends a call to the open context of `key`; false when there is none.
+    /// Records an attached call in the context of `key`; false when the
+    /// context is gone (expired). Closes the context if it was only waiting
+    /// for this call.
     pub fn record(&self, key: TraceKey, call: CallRecord) -> bool {
         let mut shard = self.shard(key).lock();
         let Some(ctx) = shard.get_mut(&key) else {
@@ -160,18 +174,37 @@ impl ContextTable {
         } else {
             ctx.calls_dropped = ctx.calls_dropped.saturating_add(1);
         }
+        ctx.pending = ctx.pending.saturating_sub(1);
+        if let (0, Some((status, duration))) = (ctx.pending, ctx.closing) {
+            if let Some(ctx) = shard.remove(&key) {
+                drop(shard);
+                self.finish(key, ctx, status, duration);
+            }
+        }
         true
     }
 
-    /// Closes the context of `key` with the inbound response's status and
-    /// keeps it in the history.
+    /// Closes the context of `key` with the inbound response's status. If
+    /// calls are still pending, the last of them closes it; then `None`.
     pub fn close(&self, key: TraceKey, status: u16) -> Option<Arc<ClosedContext>> {
-        let ctx = self.shard(key).lock().remove(&key)?;
+        let mut shard = self.shard(key).lock();
+        let ctx = shard.get_mut(&key)?;
+        let duration = ctx.started.elapsed();
+        if ctx.pending > 0 {
+            ctx.closing = Some((status, duration));
+            return None;
+        }
+        let ctx = shard.remove(&key)?;
+        drop(shard);
+        Some(self.finish(key, ctx, status, duration))
+    }
+
+    fn finish(&self, key: TraceKey, ctx: OpenContext, status: u16, duration: Duration) -> Arc<ClosedContext> {
         self.open.fetch_sub(1, Ordering::AcqRel);
         let closed = Arc::new(ClosedContext {
             trace_id: format!("{key:032x}"),
             started_unix_ms: ctx.started_unix_ms,
-            duration_us: micros(ctx.started.elapsed()),
+            duration_us: micros(duration),
             status,
             inbound: ctx.inbound,
             calls: ctx.calls,
@@ -184,7 +217,7 @@ impl ContextTable {
             }
             history.push_back(closed.clone());
         }
-        Some(closed)
+        closed
     }
 
     /// Drops open contexts older than `max_age`; returns how many.
@@ -268,6 +301,8 @@ mod tests {
         let t = ContextTable::new(limits());
         t.open(1, inbound()).unwrap();
         t.open(2, inbound()).unwrap();
+        assert!(t.attach(1).is_some() && t.attach(2).is_some());
+        assert!(t.attach(3).is_none());
         assert!(t.record(1, call("a")));
         assert!(t.record(2, call("b")));
         assert!(!t.record(3, call("c")));
@@ -295,6 +330,24 @@ mod tests {
         let recent = t.recent(10);
         assert_eq!(recent.len(), 2);
         assert_eq!(recent[0].status, 500);
+        assert_eq!(t.open_count(), 0);
+    }
+
+    #[test]
+    fn a_context_waits_for_its_pending_calls_before_closing() {
+        let t = ContextTable::new(limits());
+        t.open(1, inbound()).unwrap();
+        t.attach(1).unwrap();
+        t.attach(1).unwrap();
+        assert!(t.close(1, 200).is_none(), "two calls still pending");
+        assert!(t.attach(1).is_none(), "a closing context takes no new calls");
+        assert_eq!(t.open_count(), 1);
+        assert!(t.record(1, call("a")));
+        assert!(t.recent(10).is_empty());
+        assert!(t.record(1, call("b")));
+        let closed = t.recent(10);
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].status, closed[0].calls.len()), (200, 2));
         assert_eq!(t.open_count(), 0);
     }
 

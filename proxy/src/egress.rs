@@ -69,7 +69,7 @@ impl ProxyHttp for Egress {
         let req = session.req_header();
         let parent = request::traceparent(req);
         ctx.context = parent.and_then(|p| {
-            let started = self.shared.contexts.started(p.trace_id)?;
+            let started = self.shared.contexts.attach(p.trace_id)?;
             Some((p.trace_id, started))
         });
         let (span, tp) = self.shared.telemetry.start(
@@ -163,7 +163,8 @@ impl ProxyHttp for Egress {
                 duration_us: micros(elapsed),
                 response_bytes: ctx.response_bytes,
             };
-            // The context may have closed meanwhile; then the call bypassed it.
+            // The context stays open for an attached call; it is gone only
+            // if it expired meanwhile.
             if self.shared.contexts.record(key, call) {
                 outcome = outcome::MISS;
             }

@@ -2,6 +2,8 @@
 //! every file under `tests/fixtures/invalid` fails with exactly the lines of
 //! its `.expected` file; the examples in `examples/` stay valid.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! augur's integration tests: the real `augur` binary between real HTTP
 //! clients and servers on 127.0.0.1, and a real OTLP receiver.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 mod cli;
 mod contexts;
 mod failures;

@@ -1,0 +1,277 @@
+//! The pass-through benchmark: one fast upstream (1 KiB bodies), measured
+//! directly and through each proxy in the same run — augur as ingress only,
+//! augur as ingress + egress (two hops through one augur process, as a
+//! sidecar's request and its dependency call see it), nginx and haproxy
+//! configured equivalently (one worker, upstream keep-alive, no logging).
+//!
+//! Each proxy is pinned to CPU 1 and the load to CPU 0 when `taskset` is
+//! there, so "per core" means the proxy's one core. Fixed-rate runs use
+//! this crate's open-loop generator; saturation uses `wrk`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::load::{self, Planned};
+use crate::procs::{self, Proc, free_port, local};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub augur: Option<PathBuf>,
+    pub duration: Duration,
+    pub rates: Vec<u32>,
+    pub body_bytes: usize,
+    pub skip_peers: bool,
+}
+
+/// One row of the results.
+struct Row {
+    name: String,
+    /// (rate, achieved rps, p50 ms, p99 ms, p99.9 ms, errors) per fixed rate.
+    fixed: Vec<(u32, f64, f64, f64, f64, u64)>,
+    /// (rps, p50 ms, p99 ms) from wrk.
+    saturated: Option<(f64, f64, f64)>,
+}
+
+const PROXY_CPU: &str = "1";
+const LOAD_CPU: &str = "0";
+
+pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
+    let binary = procs::augur_binary(opts.augur.clone())?;
+    let dir = procs::scratch("bench")?;
+    let me = std::env::current_exe()?;
+    let upstream = local(free_port()?);
+    let mut up_cmd = procs::command(&me, Some(LOAD_CPU));
+    up_cmd.args(["serve-fast", "--listen", &upstream.to_string(), "--body-bytes", &opts.body_bytes.to_string()]);
+    let _upstream = procs::start("upstream", up_cmd, &dir.join("upstream.log"), &[upstream])?;
+
+    let mut targets: Vec<(String, SocketAddr, Option<Proc>)> = vec![("direct".into(), upstream, None)];
+    let (addr, proc) = start_augur_ingress(&binary, &dir, upstream)?;
+    targets.push(("augur (ingress)".into(), addr, Some(proc)));
+    let (addr, proc) = start_augur_chain(&binary, &dir, upstream)?;
+    targets.push(("augur (ingress + egress, 2 hops)".into(), addr, Some(proc)));
+    if !opts.skip_peers {
+        if procs::which("nginx") {
+            let (addr, proc) = start_nginx(&dir, upstream)?;
+            targets.push(("nginx 1 worker".into(), addr, Some(proc)));
+        } else {
+            eprintln!("nginx not found: skipped (apt-get install nginx)");
+        }
+        if procs::which("haproxy") {
+            let (addr, proc) = start_haproxy(&dir, upstream)?;
+            targets.push(("haproxy 1 thread".into(), addr, Some(proc)));
+        } else {
+            eprintln!("haproxy not found: skipped (apt-get install haproxy)");
+        }
+    }
+
+    let planned = Planned {
+        path: "/bench".into(),
+        headers: Vec::new(),
+        expect: None,
+    };
+    let mut rows = Vec::new();
+    for (name, addr, _proc) in &targets {
+        eprintln!("==> {name} at {addr}");
+        // Warm connections and pools.
+        load::fixed_rate(*addr, planned.clone(), 1000, Duration::from_secs(1), 16).await;
+        let mut fixed = Vec::new();
+        for &rate in &opts.rates {
+            let conns = (rate as usize / 200).clamp(8, 64);
+            let r = load::fixed_rate(*addr, planned.clone(), rate, opts.duration, conns).await;
+            eprintln!("    {rate} req/s: p50 {:.3} ms, p99 {:.3} ms, {} errors", r.ms(0.5), r.ms(0.99), r.errors);
+            fixed.push((rate, r.rps(), r.ms(0.5), r.ms(0.99), r.ms(0.999), r.errors));
+        }
+        let saturated = if procs::which("wrk") {
+            let s = tokio::task::block_in_place(|| wrk(*addr, opts.duration))?;
+            eprintln!("    saturated: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms", s.0, s.1, s.2);
+            Some(s)
+        } else {
+            eprintln!("    wrk not found: saturation skipped (apt-get install wrk)");
+            None
+        };
+        rows.push(Row {
+            name: name.clone(),
+            fixed,
+            saturated,
+        });
+    }
+    Ok(table(&rows, &opts))
+}
+
+fn table(rows: &[Row], opts: &BenchOptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} s per run, {} B bodies, proxies pinned to CPU {PROXY_CPU}, load to CPU {LOAD_CPU}\n",
+        opts.duration.as_secs(),
+        opts.body_bytes
+    );
+    let mut header = String::from("| target |");
+    let mut rule = String::from("|---|");
+    for rate in &opts.rates {
+        let _ = write!(header, " {rate}/s p50 ms | {rate}/s p99 ms | {rate}/s p99.9 ms |");
+        rule.push_str("---:|---:|---:|");
+    }
+    header.push_str(" saturated req/s | sat. p50 ms | sat. p99 ms |");
+    rule.push_str("---:|---:|---:|");
+    let _ = writeln!(out, "{header}\n{rule}");
+    for row in rows {
+        let _ = write!(out, "| {} |", row.name);
+        for (_, _, p50, p99, p999, errors) in &row.fixed {
+            let mark = if *errors > 0 { format!(" ({errors} err)") } else { String::new() };
+            let _ = write!(out, " {p50:.3} | {p99:.3}{mark} | {p999:.3} |");
+        }
+        match row.saturated {
+            Some((rps, p50, p99)) => {
+                let _ = writeln!(out, " {rps:.0} | {p50:.3} | {p99:.3} |");
+            }
+            None => out.push_str(" - | - | - |\n"),
+        }
+    }
+    // Added latency per hop at each fixed rate, against direct.
+    if let Some(direct) = rows.first() {
+        let _ = writeln!(out, "\nAdded p99 per hop (ms), against direct:\n");
+        for row in rows.iter().skip(1) {
+            let hops = if row.name.contains("2 hops") { 2.0 } else { 1.0 };
+            let added: Vec<String> = row
+                .fixed
+                .iter()
+                .zip(&direct.fixed)
+                .map(|(r, d)| format!("{}/s: {:.3}", r.0, (r.3 - d.3) / hops))
+                .collect();
+            let _ = writeln!(out, "* {}: {}", row.name, added.join(", "));
+        }
+    }
+    out
+}
+
+fn start_augur_ingress(binary: &Path, dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+    let (listen, admin) = (local(free_port()?), local(free_port()?));
+    let config = format!(
+        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n"
+    );
+    let proc = procs::start_augur(binary, dir, "augur-ingress", &config, admin, Some(PROXY_CPU))?;
+    Ok((listen, proc))
+}
+
+fn start_augur_chain(binary: &Path, dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+    let (listen, egress, admin) = (local(free_port()?), local(free_port()?), local(free_port()?));
+    let config = format!(
+        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{egress}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n\n[[dependency]]\nname = \"upstream\"\nlisten = \"{egress}\"\nupstream = \"{upstream}\"\n"
+    );
+    let proc = procs::start_augur(binary, dir, "augur-chain", &config, admin, Some(PROXY_CPU))?;
+    Ok((listen, proc))
+}
+
+fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+    let listen = local(free_port()?);
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  upstream up {{ server {upstream}; keepalive 128; }}\n  server {{\n    listen {listen} reuseport;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+        prefix = prefix.display()
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(resolve("nginx")?);
+    cmd.arg("-p").arg(&prefix).arg("-c").arg(&path);
+    let proc = procs::start("nginx", with_taskset(cmd, "nginx")?, &dir.join("nginx.log"), &[listen])?;
+    Ok((listen, proc))
+}
+
+fn start_haproxy(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+    let listen = local(free_port()?);
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 10000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n  option forwardfor\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(resolve("haproxy")?);
+    cmd.arg("-db").arg("-f").arg(&path);
+    let proc = procs::start("haproxy", with_taskset(cmd, "haproxy")?, &dir.join("haproxy.log"), &[listen])?;
+    Ok((listen, proc))
+}
+
+/// Re-wraps `cmd` (a plain command) under `taskset -c PROXY_CPU`.
+fn with_taskset(cmd: Command, name: &str) -> anyhow::Result<Command> {
+    if !procs::which("taskset") {
+        return Ok(cmd);
+    }
+    let mut wrapped = Command::new("taskset");
+    wrapped.args(["-c", PROXY_CPU]).arg(resolve(name)?).args(cmd.get_args());
+    Ok(wrapped)
+}
+
+fn resolve(program: &str) -> anyhow::Result<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{program} not found"))
+}
+
+/// Saturation with wrk: 1 thread, 32 connections. Returns (rps, p50, p99).
+fn wrk(addr: SocketAddr, duration: Duration) -> anyhow::Result<(f64, f64, f64)> {
+    let mut cmd = Command::new("taskset");
+    if !procs::which("taskset") {
+        cmd = Command::new("wrk");
+    } else {
+        cmd.args(["-c", LOAD_CPU, "wrk"]);
+    }
+    let out = cmd
+        .args(["-t1", "-c32", "--latency"])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg(format!("http://{addr}/bench"))
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Requests/sec in wrk output")?;
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| parse_wrk_time(v.trim())))
+            .flatten()
+            .unwrap_or(f64::NAN)
+    };
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("    wrk reported errors:\n{text}");
+    }
+    Ok((rps, pct("50%"), pct("99%")))
+}
+
+/// wrk prints `1.23ms`, `456.00us` or `1.01s`; returns milliseconds.
+fn parse_wrk_time(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_times_parse_to_ms() {
+        assert_eq!(super::parse_wrk_time("456.00us"), Some(0.456));
+        assert_eq!(super::parse_wrk_time("1.50ms"), Some(1.5));
+        assert_eq!(super::parse_wrk_time("2.00s"), Some(2000.0));
+        assert_eq!(super::parse_wrk_time("x"), None);
+    }
+}

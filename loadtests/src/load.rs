@@ -1,0 +1,202 @@
+//! A small load generator: one HTTP/1.1 keep-alive connection per worker,
+//! latencies in an HDR histogram (microseconds).
+//!
+//! At a fixed rate it is open-loop and free of coordinated omission: each
+//! request has an intended start time on a fixed schedule, and its latency
+//! counts from that time, so a stall shows up in every request it delayed.
+//! Every run is bounded by a request count and a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub ok: u64,
+    pub errors: u64,
+    /// Responses whose body did not match what was expected.
+    pub wrong: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            errors: 0,
+            wrong: 0,
+            elapsed: Duration::ZERO,
+            latency_us: histogram(),
+        }
+    }
+
+    fn merge(&mut self, other: &Report) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.wrong += other.wrong;
+        let _ = self.latency_us.add(&other.latency_us);
+    }
+
+    /// Completed requests per second.
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency quantile in milliseconds.
+    pub fn ms(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// 1 µs to 60 s at 3 significant digits.
+#[allow(clippy::expect_used)] // constant, valid bounds
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One request to send and, optionally, the body it must come back with.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub expect: Option<Bytes>,
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends one request on `conn` (reconnecting if it broke) and returns the
+/// body, or `None` on any failure.
+async fn exchange(
+    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    addr: SocketAddr,
+    planned: &Planned,
+) -> Option<Bytes> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = connect(addr).await.ok();
+    }
+    let sender = conn.as_mut()?;
+    sender.ready().await.ok()?;
+    let mut req = Request::get(planned.path.as_str()).header("host", addr.to_string());
+    for (name, value) in &planned.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let resp = match sender.send_request(req.body(Empty::new()).ok()?).await {
+        Ok(r) => r,
+        Err(_) => {
+            *conn = None;
+            return None;
+        }
+    };
+    let ok = resp.status().is_success();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    ok.then_some(body)
+}
+
+fn record(report: &mut Report, planned: &Planned, got: Option<Bytes>, latency: Duration) {
+    match got {
+        Some(body) => {
+            report.ok += 1;
+            if planned.expect.as_ref().is_some_and(|e| *e != body) {
+                report.wrong += 1;
+            }
+            let _ = report.latency_us.record((latency.as_micros() as u64).max(1));
+        }
+        None => report.errors += 1,
+    }
+}
+
+/// Sends `plan` in order-ish with `concurrency` connections, each sending
+/// its next request when the last one finished.
+pub async fn closed_loop(addr: SocketAddr, plan: Vec<Planned>, concurrency: usize) -> Report {
+    let plan = Arc::new(plan);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (plan, next) = (plan.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut report = Report::new();
+                let mut conn = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(planned) = plan.get(i) else { break };
+                    let t = Instant::now();
+                    let got = exchange(&mut conn, addr, planned).await;
+                    record(&mut report, planned, got, t.elapsed());
+                }
+                report
+            })
+        })
+        .collect();
+    collect(workers, started).await
+}
+
+/// Sends `planned` at `rate` requests per second for `duration`, spread
+/// over `connections` connections.
+pub async fn fixed_rate(
+    addr: SocketAddr,
+    planned: Planned,
+    rate: u32,
+    duration: Duration,
+    connections: usize,
+) -> Report {
+    let connections = connections.max(1);
+    let interval = Duration::from_secs_f64(connections as f64 / f64::from(rate.max(1)));
+    let per_worker = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let planned = Arc::new(planned);
+    let started = Instant::now();
+    let deadline = started + duration + Duration::from_secs(5);
+    let workers: Vec<_> = (0..connections)
+        .map(|w| {
+            let planned = planned.clone();
+            let offset = interval.mul_f64(w as f64 / connections as f64);
+            tokio::spawn(async move {
+                let mut report = Report::new();
+                let mut conn = connect(addr).await.ok();
+                let first = Instant::now() + offset;
+                for n in 0..per_worker {
+                    let intended = first + interval.mul_f64(n as f64);
+                    if intended > deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(intended.into()).await;
+                    let got = exchange(&mut conn, addr, &planned).await;
+                    record(&mut report, &planned, got, intended.elapsed());
+                }
+                report
+            })
+        })
+        .collect();
+    collect(workers, started).await
+}
+
+async fn collect(workers: Vec<tokio::task::JoinHandle<Report>>, started: Instant) -> Report {
+    let mut total = Report::new();
+    for w in workers {
+        match w.await {
+            Ok(r) => total.merge(&r),
+            Err(_) => total.errors += 1,
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}

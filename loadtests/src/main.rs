@@ -1,0 +1,133 @@
+//! `augur-loadtests`: the demo and the benchmarks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use augur_loadtests::{bench, demo, server};
+use clap::{Parser, Subcommand};
+
+/// augur's demo topology, load generator and benchmarks.
+#[derive(Parser)]
+#[command(name = "augur-loadtests", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the end-to-end demo: a frontend with two dependencies behind
+    /// augur; sends requests, checks every answer, prints what augur saw.
+    Demo {
+        /// The augur binary (default: the one built beside this program).
+        #[arg(long)]
+        augur: Option<PathBuf>,
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// How long each dependency takes to answer.
+        #[arg(long, default_value = "2ms", value_parser = humantime_duration)]
+        latency: Duration,
+    },
+    /// The pass-through benchmark: direct, augur, nginx and haproxy in one
+    /// run. Prints a Markdown table.
+    BenchPassthrough {
+        #[arg(long)]
+        augur: Option<PathBuf>,
+        /// Length of each measured run.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Fixed request rates to measure, comma separated.
+        #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
+        rates: Vec<u32>,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+        /// Measure only direct and augur.
+        #[arg(long)]
+        skip_peers: bool,
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Serve a fixed body as fast as possible (the benchmarks' upstream).
+    ServeFast {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (like 10s or 200ms)"))
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    s.strip_suffix('s')?.parse().ok().map(Duration::from_secs_f64)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo {
+                augur,
+                requests,
+                concurrency,
+                latency,
+            } => {
+                demo::run(demo::DemoOptions {
+                    augur,
+                    requests,
+                    concurrency,
+                    latency,
+                })
+                .await
+            }
+            Command::BenchPassthrough {
+                augur,
+                duration,
+                rates,
+                body_bytes,
+                skip_peers,
+                out,
+            } => {
+                let table = bench::run(bench::BenchOptions {
+                    augur,
+                    duration,
+                    rates,
+                    body_bytes,
+                    skip_peers,
+                })
+                .await?;
+                println!("{table}");
+                if let Some(path) = out {
+                    std::fs::write(&path, &table).with_context(|| format!("write {}", path.display()))?;
+                }
+                Ok(())
+            }
+            Command::ServeFast { listen, body_bytes } => {
+                let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
+                server::serve(listen, move |_req| {
+                    let body = body.clone();
+                    async move { server::respond(200, "application/octet-stream", body) }
+                })
+                .await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    })
+}

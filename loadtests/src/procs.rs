@@ -1,0 +1,160 @@
+//! The processes a demo or benchmark runs: augur, the peers (nginx,
+//! haproxy), and this program's own servers. Each is stopped when its
+//! handle drops; each start waits until the process accepts connections.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A scratch directory for configuration files and logs.
+pub fn scratch(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("augur-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs `program` pinned to `cpus` (a `taskset` list such as `"1"`) when
+/// given and `taskset` exists.
+pub fn command(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(list) if which("taskset") => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
+pub fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Starts `cmd`, then waits until every address in `ready` accepts a
+/// connection (at most 15 s).
+pub fn start(name: &str, mut cmd: Command, log: &Path, ready: &[SocketAddr]) -> anyhow::Result<Proc> {
+    let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    let mut proc = Proc {
+        name: name.to_string(),
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for addr in ready {
+        while TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{name} exited ({status}) before listening on {addr}:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not listen on {addr} within 15 s (log: {})", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(proc)
+}
+
+/// The `augur` binary: `explicit` if given, else the one built beside this
+/// program (same target directory).
+pub fn augur_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let me = std::env::current_exe()?;
+    let sibling = me.with_file_name("augur");
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    bail!(
+        "cannot find the augur binary next to {}; build it (cargo build --release -p augur-proxy) or pass --augur PATH",
+        me.display()
+    )
+}
+
+/// Starts augur with `config` (TOML text) and waits until its admin
+/// listener says ready.
+pub fn start_augur(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    admin: SocketAddr,
+    cpus: Option<&str>,
+) -> anyhow::Result<Proc> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config)?;
+    let mut cmd = command(binary, cpus);
+    cmd.args(["run", "--config"]).arg(&path).env("RUST_LOG", "warn");
+    let proc = start(name, cmd, &dir.join(format!("{name}.log")), &[admin])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::procs::http_ok(admin, "/readyz") {
+        if Instant::now() > deadline {
+            bail!("augur ({name}) not ready within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proc)
+}
+
+/// A blocking GET that reports whether the answer was 200.
+pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    http_get(addr, path).is_ok_and(|(status, _)| status == 200)
+}
+
+/// A blocking HTTP/1.1 GET (one per connection), for the admin API: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
+}
