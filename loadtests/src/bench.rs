@@ -46,10 +46,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let me = std::env::current_exe()?;
     let upstream = local(free_port()?);
     let mut up_cmd = procs::command(&me, Some(LOAD_CPU));
-    up_cmd.args(["serve-fast", "--listen", &upstream.to_string(), "--body-bytes", &opts.body_bytes.to_string()]);
+    up_cmd.args([
+        "serve-fast",
+        "--listen",
+        &upstream.to_string(),
+        "--body-bytes",
+        &opts.body_bytes.to_string(),
+    ]);
     let _upstream = procs::start("upstream", up_cmd, &dir.join("upstream.log"), &[upstream])?;
 
-    let mut targets: Vec<(String, SocketAddr, Option<Proc>)> = vec![("direct".into(), upstream, None)];
+    let mut targets: Vec<(String, SocketAddr, Option<Proc>)> =
+        vec![("direct".into(), upstream, None)];
     let (addr, proc) = start_augur_ingress(&binary, &dir, upstream)?;
     targets.push(("augur (ingress)".into(), addr, Some(proc)));
     let (addr, proc) = start_augur_chain(&binary, &dir, upstream)?;
@@ -83,12 +90,20 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         for &rate in &opts.rates {
             let conns = (rate as usize / 200).clamp(8, 64);
             let r = load::fixed_rate(*addr, planned.clone(), rate, opts.duration, conns).await;
-            eprintln!("    {rate} req/s: p50 {:.3} ms, p99 {:.3} ms, {} errors", r.ms(0.5), r.ms(0.99), r.errors);
+            eprintln!(
+                "    {rate} req/s: p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                r.ms(0.5),
+                r.ms(0.99),
+                r.errors
+            );
             fixed.push((rate, r.rps(), r.ms(0.5), r.ms(0.99), r.ms(0.999), r.errors));
         }
         let saturated = if procs::which("wrk") {
             let s = tokio::task::block_in_place(|| wrk(*addr, opts.duration))?;
-            eprintln!("    saturated: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms", s.0, s.1, s.2);
+            eprintln!(
+                "    saturated: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
+                s.0, s.1, s.2
+            );
             Some(s)
         } else {
             eprintln!("    wrk not found: saturation skipped (apt-get install wrk)");
@@ -114,7 +129,10 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
     let mut header = String::from("| target |");
     let mut rule = String::from("|---|");
     for rate in &opts.rates {
-        let _ = write!(header, " {rate}/s p50 ms | {rate}/s p99 ms | {rate}/s p99.9 ms |");
+        let _ = write!(
+            header,
+            " {rate}/s p50 ms | {rate}/s p99 ms | {rate}/s p99.9 ms |"
+        );
         rule.push_str("---:|---:|---:|");
     }
     header.push_str(" saturated req/s | sat. p50 ms | sat. p99 ms |");
@@ -123,7 +141,11 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
     for row in rows {
         let _ = write!(out, "| {} |", row.name);
         for (_, _, p50, p99, p999, errors) in &row.fixed {
-            let mark = if *errors > 0 { format!(" ({errors} err)") } else { String::new() };
+            let mark = if *errors > 0 {
+                format!(" ({errors} err)")
+            } else {
+                String::new()
+            };
             let _ = write!(out, " {p50:.3} | {p99:.3}{mark} | {p999:.3} |");
         }
         match row.saturated {
@@ -137,7 +159,11 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
     if let Some(direct) = rows.first() {
         let _ = writeln!(out, "\nAdded p99 per hop (ms), against direct:\n");
         for row in rows.iter().skip(1) {
-            let hops = if row.name.contains("2 hops") { 2.0 } else { 1.0 };
+            let hops = if row.name.contains("2 hops") {
+                2.0
+            } else {
+                1.0
+            };
             let added: Vec<String> = row
                 .fixed
                 .iter()
@@ -150,17 +176,36 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
     out
 }
 
-fn start_augur_ingress(binary: &Path, dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+fn start_augur_ingress(
+    binary: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Proc)> {
     let (listen, admin) = (local(free_port()?), local(free_port()?));
     let config = format!(
         "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n"
     );
-    let proc = procs::start_augur(binary, dir, "augur-ingress", &config, admin, Some(PROXY_CPU))?;
+    let proc = procs::start_augur(
+        binary,
+        dir,
+        "augur-ingress",
+        &config,
+        admin,
+        Some(PROXY_CPU),
+    )?;
     Ok((listen, proc))
 }
 
-fn start_augur_chain(binary: &Path, dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
-    let (listen, egress, admin) = (local(free_port()?), local(free_port()?), local(free_port()?));
+fn start_augur_chain(
+    binary: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Proc)> {
+    let (listen, egress, admin) = (
+        local(free_port()?),
+        local(free_port()?),
+        local(free_port()?),
+    );
     let config = format!(
         "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{egress}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n\n[[dependency]]\nname = \"upstream\"\nlisten = \"{egress}\"\nupstream = \"{upstream}\"\n"
     );
@@ -180,20 +225,30 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, 
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(resolve("nginx")?);
     cmd.arg("-p").arg(&prefix).arg("-c").arg(&path);
-    let proc = procs::start("nginx", with_taskset(cmd, "nginx")?, &dir.join("nginx.log"), &[listen])?;
+    let proc = procs::start(
+        "nginx",
+        with_taskset(cmd, "nginx")?,
+        &dir.join("nginx.log"),
+        &[listen],
+    )?;
     Ok((listen, proc))
 }
 
 fn start_haproxy(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
     let listen = local(free_port()?);
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 10000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n  option forwardfor\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
+        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n  option forwardfor\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(resolve("haproxy")?);
     cmd.arg("-db").arg("-f").arg(&path);
-    let proc = procs::start("haproxy", with_taskset(cmd, "haproxy")?, &dir.join("haproxy.log"), &[listen])?;
+    let proc = procs::start(
+        "haproxy",
+        with_taskset(cmd, "haproxy")?,
+        &dir.join("haproxy.log"),
+        &[listen],
+    )?;
     Ok((listen, proc))
 }
 
@@ -203,7 +258,10 @@ fn with_taskset(cmd: Command, name: &str) -> anyhow::Result<Command> {
         return Ok(cmd);
     }
     let mut wrapped = Command::new("taskset");
-    wrapped.args(["-c", PROXY_CPU]).arg(resolve(name)?).args(cmd.get_args());
+    wrapped
+        .args(["-c", PROXY_CPU])
+        .arg(resolve(name)?)
+        .args(cmd.get_args());
     Ok(wrapped)
 }
 

@@ -28,12 +28,20 @@ pub fn user_body(id: u64) -> String {
 
 /// The `posts` dependency's answer for `user`.
 pub fn posts_body(user: u64) -> String {
-    format!("{{\"user\":{user},\"posts\":[{},{}]}}", user * 10, user * 10 + 1)
+    format!(
+        "{{\"user\":{user},\"posts\":[{},{}]}}",
+        user * 10,
+        user * 10 + 1
+    )
 }
 
 /// The frontend's answer for `/profile/{id}`: what the client must get.
 pub fn profile_body(id: u64) -> String {
-    format!("{{\"user\":{},\"posts\":{}}}", user_body(id), posts_body(id))
+    format!(
+        "{{\"user\":{},\"posts\":{}}}",
+        user_body(id),
+        posts_body(id)
+    )
 }
 
 fn id_after(text: &str, prefix: &str) -> Option<u64> {
@@ -65,7 +73,8 @@ pub async fn start_dependencies(latency: Duration) -> anyhow::Result<(SocketAddr
 /// Starts the frontend on a free port, calling its dependencies at the
 /// given addresses (augur's egress listeners).
 pub async fn start_frontend(users: SocketAddr, posts: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     server::serve(local(0), move |req: Request<Incoming>| {
         let client = client.clone();
         async move {
@@ -126,12 +135,18 @@ pub struct DemoOptions {
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let binary = procs::augur_binary(opts.augur.clone())?;
     let dir = procs::scratch("demo")?;
-    let (ingress, admin, users_egress, posts_egress) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (ingress, admin, users_egress, posts_egress) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
 
-    step(&format!("starting users and posts (each answers in {:?})", opts.latency));
+    step(&format!(
+        "starting users and posts (each answers in {:?})",
+        opts.latency
+    ));
     let (users, posts) = start_dependencies(opts.latency).await?;
     let frontend = start_frontend(local(users_egress), local(posts_egress)).await?;
-    step(&format!("starting augur in front of frontend ({frontend}) and of both dependencies"));
+    step(&format!(
+        "starting augur in front of frontend ({frontend}) and of both dependencies"
+    ));
     let config = format!(
         r#"[service]
 name = "frontend"
@@ -165,7 +180,10 @@ upstream = "{posts}"
             let id = i % 50;
             Planned {
                 path: format!("/profile/{id}"),
-                headers: vec![("authorization".into(), format!("Bearer demo-user-{}", i % 3))],
+                headers: vec![(
+                    "authorization".into(),
+                    format!("Bearer demo-user-{}", i % 3),
+                )],
                 expect: Some(Bytes::from(profile_body(id))),
             }
         })
@@ -184,25 +202,45 @@ upstream = "{posts}"
 
     step("what augur counted (/metrics)");
     let (_, metrics) = procs::http_get(local(admin), "/metrics")?;
-    for line in metrics.lines().filter(|l| l.starts_with("augur_") && l.contains("_total")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("augur_") && l.contains("_total"))
+    {
         println!("  {line}");
     }
     step("the last execution contexts augur closed (/debug/contexts?limit=3)");
     let (_, body) = procs::http_get(local(admin), "/debug/contexts?limit=3")?;
-    let contexts: serde_json::Value = serde_json::from_str(&body).context("/debug/contexts is not JSON")?;
+    let contexts: serde_json::Value =
+        serde_json::from_str(&body).context("/debug/contexts is not JSON")?;
     print_contexts(&contexts);
-    println!("\nfull JSON: curl -s 'http://127.0.0.1:{admin}/debug/contexts?limit=1' (while the demo runs)");
+    println!(
+        "\nfull JSON: curl -s 'http://127.0.0.1:{admin}/debug/contexts?limit=1' (while the demo runs)"
+    );
     if report.errors > 0 || report.wrong > 0 || report.ok as usize != opts.requests {
-        bail!("the demo saw {} errors and {} wrong responses", report.errors, report.wrong);
+        bail!(
+            "the demo saw {} errors and {} wrong responses",
+            report.errors,
+            report.wrong
+        );
     }
     let tied = ["users", "posts"]
         .iter()
-        .map(|d| metric(&metrics, &format!("augur_dependency_calls_total{{dependency=\"{d}\",outcome=\"miss\"}}")))
+        .map(|d| {
+            metric(
+                &metrics,
+                &format!("augur_dependency_calls_total{{dependency=\"{d}\",outcome=\"miss\"}}"),
+            )
+        })
         .sum::<f64>();
     if tied as usize != 2 * opts.requests {
-        bail!("augur tied {tied} dependency calls to their requests, expected {}", 2 * opts.requests);
+        bail!(
+            "augur tied {tied} dependency calls to their requests, expected {}",
+            2 * opts.requests
+        );
     }
-    println!("\ndemo ok: every response was right, and every dependency call was tied to its request.");
+    println!(
+        "\ndemo ok: every response was right, and every dependency call was tied to its request."
+    );
     Ok(())
 }
 
@@ -218,7 +256,9 @@ fn step(text: &str) {
 }
 
 fn print_contexts(contexts: &serde_json::Value) {
-    let Some(list) = contexts.as_array() else { return };
+    let Some(list) = contexts.as_array() else {
+        return;
+    };
     for ctx in list {
         let inbound = &ctx["inbound"];
         println!(
@@ -237,7 +277,10 @@ fn print_contexts(contexts: &serde_json::Value) {
             .unwrap_or("-");
         println!("      authorization as recorded: {auth}");
         for call in ctx["calls"].as_array().into_iter().flatten() {
-            let query = call["query"].as_str().map(|q| format!("?{q}")).unwrap_or_default();
+            let query = call["query"]
+                .as_str()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
             println!(
                 "      +{:>6.2} ms  {:<6} {} {}{} -> {} ({:.2} ms, {} bytes, {})",
                 call["start_offset_us"].as_f64().unwrap_or(0.0) / 1000.0,

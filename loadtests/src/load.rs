@@ -2,8 +2,10 @@
 //! latencies in an HDR histogram (microseconds).
 //!
 //! At a fixed rate it is open-loop and free of coordinated omission: each
-//! request has an intended start time on a fixed schedule, and its latency
-//! counts from that time, so a stall shows up in every request it delayed.
+//! request has an intended start time on a fixed schedule, and when the
+//! server is still busy with the previous request at that time, latency
+//! counts from the intended time, so a stall shows up in every request it
+//! delayed.
 //! Every run is bounded by a request count and a deadline.
 
 use std::net::SocketAddr;
@@ -118,7 +120,9 @@ fn record(report: &mut Report, planned: &Planned, got: Option<Bytes>, latency: D
             if planned.expect.as_ref().is_some_and(|e| *e != body) {
                 report.wrong += 1;
             }
-            let _ = report.latency_us.record((latency.as_micros() as u64).max(1));
+            let _ = report
+                .latency_us
+                .record((latency.as_micros() as u64).max(1));
         }
         None => report.errors += 1,
     }
@@ -173,14 +177,26 @@ pub async fn fixed_rate(
                 let mut report = Report::new();
                 let mut conn = connect(addr).await.ok();
                 let first = Instant::now() + offset;
+                let mut idle_since = Instant::now();
                 for n in 0..per_worker {
                     let intended = first + interval.mul_f64(n as f64);
                     if intended > deadline {
                         break;
                     }
                     tokio::time::sleep_until(intended.into()).await;
+                    // If the previous response came after this request's
+                    // intended start, the wait is the server's doing and
+                    // counts (no coordinated omission). If the connection
+                    // was idle, lateness is the generator's timer (1 ms
+                    // granularity) and does not.
+                    let start = if idle_since > intended {
+                        intended
+                    } else {
+                        Instant::now()
+                    };
                     let got = exchange(&mut conn, addr, &planned).await;
-                    record(&mut report, &planned, got, intended.elapsed());
+                    idle_since = Instant::now();
+                    record(&mut report, &planned, got, idle_since - start);
                 }
                 report
             })

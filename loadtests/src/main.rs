@@ -70,7 +70,10 @@ fn parse_duration(s: &str) -> Option<Duration> {
     if let Some(ms) = s.strip_suffix("ms") {
         return ms.parse().ok().map(Duration::from_millis);
     }
-    s.strip_suffix('s')?.parse().ok().map(Duration::from_secs_f64)
+    s.strip_suffix('s')?
+        .parse()
+        .ok()
+        .map(Duration::from_secs_f64)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,7 +117,8 @@ fn main() -> anyhow::Result<()> {
                 .await?;
                 println!("{table}");
                 if let Some(path) = out {
-                    std::fs::write(&path, &table).with_context(|| format!("write {}", path.display()))?;
+                    std::fs::write(&path, &table)
+                        .with_context(|| format!("write {}", path.display()))?;
                 }
                 Ok(())
             }

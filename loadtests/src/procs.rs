@@ -62,13 +62,20 @@ pub fn command(program: &Path, cpus: Option<&str>) -> Command {
 }
 
 pub fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// Starts `cmd`, then waits until every address in `ready` accepts a
 /// connection (at most 15 s).
-pub fn start(name: &str, mut cmd: Command, log: &Path, ready: &[SocketAddr]) -> anyhow::Result<Proc> {
-    let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+pub fn start(
+    name: &str,
+    mut cmd: Command,
+    log: &Path,
+    ready: &[SocketAddr],
+) -> anyhow::Result<Proc> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -87,7 +94,10 @@ pub fn start(name: &str, mut cmd: Command, log: &Path, ready: &[SocketAddr]) -> 
                 bail!("{name} exited ({status}) before listening on {addr}:\n{text}");
             }
             if Instant::now() > deadline {
-                bail!("{name} did not listen on {addr} within 15 s (log: {})", log.display());
+                bail!(
+                    "{name} did not listen on {addr} within 15 s (log: {})",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -125,7 +135,9 @@ pub fn start_augur(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
     let mut cmd = command(binary, cpus);
-    cmd.args(["run", "--config"]).arg(&path).env("RUST_LOG", "warn");
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn");
     let proc = start(name, cmd, &dir.join(format!("{name}.log")), &[admin])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !crate::procs::http_ok(admin, "/readyz") {
@@ -147,7 +159,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let status = raw
@@ -155,6 +170,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Ok((status, body))
 }

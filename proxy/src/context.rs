@@ -199,7 +199,13 @@ impl ContextTable {
         Some(self.finish(key, ctx, status, duration))
     }
 
-    fn finish(&self, key: TraceKey, ctx: OpenContext, status: u16, duration: Duration) -> Arc<ClosedContext> {
+    fn finish(
+        &self,
+        key: TraceKey,
+        ctx: OpenContext,
+        status: u16,
+        duration: Duration,
+    ) -> Arc<ClosedContext> {
         self.open.fetch_sub(1, Ordering::AcqRel);
         let closed = Arc::new(ClosedContext {
             trace_id: format!("{key:032x}"),
@@ -340,7 +346,10 @@ mod tests {
         t.attach(1).unwrap();
         t.attach(1).unwrap();
         assert!(t.close(1, 200).is_none(), "two calls still pending");
-        assert!(t.attach(1).is_none(), "a closing context takes no new calls");
+        assert!(
+            t.attach(1).is_none(),
+            "a closing context takes no new calls"
+        );
         assert_eq!(t.open_count(), 1);
         assert!(t.record(1, call("a")));
         assert!(t.recent(10).is_empty());

@@ -72,16 +72,14 @@ impl ProxyHttp for Egress {
             let started = self.shared.contexts.attach(p.trace_id)?;
             Some((p.trace_id, started))
         });
-        let (span, tp) = self.shared.telemetry.start(
-            format!("{} {}", req.method, self.target.name),
-            SpanKind::Client,
-            parent,
-            vec![
+        let (span, tp) = self.shared.telemetry.start(SpanKind::Client, parent, || {
+            let attributes = vec![
                 KeyValue::new("augur.dependency", self.target.name.to_string()),
                 KeyValue::new("http.request.method", req.method.to_string()),
                 KeyValue::new("url.path", req.uri.path().to_string()),
-            ],
-        );
+            ];
+            (format!("{} {}", req.method, self.target.name), attributes)
+        });
         ctx.span = span;
         ctx.traceparent = parent.map(|_| tp);
         ctx.accepted = true;
@@ -172,10 +170,8 @@ impl ProxyHttp for Egress {
         self.shared
             .metrics
             .dependency_call(&self.target.name, outcome, elapsed);
-        telemetry::finish(
-            &mut ctx.span,
-            status,
-            vec![KeyValue::new("augur.outcome", outcome)],
-        );
+        telemetry::finish(&mut ctx.span, status, || {
+            vec![KeyValue::new("augur.outcome", outcome)]
+        });
     }
 }

@@ -58,16 +58,14 @@ impl ProxyHttp for Ingress {
         let req = session.req_header();
         let route: Arc<str> = request::route(req).into();
         let parent = request::traceparent(req);
-        let (span, tp) = self.shared.telemetry.start(
-            route.to_string(),
-            SpanKind::Server,
-            parent,
-            vec![
+        let (span, tp) = self.shared.telemetry.start(SpanKind::Server, parent, || {
+            let attributes = vec![
                 KeyValue::new("http.request.method", req.method.to_string()),
                 KeyValue::new("url.path", req.uri.path().to_string()),
                 KeyValue::new("http.route", route.to_string()),
-            ],
-        );
+            ];
+            (route.to_string(), attributes)
+        });
         let inbound = InboundRecord {
             method: req.method.to_string(),
             path: req.uri.path().to_string(),
@@ -136,6 +134,6 @@ impl ProxyHttp for Ingress {
             self.shared.contexts.close(key, status);
         }
         self.shared.metrics.inbound(&route, ctx.started.elapsed());
-        telemetry::finish(&mut ctx.span, status, Vec::new());
+        telemetry::finish(&mut ctx.span, status, Vec::new);
     }
 }

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: glibc's malloc and free were a tenth of the proxy's CPU time
+/// in the pass-through profile (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// augur: a sidecar HTTP reverse proxy that learns which dependency calls a
 /// service makes and makes them happen earlier.
 #[derive(Parser)]

@@ -134,6 +134,9 @@ fn server_conf(config: &Config) -> ServerConf {
     let shutdown = config.proxy.shutdown_timeout;
     ServerConf {
         threads: config.proxy.threads,
+        // One current-thread runtime per thread: cheaper per request than
+        // a work-stealing pool, and a sidecar's listeners are many and small.
+        work_stealing: false,
         // The drain thread exits first; this is the fallback.
         grace_period_seconds: Some(shutdown.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -87,14 +87,14 @@ impl Telemetry {
     }
 
     /// Starts a span of `kind` as the child of `parent` (a remote span), or
-    /// as a root when there is none. Returns the span and the `traceparent`
-    /// that names it, to pass on downstream.
+    /// as a root when there is none; `describe` gives its name and
+    /// attributes and runs only when spans are exported. Returns the span
+    /// and the `traceparent` that names it, to pass on downstream.
     pub fn start(
         &self,
-        name: String,
         kind: SpanKind,
         parent: Option<TraceParent>,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
     ) -> (MaybeSpan, TraceParent) {
         let Some(tracer) = &self.tracer else {
             let tp = match parent {
@@ -113,6 +113,7 @@ impl Telemetry {
             )),
             None => Context::new(),
         };
+        let (name, attributes) = describe();
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
@@ -156,9 +157,9 @@ impl Drop for Telemetry {
 
 /// Ends a span with the final attributes and an error status for 5xx or a
 /// transport failure.
-pub fn finish(span: &mut MaybeSpan, status: u16, attributes: Vec<KeyValue>) {
+pub fn finish(span: &mut MaybeSpan, status: u16, attributes: impl FnOnce() -> Vec<KeyValue>) {
     if let Some(span) = span.as_mut() {
-        span.set_attributes(attributes);
+        span.set_attributes(attributes());
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),

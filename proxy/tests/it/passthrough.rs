@@ -157,3 +157,102 @@ async fn h2c_upstreams_are_spoken_to_in_http2() {
     let got = get(&augur.url("/h1")).await;
     assert_eq!(got.header("x-echo-version"), Some("HTTP/1.1"));
 }
+
+/// An upstream that sends its first chunk, then holds the rest until the
+/// test says the first one arrived: augur must stream, not buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_stream_through_without_buffering() {
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, channel::Channel};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let released = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let gate = released.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let gate = gate.clone();
+                    async move {
+                        let (mut tx, body) = Channel::<Bytes>::new(4);
+                        tokio::spawn(async move {
+                            tx.send_data(Bytes::from_static(b"first chunk"))
+                                .await
+                                .unwrap();
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(10),
+                                gate.notified(),
+                            )
+                            .await;
+                            tx.send_data(Bytes::from_static(b"second chunk"))
+                                .await
+                                .unwrap();
+                        });
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let augur = Augur::start(&Ports::new(0), upstream, &[], "").await;
+    let resp = client()
+        .request(
+            Request::get(augur.url("/stream"))
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let started = std::time::Instant::now();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first chunk did not arrive while the upstream held the rest")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first chunk");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    released.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second chunk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let upstream = echo_server().await;
+    // A TCP relay in front of the echo server counts connections.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    let ports = Ports::new(1);
+    let augur = Augur::start(&ports, relay_addr, &[Dep::new("users", relay_addr)], "").await;
+    for i in 0..50 {
+        assert_eq!(get(&augur.url(&format!("/k/{i}"))).await.status, 200);
+        assert_eq!(get(&augur.dep_url(0, &format!("/k/{i}"))).await.status, 200);
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        n <= 4,
+        "100 sequential requests opened {n} upstream connections"
+    );
+}
