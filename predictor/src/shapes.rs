@@ -1,0 +1,324 @@
+//! Call shapes: a dependency, a method, a path template and the query keys,
+//! with the parts that vary taken out as slots. Shapes are learned: a path
+//! segment is a slot when it looks like an identifier (number, UUID, hex,
+//! long token) or when, under the same prefix, it has taken many distinct
+//! values (`/users/alice`, `/users/bob`, …).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::headers;
+use crate::observation::Request;
+use crate::shape::is_identifier;
+
+/// A shape's index in its [`Shapes`] table.
+pub type ShapeId = u32;
+
+/// Distinct values under one prefix that make a position a slot.
+const DISTINCT_FOR_SLOT: usize = 8;
+
+/// The text of a path slot in a template.
+pub const SLOT: &str = "{}";
+
+/// What a call looks like with its varying parts taken out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Shape {
+    pub dependency: String,
+    pub method: String,
+    /// The path with slots as `{}`.
+    pub template: String,
+    /// Query keys, sorted and deduplicated (their values are slots).
+    pub query_keys: Vec<String>,
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.dependency, self.method, self.template)?;
+        if !self.query_keys.is_empty() {
+            write!(f, "?{}", self.query_keys.join("&"))?;
+        }
+        Ok(())
+    }
+}
+
+/// One varying part of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Slot {
+    /// The path segment at this index (0 is the first after `/`).
+    Path(usize),
+    /// The value of this query key.
+    Query(String),
+    /// This header's value, or its absence.
+    Header(String),
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slot::Path(i) => write!(f, "path[{i}]"),
+            Slot::Query(k) => write!(f, "query.{k}"),
+            Slot::Header(h) => write!(f, "header.{h}"),
+        }
+    }
+}
+
+impl Slot {
+    /// The slot's value in `req`: `None` for an absent header or query key.
+    pub fn value_in(&self, req: &Request) -> Option<String> {
+        match self {
+            Slot::Path(i) => req.segments().nth(*i).map(str::to_string),
+            Slot::Query(k) => req.query_pairs().find(|(key, _)| key == k).map(|(_, v)| v.to_string()),
+            Slot::Header(h) => req.header(h).map(str::to_string),
+        }
+    }
+}
+
+/// What is known about one shape beyond its key.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeInfo {
+    pub shape: Shape,
+    /// Query keys in the order calls last sent them.
+    pub query_order: Vec<String>,
+    /// Headers that matter and were seen on this shape.
+    pub headers: Vec<String>,
+}
+
+impl ShapeInfo {
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = self
+            .shape
+            .template
+            .strip_prefix('/')
+            .unwrap_or(&self.shape.template)
+            .split('/')
+            .enumerate()
+            .filter(|(_, s)| *s == SLOT)
+            .map(|(i, _)| Slot::Path(i))
+            .collect();
+        slots.extend(self.query_order.iter().cloned().map(Slot::Query));
+        slots.extend(self.headers.iter().cloned().map(Slot::Header));
+        slots
+    }
+}
+
+#[derive(Debug, Default)]
+struct Position {
+    distinct: HashSet<String>,
+    slot: bool,
+}
+
+/// Every shape seen, and what was learned about which segments vary.
+#[derive(Debug, Default)]
+pub struct Shapes {
+    ids: HashMap<Shape, ShapeId>,
+    infos: Vec<ShapeInfo>,
+    /// Per (dependency, method, prefix template, position): values seen.
+    positions: HashMap<(String, String, String), Position>,
+}
+
+impl Shapes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn info(&self, id: ShapeId) -> Option<&ShapeInfo> {
+        self.infos.get(id as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.infos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.infos.is_empty()
+    }
+
+    /// The shape of a call, learning from it when `learn` is set.
+    pub fn classify(&mut self, dependency: &str, req: &Request, learn: bool) -> ShapeId {
+        let template = self.template(dependency, &req.method, &req.path, learn);
+        let mut query_order: Vec<String> = Vec::new();
+        for (k, _) in req.query_pairs() {
+            if !query_order.iter().any(|q| q == k) {
+                query_order.push(k.to_string());
+            }
+        }
+        let mut query_keys = query_order.clone();
+        query_keys.sort();
+        let shape = Shape {
+            dependency: dependency.to_string(),
+            method: req.method.clone(),
+            template,
+            query_keys,
+        };
+        let seen: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| headers::matters(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let id = match self.ids.get(&shape) {
+            Some(id) => *id,
+            None => {
+                let id = self.infos.len() as ShapeId;
+                self.ids.insert(shape.clone(), id);
+                self.infos.push(ShapeInfo {
+                    shape,
+                    query_order: query_order.clone(),
+                    headers: Vec::new(),
+                });
+                id
+            }
+        };
+        if learn {
+            if let Some(info) = self.infos.get_mut(id as usize) {
+                info.query_order = query_order;
+                for h in seen {
+                    if !info.headers.contains(&h) {
+                        info.headers.push(h);
+                        info.headers.sort();
+                    }
+                }
+            }
+        }
+        id
+    }
+
+    /// The shape a call would have, without learning from it.
+    pub fn lookup(&self, dependency: &str, req: &Request) -> Option<ShapeId> {
+        let template = self.template_known(dependency, &req.method, &req.path);
+        let mut query_keys: Vec<String> = req.query_pairs().map(|(k, _)| k.to_string()).collect();
+        query_keys.sort();
+        query_keys.dedup();
+        self.ids
+            .get(&Shape {
+                dependency: dependency.to_string(),
+                method: req.method.clone(),
+                template,
+                query_keys,
+            })
+            .copied()
+    }
+
+    fn template(&mut self, dependency: &str, method: &str, path: &str, learn: bool) -> String {
+        if !learn {
+            return self.template_known(dependency, method, path);
+        }
+        let mut prefix = String::new();
+        for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+            let key = (dependency.to_string(), method.to_string(), prefix.clone());
+            let pos = self.positions.entry(key).or_default();
+            if !pos.slot && pos.distinct.len() < DISTINCT_FOR_SLOT {
+                pos.distinct.insert(segment.to_string());
+                if pos.distinct.len() >= DISTINCT_FOR_SLOT {
+                    pos.slot = true;
+                    pos.distinct.clear();
+                }
+            }
+            let slot = pos.slot || is_identifier(segment);
+            prefix.push('/');
+            prefix.push_str(if slot { SLOT } else { segment });
+        }
+        if prefix.is_empty() { "/".into() } else { prefix }
+    }
+
+    fn template_known(&self, dependency: &str, method: &str, path: &str) -> String {
+        let mut prefix = String::new();
+        for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+            let key = (dependency.to_string(), method.to_string(), prefix.clone());
+            let slot = is_identifier(segment) || self.positions.get(&key).is_some_and(|p| p.slot);
+            prefix.push('/');
+            prefix.push_str(if slot { SLOT } else { segment });
+        }
+        if prefix.is_empty() { "/".into() } else { prefix }
+    }
+
+    /// Fills a template's slots, in order, with `values`.
+    pub fn fill(template: &str, values: &[(usize, String)]) -> String {
+        let mut out = String::new();
+        for (i, segment) in template.strip_prefix('/').unwrap_or(template).split('/').enumerate() {
+            out.push('/');
+            match values.iter().find(|(p, _)| *p == i) {
+                Some((_, v)) if segment == SLOT => out.push_str(v),
+                _ => out.push_str(segment),
+            }
+        }
+        out
+    }
+
+    /// Rough bytes held, for reporting.
+    pub fn memory_bytes(&self) -> usize {
+        let infos: usize = self
+            .infos
+            .iter()
+            .map(|i| 128 + i.shape.template.len() * 2 + i.shape.dependency.len() * 2)
+            .sum();
+        let positions: usize = self
+            .positions
+            .iter()
+            .map(|(k, p)| 96 + k.2.len() + p.distinct.iter().map(|d| d.len() + 32).sum::<usize>())
+            .sum();
+        infos + positions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.to_string(), None),
+        };
+        Request {
+            method: "GET".into(),
+            path,
+            query,
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn identifiers_are_slots_at_once() {
+        let mut s = Shapes::new();
+        let a = s.classify("users", &get("/users/42"), true);
+        let b = s.classify("users", &get("/users/7"), true);
+        assert_eq!(a, b);
+        assert_eq!(s.info(a).unwrap().shape.template, "/users/{}");
+    }
+
+    #[test]
+    fn names_become_slots_once_they_vary_enough() {
+        let mut s = Shapes::new();
+        let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan"];
+        let ids: Vec<_> = names.iter().map(|n| s.classify("u", &get(&format!("/users/{n}")), true)).collect();
+        assert_ne!(ids[0], ids[1], "two names are two endpoints");
+        assert_eq!(s.info(ids[8]).unwrap().shape.template, "/users/{}");
+        assert_eq!(s.lookup("u", &get("/users/zoe")), Some(ids[8]));
+        // A few endpoint names under one prefix stay names.
+        for n in ["profile", "settings", "avatar"] {
+            let id = s.classify("u", &get(&format!("/me/{n}")), true);
+            assert_eq!(s.info(id).unwrap().shape.template, format!("/me/{n}"));
+        }
+    }
+
+    #[test]
+    fn query_keys_are_part_of_the_shape_and_values_are_slots() {
+        let mut s = Shapes::new();
+        let a = s.classify("p", &get("/posts?user=1&limit=10"), true);
+        let b = s.classify("p", &get("/posts?limit=5&user=2"), true);
+        let c = s.classify("p", &get("/posts?user=3"), true);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let slots = s.info(a).unwrap().slots();
+        assert_eq!(slots, [Slot::Query("limit".into()), Slot::Query("user".into())]);
+        assert_eq!(Slot::Query("user".into()).value_in(&get("/posts?user=3")), Some("3".into()));
+    }
+
+    #[test]
+    fn templates_fill_back() {
+        assert_eq!(Shapes::fill("/users/{}/posts/{}", &[(1, "7".into()), (3, "9".into())]), "/users/7/posts/9");
+    }
+}
