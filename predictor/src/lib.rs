@@ -1,10 +1,27 @@
-//! augur's prediction library: what a call looks like once the parts that
-//! vary are taken out (its *shape*), and — as it grows — the sequence models
-//! and parameter provenance that say which calls come next.
+//! augur's prediction library: it learns, from closed execution contexts,
+//! which dependency calls a route makes, in what order, with which
+//! parameters and how long each takes; and it answers, at any moment of a
+//! live context, which calls are coming, written out in full.
 //!
-//! It is a pure library: no I/O, no async runtime, no configuration crate.
-//! The proxy feeds it observations and asks it questions. Start with
-//! [`shape`], which turns concrete paths into templates such as
-//! `/users/{id}/posts`.
+//! It is a pure library: no I/O besides reading trace files it is handed,
+//! no async runtime, no configuration crate. Start with [`learner`]: a
+//! [`Learner`] is fed [`Context`]s with [`Learner::learn`] and asked with
+//! [`Learner::predict`]. Underneath, [`shapes`] names calls by their shape,
+//! [`sequence`] models what follows what, [`provenance`] learns where each
+//! parameter comes from, [`trace`] reads and writes trace files, and
+//! [`eval`] replays them offline.
 
+pub mod eval;
+pub mod headers;
+pub mod learner;
+pub mod observation;
+pub mod provenance;
+pub mod secret;
+pub mod sequence;
 pub mod shape;
+pub mod shapes;
+pub mod timing;
+pub mod trace;
+
+pub use learner::{Learner, Prediction, Settings};
+pub use observation::{Call, Context, Request};

@@ -64,7 +64,12 @@ impl fmt::Display for Source {
             Source::InboundQuery(k) => write!(f, "inbound query.{k}"),
             Source::InboundHeader(h) => write!(f, "inbound header.{h}"),
             Source::InboundBody(p) => write!(f, "inbound body{p}"),
-            Source::Response { shape, occurrence, pointer, join } => {
+            Source::Response {
+                shape,
+                occurrence,
+                pointer,
+                join,
+            } => {
                 write!(f, "response of shape {shape}#{occurrence} {pointer}")?;
                 if let Some(j) = join {
                     write!(f, " joined by {:?}", j.separator())?;
@@ -80,7 +85,10 @@ impl Source {
     /// earliest first, constants last (they do not generalize).
     fn rank(&self) -> u8 {
         match self {
-            Source::InboundPath(_) | Source::InboundQuery(_) | Source::InboundHeader(_) | Source::InboundBody(_) => 0,
+            Source::InboundPath(_)
+            | Source::InboundQuery(_)
+            | Source::InboundHeader(_)
+            | Source::InboundBody(_) => 0,
             Source::Response { .. } => 1,
             Source::Const(_) => 2,
         }
@@ -121,7 +129,13 @@ fn lookup(root: &Value, pointer: &str, join: Option<Join>) -> Option<String> {
             let items = root.pointer(array)?.as_array()?;
             let parts: Option<Vec<String>> = items
                 .iter()
-                .map(|item| if rest.is_empty() { scalar(item) } else { item.pointer(rest).and_then(scalar) })
+                .map(|item| {
+                    if rest.is_empty() {
+                        scalar(item)
+                    } else {
+                        item.pointer(rest).and_then(scalar)
+                    }
+                })
                 .collect();
             Some(parts?.join(join.separator()))
         }
@@ -139,16 +153,27 @@ impl Available<'_> {
         match source {
             Source::Const(v) => Resolved::Value(v.clone()),
             Source::InboundPath(i) => inbound(&|r| r.segments().nth(*i).map(str::to_string)),
-            Source::InboundQuery(k) => {
-                inbound(&|r| r.query_pairs().find(|(key, _)| key == k).map(|(_, v)| v.to_string()))
-            }
+            Source::InboundQuery(k) => inbound(&|r| {
+                r.query_pairs()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.to_string())
+            }),
             Source::InboundHeader(h) => inbound(&|r| r.header(h).map(str::to_string)),
-            Source::InboundBody(p) => inbound(&|r| r.body.as_ref().and_then(|b| b.pointer(p)).and_then(scalar)),
-            Source::Response { shape, occurrence, pointer, join } => self
+            Source::InboundBody(p) => {
+                inbound(&|r| r.body.as_ref().and_then(|b| b.pointer(p)).and_then(scalar))
+            }
+            Source::Response {
+                shape,
+                occurrence,
+                pointer,
+                join,
+            } => self
                 .responses
                 .iter()
                 .find(|(s, o, _)| s == shape && o == occurrence)
-                .map_or(Resolved::Unavailable, |(_, _, body)| Resolved::Value(lookup(body, pointer, *join))),
+                .map_or(Resolved::Unavailable, |(_, _, body)| {
+                    Resolved::Value(lookup(body, pointer, *join))
+                }),
         }
     }
 
@@ -205,7 +230,13 @@ fn leaves(root: &Value, max: usize, f: &mut dyn FnMut(String, String, Option<Joi
     walk(root, &mut String::new(), 0, &mut budget, f);
 }
 
-fn walk(v: &Value, pointer: &mut String, depth: usize, budget: &mut usize, f: &mut dyn FnMut(String, String, Option<Join>)) {
+fn walk(
+    v: &Value,
+    pointer: &mut String,
+    depth: usize,
+    budget: &mut usize,
+    f: &mut dyn FnMut(String, String, Option<Join>),
+) {
     if *budget == 0 || depth > 8 {
         return;
     }
@@ -244,16 +275,24 @@ fn joined(items: &[Value], pointer: &str, f: &mut dyn FnMut(String, String, Opti
     }
     let mut emit = |suffix: String, parts: Vec<String>| {
         for join in [Join::Comma, Join::EncodedComma] {
-            f(format!("{pointer}/*{suffix}"), parts.join(join.separator()), Some(join));
+            f(
+                format!("{pointer}/*{suffix}"),
+                parts.join(join.separator()),
+                Some(join),
+            );
         }
     };
     if let Some(parts) = items.iter().map(scalar).collect::<Option<Vec<_>>>() {
         emit(String::new(), parts);
     } else if let Some(Value::Object(first)) = items.first() {
         for key in first.keys().take(16) {
-            let parts: Option<Vec<String>> = items.iter().map(|i| i.get(key).and_then(scalar)).collect();
+            let parts: Option<Vec<String>> =
+                items.iter().map(|i| i.get(key).and_then(scalar)).collect();
             if let Some(parts) = parts {
-                emit(format!("/{}", key.replace('~', "~0").replace('/', "~1")), parts);
+                emit(
+                    format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+                    parts,
+                );
             }
         }
     }
@@ -294,7 +333,11 @@ impl Rule {
         if self.seen == 0 {
             return 0.0;
         }
-        let mask = if self.seen >= 16 { u16::MAX } else { (1u16 << self.seen) - 1 };
+        let mask = if self.seen >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << self.seen) - 1
+        };
         f64::from((self.outcomes & mask).count_ones()) / f64::from(self.seen)
     }
 
@@ -355,10 +398,11 @@ impl SlotRules {
             rule.record(true);
             if rules.len() >= RULES_PER_SLOT {
                 // Make room by dropping the weakest rule, if it is weaker.
-                let weakest = rules
-                    .iter()
-                    .enumerate()
-                    .min_by(|a, b| a.1.precision().total_cmp(&b.1.precision()).then(a.1.support.cmp(&b.1.support)));
+                let weakest = rules.iter().enumerate().min_by(|a, b| {
+                    a.1.precision()
+                        .total_cmp(&b.1.precision())
+                        .then(a.1.support.cmp(&b.1.support))
+                });
                 match weakest {
                     Some((i, w)) if w.precision() < 1.0 => {
                         rules.swap_remove(i);
@@ -371,7 +415,11 @@ impl SlotRules {
     }
 
     /// The best trusted rule of each slot, or `None` if a slot has none.
-    pub fn best(&self, slots: &[Slot], min_observations: u32) -> Option<Vec<(&Slot, &Source)>> {
+    pub fn best<'a>(
+        &'a self,
+        slots: &'a [Slot],
+        min_observations: u32,
+    ) -> Option<Vec<(&'a Slot, &'a Source)>> {
         slots
             .iter()
             .map(|slot| {
@@ -391,7 +439,10 @@ impl SlotRules {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.slots.iter().map(|(_, rules)| 48 + rules.len() * 96).sum()
+        self.slots
+            .iter()
+            .map(|(_, rules)| 48 + rules.len() * 96)
+            .sum()
     }
 }
 
@@ -402,10 +453,17 @@ mod tests {
 
     #[test]
     fn pointers_joins_and_numbers_resolve() {
-        let body = json!({"hotels": [{"id": 7, "name": "a/b"}, {"id": 9, "name": "c"}], "first": "x"});
+        let body =
+            json!({"hotels": [{"id": 7, "name": "a/b"}, {"id": 9, "name": "c"}], "first": "x"});
         assert_eq!(lookup(&body, "/hotels/0/id", None), Some("7".into()));
-        assert_eq!(lookup(&body, "/hotels/*/id", Some(Join::Comma)), Some("7,9".into()));
-        assert_eq!(lookup(&body, "/hotels/*/id", Some(Join::EncodedComma)), Some("7%2C9".into()));
+        assert_eq!(
+            lookup(&body, "/hotels/*/id", Some(Join::Comma)),
+            Some("7,9".into())
+        );
+        assert_eq!(
+            lookup(&body, "/hotels/*/id", Some(Join::EncodedComma)),
+            Some("7%2C9".into())
+        );
         assert_eq!(lookup(&body, "/hotels", None), None);
         let avail = Available {
             inbound: None,
@@ -418,7 +476,11 @@ mod tests {
             pointer: "/hotels/*/id".into(),
             join: Some(Join::Comma)
         }));
-        assert!(index["a/b"].iter().any(|s| matches!(s, Source::Response { pointer, .. } if pointer == "/hotels/0/name")));
+        assert!(
+            index["a/b"].iter().any(
+                |s| matches!(s, Source::Response { pointer, .. } if pointer == "/hotels/0/name")
+            )
+        );
     }
 
     #[test]

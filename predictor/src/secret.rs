@@ -24,7 +24,11 @@ impl SecretHasher {
 
     /// `keyed:` and 32 hex digits (two independently keyed SipHashes).
     pub fn hash(&self, value: &str) -> String {
-        format!("{PREFIX}{:016x}{:016x}", self.a.hash_one(value), self.b.hash_one(value))
+        format!(
+            "{PREFIX}{:016x}{:016x}",
+            self.a.hash_one(value),
+            self.b.hash_one(value)
+        )
     }
 }
 

@@ -110,6 +110,17 @@ impl Node {
     }
 }
 
+/// Marks the start of a context in histories, so "first call" is not
+/// confused with "any call".
+const START: ShapeId = ShapeId::MAX;
+
+fn with_start(shapes: &[ShapeId]) -> Vec<ShapeId> {
+    let mut seq = Vec::with_capacity(shapes.len() + 1);
+    seq.push(START);
+    seq.extend_from_slice(shapes);
+    seq
+}
+
 /// A variable-order Markov model with back-off: it conditions on the
 /// longest recent history (up to `order` calls) that it has seen often
 /// enough, else on a shorter one. Each history also watches its last few
@@ -140,18 +151,18 @@ impl SequenceModel for OnlineModel {
     fn observe(&mut self, route: &str, shapes: &[ShapeId]) {
         let s = &self.settings;
         let nodes = self.routes.entry(route.to_string()).or_default();
-        for i in 0..=shapes.len() {
-            let next = shapes.get(i).map_or(Next::End, |id| Next::Call(*id));
+        let seq = with_start(shapes);
+        for i in 1..=seq.len() {
+            let next = seq.get(i).map_or(Next::End, |id| Next::Call(*id));
             for k in 0..=s.order.min(i) {
-                let key = &shapes[i - k..i];
-                match nodes.get_mut(key) {
-                    Some(node) => node.update(next, s),
-                    None if nodes.len() < s.max_nodes => {
-                        let mut node = Node::default();
-                        node.update(next, s);
-                        nodes.insert(key.to_vec(), node);
-                    }
-                    None => {}
+                let key = &seq[i - k..i];
+                let full = nodes.len() >= s.max_nodes;
+                if let Some(node) = nodes.get_mut(key) {
+                    node.update(next, s);
+                } else if !full {
+                    let mut node = Node::default();
+                    node.update(next, s);
+                    nodes.insert(key.to_vec(), node);
                 }
             }
         }
@@ -161,8 +172,9 @@ impl SequenceModel for OnlineModel {
         let Some(nodes) = self.routes.get(route) else {
             return Vec::new();
         };
-        for k in (0..=self.settings.order.min(history.len())).rev() {
-            let key = &history[history.len() - k..];
+        let seq = with_start(history);
+        for k in (0..=self.settings.order.min(seq.len())).rev() {
+            let key = &seq[seq.len() - k..];
             if let Some(node) = nodes.get(key) {
                 if node.total >= self.settings.min_support || k == 0 {
                     return node.distribution();
@@ -210,7 +222,16 @@ pub fn lookahead(
 ) -> Vec<Expected> {
     let mut found: HashMap<(ShapeId, u32), (f64, usize)> = HashMap::new();
     let mut path = history.to_vec();
-    walk(model, route, &mut path, history.len(), 1.0, max_depth, min_path, &mut found);
+    walk(
+        model,
+        route,
+        &mut path,
+        history.len(),
+        1.0,
+        max_depth,
+        min_path,
+        &mut found,
+    );
     let mut out: Vec<Expected> = found
         .into_iter()
         .map(|((shape, occurrence), (probability, depth))| Expected {
@@ -220,7 +241,11 @@ pub fn lookahead(
             depth,
         })
         .collect();
-    out.sort_by(|a, b| b.probability.total_cmp(&a.probability).then(a.depth.cmp(&b.depth)));
+    out.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.depth.cmp(&b.depth))
+    });
     out
 }
 
@@ -283,7 +308,11 @@ mod tests {
     fn parallel_fan_out_is_certain_in_either_order() {
         let mut m = model();
         for i in 0..40 {
-            if i % 2 == 0 { m.observe("r", &[1, 2, 3]) } else { m.observe("r", &[1, 3, 2]) }
+            if i % 2 == 0 {
+                m.observe("r", &[1, 2, 3])
+            } else {
+                m.observe("r", &[1, 3, 2])
+            }
         }
         let ahead = lookahead(&m, "r", &[1], 4, 0.01);
         for shape in [2, 3] {
@@ -299,7 +328,11 @@ mod tests {
             m.observe("r", &[1, 2, 2, 2, 3]);
         }
         let ahead = lookahead(&m, "r", &[1], 6, 0.01);
-        let twos: Vec<_> = ahead.iter().filter(|e| e.shape == 2).map(|e| e.occurrence).collect();
+        let twos: Vec<_> = ahead
+            .iter()
+            .filter(|e| e.shape == 2)
+            .map(|e| e.occurrence)
+            .collect();
         assert_eq!(twos.len(), 3, "{ahead:?}");
     }
 
@@ -312,7 +345,9 @@ mod tests {
         let mut switched_after = None;
         for i in 1..=20 {
             m.observe("r", &[1, 3]);
-            if switched_after.is_none() && m.next("r", &[1]).first().map(|n| n.0) == Some(Next::Call(3)) {
+            if switched_after.is_none()
+                && m.next("r", &[1]).first().map(|n| n.0) == Some(Next::Call(3))
+            {
                 switched_after = Some(i);
             }
         }

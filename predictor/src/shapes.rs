@@ -69,7 +69,10 @@ impl Slot {
     pub fn value_in(&self, req: &Request) -> Option<String> {
         match self {
             Slot::Path(i) => req.segments().nth(*i).map(str::to_string),
-            Slot::Query(k) => req.query_pairs().find(|(key, _)| key == k).map(|(_, v)| v.to_string()),
+            Slot::Query(k) => req
+                .query_pairs()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.to_string()),
             Slot::Header(h) => req.header(h).map(str::to_string),
         }
     }
@@ -220,7 +223,11 @@ impl Shapes {
             prefix.push('/');
             prefix.push_str(if slot { SLOT } else { segment });
         }
-        if prefix.is_empty() { "/".into() } else { prefix }
+        if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix
+        }
     }
 
     fn template_known(&self, dependency: &str, method: &str, path: &str) -> String {
@@ -231,13 +238,22 @@ impl Shapes {
             prefix.push('/');
             prefix.push_str(if slot { SLOT } else { segment });
         }
-        if prefix.is_empty() { "/".into() } else { prefix }
+        if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix
+        }
     }
 
     /// Fills a template's slots, in order, with `values`.
     pub fn fill(template: &str, values: &[(usize, String)]) -> String {
         let mut out = String::new();
-        for (i, segment) in template.strip_prefix('/').unwrap_or(template).split('/').enumerate() {
+        for (i, segment) in template
+            .strip_prefix('/')
+            .unwrap_or(template)
+            .split('/')
+            .enumerate()
+        {
             out.push('/');
             match values.iter().find(|(p, _)| *p == i) {
                 Some((_, v)) if segment == SLOT => out.push_str(v),
@@ -292,8 +308,13 @@ mod tests {
     #[test]
     fn names_become_slots_once_they_vary_enough() {
         let mut s = Shapes::new();
-        let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan"];
-        let ids: Vec<_> = names.iter().map(|n| s.classify("u", &get(&format!("/users/{n}")), true)).collect();
+        let names = [
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
+        ];
+        let ids: Vec<_> = names
+            .iter()
+            .map(|n| s.classify("u", &get(&format!("/users/{n}")), true))
+            .collect();
         assert_ne!(ids[0], ids[1], "two names are two endpoints");
         assert_eq!(s.info(ids[8]).unwrap().shape.template, "/users/{}");
         assert_eq!(s.lookup("u", &get("/users/zoe")), Some(ids[8]));
@@ -313,12 +334,21 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         let slots = s.info(a).unwrap().slots();
-        assert_eq!(slots, [Slot::Query("limit".into()), Slot::Query("user".into())]);
-        assert_eq!(Slot::Query("user".into()).value_in(&get("/posts?user=3")), Some("3".into()));
+        assert_eq!(
+            slots,
+            [Slot::Query("limit".into()), Slot::Query("user".into())]
+        );
+        assert_eq!(
+            Slot::Query("user".into()).value_in(&get("/posts?user=3")),
+            Some("3".into())
+        );
     }
 
     #[test]
     fn templates_fill_back() {
-        assert_eq!(Shapes::fill("/users/{}/posts/{}", &[(1, "7".into()), (3, "9".into())]), "/users/7/posts/9");
+        assert_eq!(
+            Shapes::fill("/users/{}/posts/{}", &[(1, "7".into()), (3, "9".into())]),
+            "/users/7/posts/9"
+        );
     }
 }

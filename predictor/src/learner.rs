@@ -1,0 +1,387 @@
+//! The learner: everything the predictor knows, fed with closed contexts
+//! and asked, at any moment of a live context, which calls are coming —
+//! fully written out, with how likely and how soon.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::headers;
+use crate::observation::{Call, Context};
+use crate::provenance::{Available, Resolved, SlotRules};
+use crate::sequence::{OnlineModel, OnlineSettings, SequenceModel, lookahead};
+use crate::shapes::{ShapeId, Shapes, Slot};
+use crate::timing::CallTiming;
+
+/// How the learner behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Contexts in which a provenance rule must have held before it is used.
+    pub min_observations: u32,
+    /// Calls looked ahead at most.
+    pub max_depth: usize,
+    /// Paths less likely than this are not followed.
+    pub min_path: f64,
+    /// Occurrences of one shape per context that get their own rules.
+    pub max_occurrences: u32,
+    /// (shape, occurrence) entries per route at most.
+    pub max_entries_per_route: usize,
+    /// Routes at most; later ones are not learned.
+    pub max_routes: usize,
+    /// JSON leaves indexed per document at most.
+    pub max_leaves: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            min_observations: 3,
+            max_depth: 12,
+            min_path: 0.02,
+            max_occurrences: 32,
+            max_entries_per_route: 512,
+            max_routes: 1000,
+            max_leaves: 2000,
+        }
+    }
+}
+
+/// A call the learner expects, written out in full.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub dependency: String,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The headers that matter, sorted by name.
+    pub headers: Vec<(String, String)>,
+    pub probability: f64,
+    /// Expected start, in microseconds from the inbound request's arrival.
+    pub expected_start_us: u64,
+    pub expected_latency_us: u64,
+    pub shape: ShapeId,
+    pub occurrence: u32,
+}
+
+impl Prediction {
+    /// Whether `call` is exactly this request: method, path, query and the
+    /// headers that matter.
+    pub fn matches(&self, call: &Call) -> bool {
+        let req = &call.request;
+        call.dependency == self.dependency
+            && req.method == self.method
+            && req.path == self.path
+            && req.query.as_deref().filter(|q| !q.is_empty()) == self.query.as_deref()
+            && mattering(&req.headers) == self.headers
+    }
+}
+
+impl Prediction {
+    /// Whether two predictions are the same request.
+    pub fn matches_prediction(&self, other: &Prediction) -> bool {
+        self.dependency == other.dependency
+            && self.method == other.method
+            && self.path == other.path
+            && self.query == other.query
+            && self.headers == other.headers
+    }
+}
+
+/// The headers that matter, sorted by name.
+pub fn mattering(headers: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| headers::matters(n))
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+#[derive(Debug, Default)]
+struct RouteState {
+    rules: HashMap<(ShapeId, u32), SlotRules>,
+    timing: HashMap<(ShapeId, u32), CallTiming>,
+}
+
+pub struct Learner {
+    settings: Settings,
+    shapes: Shapes,
+    model: Box<dyn SequenceModel>,
+    routes: HashMap<String, RouteState>,
+}
+
+impl Learner {
+    /// A learner with the online sequence model.
+    pub fn new(settings: Settings) -> Self {
+        Self::with_model(
+            settings,
+            Box::new(OnlineModel::new(OnlineSettings::default())),
+        )
+    }
+
+    /// A learner with another sequence model (the ONNX one).
+    pub fn with_model(settings: Settings, model: Box<dyn SequenceModel>) -> Self {
+        Self {
+            settings,
+            shapes: Shapes::new(),
+            model,
+            routes: HashMap::new(),
+        }
+    }
+
+    pub fn shapes(&self) -> &Shapes {
+        &self.shapes
+    }
+
+    /// Learns from one closed context.
+    pub fn learn(&mut self, ctx: &Context) {
+        if !self.routes.contains_key(&ctx.route) && self.routes.len() >= self.settings.max_routes {
+            return;
+        }
+        let ids: Vec<ShapeId> = ctx
+            .calls
+            .iter()
+            .map(|c| self.shapes.classify(&c.dependency, &c.request, true))
+            .collect();
+        let occurrences = occurrences(&ids);
+        self.model.observe(&ctx.route, &ids);
+        let settings = &self.settings;
+        let route = self.routes.entry(ctx.route.clone()).or_default();
+        for (j, call) in ctx.calls.iter().enumerate() {
+            let key = (ids[j], occurrences[j]);
+            if occurrences[j] >= settings.max_occurrences
+                || (!route.rules.contains_key(&key)
+                    && route.rules.len() >= settings.max_entries_per_route)
+            {
+                continue;
+            }
+            let timing = route.timing.entry(key).or_default();
+            timing.start_us.add(call.start_us as f64);
+            timing.duration_us.add(call.duration_us as f64);
+
+            let avail = available(ctx, &ids, &occurrences, |i| {
+                ctx.calls[i].end_us() <= call.start_us && i < j
+            });
+            let index = avail.index(8, settings.max_leaves);
+            let rules = route.rules.entry(key).or_default();
+            let Some(info) = self.shapes.info(ids[j]) else {
+                continue;
+            };
+            for slot in info.slots() {
+                let actual = slot.value_in(&call.request);
+                rules.observe(&slot, actual, &avail, &index);
+            }
+        }
+    }
+
+    /// The calls expected in `live` (a context still open: its inbound
+    /// request and the calls so far, with the responses that arrived),
+    /// `elapsed_us` after it opened, that should start within `horizon_us`
+    /// and can be written out in full now.
+    pub fn predict(&self, live: &Context, elapsed_us: u64, horizon_us: u64) -> Vec<Prediction> {
+        let Some(route) = self.routes.get(&live.route) else {
+            return Vec::new();
+        };
+        let mut history = Vec::with_capacity(live.calls.len());
+        for call in &live.calls {
+            match self.shapes.lookup(&call.dependency, &call.request) {
+                Some(id) => history.push(id),
+                // An unknown call: the model cannot say what follows it.
+                None => return Vec::new(),
+            }
+        }
+        let occurrences = occurrences(&history);
+        let avail = available(live, &history, &occurrences, |i| {
+            live.calls[i].response.is_some()
+        });
+        let expected = lookahead(
+            &*self.model,
+            &live.route,
+            &history,
+            self.settings.max_depth,
+            self.settings.min_path,
+        );
+        let mut out = Vec::new();
+        for e in expected {
+            let key = (e.shape, e.occurrence);
+            let timing = route.timing.get(&key);
+            let start = timing
+                .and_then(|t| t.start_us.get())
+                .map_or(elapsed_us, |s| s as u64);
+            if start > elapsed_us.saturating_add(horizon_us) {
+                continue;
+            }
+            let (Some(info), Some(rules)) = (self.shapes.info(e.shape), route.rules.get(&key))
+            else {
+                continue;
+            };
+            let slots = info.slots();
+            let Some(best) = rules.best(&slots, self.settings.min_observations) else {
+                continue;
+            };
+            let mut path_values = Vec::new();
+            let mut query_values: Vec<(&str, String)> = Vec::new();
+            let mut header_values = Vec::new();
+            let mut complete = true;
+            for (slot, source) in best {
+                let Resolved::Value(value) = avail.resolve(source) else {
+                    complete = false;
+                    break;
+                };
+                match (slot, value) {
+                    (Slot::Path(i), Some(v)) => path_values.push((*i, v)),
+                    (Slot::Query(k), Some(v)) => query_values.push((k, v)),
+                    (Slot::Header(h), Some(v)) => header_values.push((h.clone(), v)),
+                    (Slot::Header(_), None) => {}
+                    // A path segment or query key that is absent: the call
+                    // would not have this shape.
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                continue;
+            }
+            header_values.sort();
+            let query = (!info.query_order.is_empty()).then(|| {
+                info.query_order
+                    .iter()
+                    .map(|k| {
+                        let v = query_values
+                            .iter()
+                            .find(|(q, _)| q == k)
+                            .map_or("", |(_, v)| v.as_str());
+                        format!("{k}={v}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&")
+            });
+            out.push(Prediction {
+                dependency: info.shape.dependency.clone(),
+                method: info.shape.method.clone(),
+                path: Shapes::fill(&info.shape.template, &path_values),
+                query,
+                headers: header_values,
+                probability: e.probability,
+                expected_start_us: start,
+                expected_latency_us: timing
+                    .and_then(|t| t.duration_us.get())
+                    .map_or(0, |d| d as u64),
+                shape: e.shape,
+                occurrence: e.occurrence,
+            });
+        }
+        out
+    }
+
+    /// What the learner holds for each route, for `/debug/model`.
+    pub fn describe(&self) -> serde_json::Value {
+        let routes: serde_json::Map<String, serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|(name, state)| {
+                let mut calls: Vec<_> = state.rules.iter().collect();
+                calls.sort_by_key(|((shape, occ), _)| {
+                    let start = state
+                        .timing
+                        .get(&(*shape, *occ))
+                        .and_then(|t| t.start_us.get())
+                        .unwrap_or(0.0);
+                    (start as u64, *shape, *occ)
+                });
+                let calls: Vec<serde_json::Value> = calls
+                    .into_iter()
+                    .map(|((shape, occ), rules)| {
+                        let timing = state.timing.get(&(*shape, *occ));
+                        serde_json::json!({
+                            "shape": self.shapes.info(*shape).map(|i| i.shape.to_string()),
+                            "occurrence": occ,
+                            "expected_start_us": timing.and_then(|t| t.start_us.get()),
+                            "expected_latency_us": timing.and_then(|t| t.duration_us.get()),
+                            "slots": rules.slots.iter().map(|(slot, rules)| {
+                                let mut rules: Vec<_> = rules.iter().collect();
+                                rules.sort_by_key(|r| std::cmp::Reverse(r.support));
+                                serde_json::json!({
+                                    "slot": slot.to_string(),
+                                    "rules": rules.iter().take(3).map(|r| serde_json::json!({
+                                        "source": r.source.to_string(),
+                                        "support": r.support,
+                                        "precision": r.precision(),
+                                        "trusted": r.trusted(self.settings.min_observations),
+                                    })).collect::<Vec<_>>(),
+                                })
+                            }).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                (name.clone(), serde_json::Value::Array(calls))
+            })
+            .collect();
+        serde_json::json!({ "routes": routes, "memory_bytes": self.memory_bytes() })
+    }
+
+    /// Rough bytes held: shapes, sequence model, rules and timings.
+    pub fn memory_bytes(&self) -> usize {
+        let routes: usize = self
+            .routes
+            .iter()
+            .map(|(name, s)| {
+                name.len()
+                    + s.rules
+                        .values()
+                        .map(|r| 32 + r.memory_bytes())
+                        .sum::<usize>()
+                    + s.timing.len() * 64
+            })
+            .sum();
+        self.shapes.memory_bytes() + self.model.memory_bytes() + routes
+    }
+
+    /// The sequence model's distribution of what follows `history`.
+    pub fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(crate::sequence::Next, f64)> {
+        self.model.next(route, history)
+    }
+
+    /// The sequence model's most likely next step after `history`.
+    pub fn next_top1(&self, route: &str, history: &[ShapeId]) -> Option<crate::sequence::Next> {
+        self.model.next(route, history).first().map(|(n, _)| *n)
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// For each call, how many calls of the same shape came before it.
+fn occurrences(ids: &[ShapeId]) -> Vec<u32> {
+    let mut seen: HashMap<ShapeId, u32> = HashMap::new();
+    ids.iter()
+        .map(|id| {
+            let n = seen.entry(*id).or_insert(0);
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+/// The inbound request and the responses of the calls `include` admits.
+fn available<'a>(
+    ctx: &'a Context,
+    ids: &[ShapeId],
+    occurrences: &[u32],
+    include: impl Fn(usize) -> bool,
+) -> Available<'a> {
+    Available {
+        inbound: Some(&ctx.inbound),
+        responses: ctx
+            .calls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| include(*i))
+            .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_ref()?)))
+            .collect(),
+    }
+}
