@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod flows;
+mod robust;
 
 use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};
 use augur_predictor::sequence::Next;

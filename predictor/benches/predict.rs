@@ -1,0 +1,97 @@
+//! Learn and predict for a route with 10 calls, each taking its parameter
+//! from the previous response, plus the inbound id and credential.
+//!
+//! `cargo bench -p augur-predictor --bench predict`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use augur_predictor::{Call, Context, Learner, Request, Settings};
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+
+fn request(target: &str, auth: &str) -> Request {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    Request {
+        method: "GET".into(),
+        path,
+        query,
+        headers: vec![("authorization".into(), auth.into())],
+        body: None,
+    }
+}
+
+fn context(i: u64) -> Context {
+    let auth = format!("keyed:{:032x}", i % 13);
+    let mut calls = Vec::new();
+    let mut key = i;
+    let mut now = 100;
+    for step in 0..10u64 {
+        let next = key * 7 + step;
+        calls.push(Call {
+            dependency: format!("dep{step}"),
+            request: request(&format!("/s{step}/{key}?user={i}"), &auth),
+            status: 200,
+            start_us: now,
+            duration_us: 1000,
+            response: Some(
+                json!({"next": next, "items": [next, next + 1], "name": format!("n{next}")}),
+            ),
+        });
+        key = next;
+        now += 1050;
+    }
+    Context {
+        route: "GET /bench/{id}".into(),
+        inbound: request(&format!("/bench/{i}"), &auth),
+        calls,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let mut learner = Learner::new(Settings::default());
+    for i in 0..200 {
+        learner.learn(&context(i));
+    }
+    eprintln!(
+        "learned 1 route of 10 calls from 200 contexts: {} bytes",
+        learner.memory_bytes()
+    );
+    let ctx = context(1000);
+    let mut at_open = ctx.clone();
+    at_open.calls.clear();
+    let mut halfway = ctx.clone();
+    halfway.calls.truncate(5);
+    assert_eq!(learner.predict(&at_open, 0, 1_000_000).len(), 1);
+    assert_eq!(
+        learner
+            .predict(&halfway, halfway.calls[4].end_us(), 1_000_000)
+            .len(),
+        1
+    );
+
+    c.bench_function("online/predict at open (10-call route)", |b| {
+        b.iter(|| learner.predict(black_box(&at_open), 0, 1_000_000))
+    });
+    c.bench_function("online/predict after 5 of 10 calls", |b| {
+        b.iter(|| learner.predict(black_box(&halfway), 5000, 1_000_000))
+    });
+    let mut i = 2000;
+    c.bench_function("online/learn one 10-call context", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                context(i)
+            },
+            |ctx| learner.learn(black_box(&ctx)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(predict, benches);
+criterion_main!(predict);
