@@ -233,11 +233,13 @@ fn predictor(mut s: Section<'_>) -> Option<Predictor> {
     };
     let min_observations = or_default!(s, "min_observations", count, 1, 1_000_000; 3);
     let trace_log = s.string("trace_log").map(PathBuf::from);
+    let max_body_capture = or_default!(s, "max_body_capture", size; 64 << 10);
     s.finish();
     Some(Predictor {
         kind: kind?,
         min_observations: min_observations?,
         trace_log,
+        max_body_capture: max_body_capture?,
     })
 }
 

@@ -89,7 +89,11 @@ pub struct Speculation {
 pub struct Predictor {
     pub kind: PredictorKind,
     pub min_observations: u32,
+    /// Closed contexts are appended here as JSON Lines when set.
     pub trace_log: Option<PathBuf>,
+    /// Largest JSON body (request or response) captured for the learner;
+    /// larger ones are proxied but not learned from.
+    pub max_body_capture: u64,
 }
 
 /// Which sequence model the predictor runs.

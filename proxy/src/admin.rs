@@ -41,13 +41,14 @@ impl ServeHttp for Admin {
                     self.shared.metrics.render(),
                 )
             }
+            "/debug/model" => json(&self.shared.learning.learner.read().describe()),
             "/debug/contexts" => match limit(&query) {
                 Ok(n) => json(&self.shared.contexts.recent(n)),
                 Err(msg) => text(StatusCode::BAD_REQUEST, &msg),
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N\n",
+                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/model\n",
             ),
         }
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -27,9 +28,12 @@ pub struct InboundRecord {
     pub path: String,
     pub query: Option<String>,
     pub route: Arc<str>,
-    /// Header names and values in arrival order; redacted values read
-    /// `[redacted]`.
+    /// Header names and values in arrival order; credentials are keyed
+    /// hashes (`keyed:…`).
     pub headers: Vec<(String, String)>,
+    /// The JSON body, captured for the learner (bounded); never shown.
+    #[serde(skip)]
+    pub body: Option<Bytes>,
 }
 
 /// One dependency call made while a context was open.
@@ -39,6 +43,9 @@ pub struct CallRecord {
     pub method: String,
     pub path: String,
     pub query: Option<String>,
+    /// The request headers that can change the answer; credentials are
+    /// keyed hashes.
+    pub headers: Vec<(String, String)>,
     /// 0 when no response came (transport error).
     pub status: u16,
     pub outcome: &'static str,
@@ -46,6 +53,10 @@ pub struct CallRecord {
     pub start_offset_us: u64,
     pub duration_us: u64,
     pub response_bytes: u64,
+    /// The JSON response body, captured for the learner (bounded); never
+    /// shown.
+    #[serde(skip)]
+    pub response: Option<Bytes>,
 }
 
 /// A context after its inbound response ended.
@@ -61,6 +72,16 @@ pub struct ClosedContext {
     pub calls_dropped: u32,
 }
 
+/// A closed context with the bodies the learner needs. The history keeps
+/// the context without them.
+#[derive(Debug)]
+pub struct Closed {
+    pub context: Arc<ClosedContext>,
+    pub inbound_body: Option<Bytes>,
+    /// The captured response of each call, in call order.
+    pub responses: Vec<Option<Bytes>>,
+}
+
 struct OpenContext {
     started: Instant,
     started_unix_ms: u64,
@@ -72,6 +93,23 @@ struct OpenContext {
     /// Set when the inbound response ended while calls were still pending:
     /// its status and duration. The last pending call closes the context.
     closing: Option<(u16, Duration)>,
+}
+
+/// What recording a call did.
+#[derive(Debug)]
+pub enum Recorded {
+    /// There was no context (it expired).
+    NoContext,
+    /// The call joined its context, which stays open.
+    Open,
+    /// The call was the last one its context waited for: it closed.
+    Closed(Closed),
+}
+
+impl Recorded {
+    pub fn joined(&self) -> bool {
+        !matches!(self, Recorded::NoContext)
+    }
 }
 
 /// Why an inbound request is proxied without a context.
@@ -151,6 +189,13 @@ impl ContextTable {
         Ok(())
     }
 
+    /// Keeps the inbound request's captured body for the learner.
+    pub fn set_inbound_body(&self, key: TraceKey, body: Bytes) {
+        if let Some(ctx) = self.shard(key).lock().get_mut(&key) {
+            ctx.inbound.body = Some(body);
+        }
+    }
+
     /// Attaches a starting call to the open context of `key`, which then
     /// stays open until the call is [recorded](Self::record). Returns when
     /// the context started, or `None` when there is no open context.
@@ -164,10 +209,10 @@ impl ContextTable {
     /// Records an attached call in the context of `key`; false when the
     /// context is gone (expired). Closes the context if it was only waiting
     /// for this call.
-    pub fn record(&self, key: TraceKey, call: CallRecord) -> bool {
+    pub fn record(&self, key: TraceKey, call: CallRecord) -> Recorded {
         let mut shard = self.shard(key).lock();
         let Some(ctx) = shard.get_mut(&key) else {
-            return false;
+            return Recorded::NoContext;
         };
         if ctx.calls.len() < self.limits.max_calls {
             ctx.calls.push(call);
@@ -178,15 +223,15 @@ impl ContextTable {
         if let (0, Some((status, duration))) = (ctx.pending, ctx.closing) {
             if let Some(ctx) = shard.remove(&key) {
                 drop(shard);
-                self.finish(key, ctx, status, duration);
+                return Recorded::Closed(self.finish(key, ctx, status, duration));
             }
         }
-        true
+        Recorded::Open
     }
 
     /// Closes the context of `key` with the inbound response's status. If
     /// calls are still pending, the last of them closes it; then `None`.
-    pub fn close(&self, key: TraceKey, status: u16) -> Option<Arc<ClosedContext>> {
+    pub fn close(&self, key: TraceKey, status: u16) -> Option<Closed> {
         let mut shard = self.shard(key).lock();
         let ctx = shard.get_mut(&key)?;
         let duration = ctx.started.elapsed();
@@ -202,11 +247,13 @@ impl ContextTable {
     fn finish(
         &self,
         key: TraceKey,
-        ctx: OpenContext,
+        mut ctx: OpenContext,
         status: u16,
         duration: Duration,
-    ) -> Arc<ClosedContext> {
+    ) -> Closed {
         self.open.fetch_sub(1, Ordering::AcqRel);
+        let inbound_body = ctx.inbound.body.take();
+        let responses = ctx.calls.iter_mut().map(|c| c.response.take()).collect();
         let closed = Arc::new(ClosedContext {
             trace_id: format!("{key:032x}"),
             started_unix_ms: ctx.started_unix_ms,
@@ -223,7 +270,11 @@ impl ContextTable {
             }
             history.push_back(closed.clone());
         }
-        closed
+        Closed {
+            context: closed,
+            inbound_body,
+            responses,
+        }
     }
 
     /// Drops open contexts older than `max_age`; returns how many.
@@ -276,6 +327,7 @@ mod tests {
             query: None,
             route: "GET /".into(),
             headers: Vec::new(),
+            body: None,
         }
     }
 
@@ -285,11 +337,13 @@ mod tests {
             method: "GET".into(),
             path: "/x".into(),
             query: None,
+            headers: Vec::new(),
             status: 200,
             outcome: "miss",
             start_offset_us: 0,
             duration_us: 1,
             response_bytes: 0,
+            response: Some(Bytes::from_static(b"{}")),
         }
     }
 
@@ -309,12 +363,17 @@ mod tests {
         t.open(2, inbound()).unwrap();
         assert!(t.attach(1).is_some() && t.attach(2).is_some());
         assert!(t.attach(3).is_none());
-        assert!(t.record(1, call("a")));
-        assert!(t.record(2, call("b")));
-        assert!(!t.record(3, call("c")));
+        assert!(t.record(1, call("a")).joined());
+        assert!(t.record(2, call("b")).joined());
+        assert!(!t.record(3, call("c")).joined());
         let one = t.close(1, 200).unwrap();
-        assert_eq!(one.calls.len(), 1);
-        assert_eq!(&*one.calls[0].dependency, "a");
+        assert_eq!(one.context.calls.len(), 1);
+        assert_eq!(&*one.context.calls[0].dependency, "a");
+        assert_eq!(one.responses, [Some(Bytes::from_static(b"{}"))]);
+        assert!(
+            one.context.calls[0].response.is_none(),
+            "bodies leave the history"
+        );
         assert_eq!(t.open_count(), 1);
     }
 
@@ -328,7 +387,7 @@ mod tests {
         for _ in 0..5 {
             t.record(1, call("a"));
         }
-        let c = t.close(1, 200).unwrap();
+        let c = t.close(1, 200).unwrap().context;
         assert_eq!((c.calls.len(), c.calls_dropped), (2, 3));
         t.close(2, 200);
         t.open(4, inbound()).unwrap();
@@ -351,9 +410,9 @@ mod tests {
             "a closing context takes no new calls"
         );
         assert_eq!(t.open_count(), 1);
-        assert!(t.record(1, call("a")));
+        assert!(matches!(t.record(1, call("a")), Recorded::Open));
         assert!(t.recent(10).is_empty());
-        assert!(t.record(1, call("b")));
+        assert!(matches!(t.record(1, call("b")), Recorded::Closed(_)));
         let closed = t.recent(10);
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].status, closed[0].calls.len()), (200, 2));

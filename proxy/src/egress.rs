@@ -15,7 +15,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
-use crate::context::{CallRecord, TraceKey, micros};
+use crate::capture::Capture;
+use crate::context::{CallRecord, Recorded, TraceKey, micros};
 use crate::state::{Inflight, Shared};
 use crate::telemetry::{self, MaybeSpan};
 use crate::traceparent::{self, TraceParent};
@@ -42,7 +43,16 @@ pub struct CallCtx {
     /// The `traceparent` sent upstream, when the call came with one.
     traceparent: Option<TraceParent>,
     span: MaybeSpan,
+    /// The request headers that matter, recorded when the call joins a
+    /// context.
+    headers: Vec<(String, String)>,
     response_bytes: u64,
+    /// When the last byte of the response came from upstream (before it
+    /// is written to the service, so the service can never have started
+    /// its next call earlier).
+    finished: Option<Instant>,
+    /// The JSON response, copied for the learner while it streams.
+    response: Capture,
     _inflight: Inflight,
 }
 
@@ -57,7 +67,10 @@ impl ProxyHttp for Egress {
             context: None,
             traceparent: None,
             span: None,
+            headers: Vec::new(),
             response_bytes: 0,
+            finished: None,
+            response: Capture::default(),
             _inflight: self.shared.inflight_guard(),
         }
     }
@@ -82,6 +95,14 @@ impl ProxyHttp for Egress {
         });
         ctx.span = span;
         ctx.traceparent = parent.map(|_| tp);
+        if ctx.context.is_some() {
+            ctx.headers = headers::recorded(
+                &req.headers,
+                &self.shared.redact,
+                &self.shared.hasher,
+                |n| augur_predictor::headers::matters(n),
+            );
+        }
         ctx.accepted = true;
         Ok(false)
     }
@@ -113,9 +134,12 @@ impl ProxyHttp for Egress {
         &self,
         _: &mut Session,
         response: &mut ResponseHeader,
-        _: &mut CallCtx,
+        ctx: &mut CallCtx,
     ) -> Result<()> {
         headers::strip_response(response);
+        if ctx.context.is_some() {
+            ctx.response = Capture::start(&response.headers, self.shared.body_limit);
+        }
         Ok(())
     }
 
@@ -123,11 +147,15 @@ impl ProxyHttp for Egress {
         &self,
         _: &mut Session,
         body: &mut Option<Bytes>,
-        _: bool,
+        end_of_stream: bool,
         ctx: &mut CallCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(b) = body {
             ctx.response_bytes += b.len() as u64;
+            ctx.response.push(b);
+        }
+        if end_of_stream {
+            ctx.finished = Some(Instant::now());
         }
         Ok(None)
     }
@@ -145,7 +173,10 @@ impl ProxyHttp for Egress {
         if !ctx.accepted {
             return;
         }
-        let elapsed = ctx.started.elapsed();
+        let elapsed = ctx
+            .finished
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(ctx.started);
         let status = request::final_status(session, e);
         let mut outcome = outcome::BYPASS;
         if let Some((key, opened)) = ctx.context {
@@ -155,16 +186,23 @@ impl ProxyHttp for Egress {
                 method: req.method.to_string(),
                 path: req.uri.path().to_string(),
                 query: req.uri.query().map(str::to_string),
+                headers: std::mem::take(&mut ctx.headers),
                 status,
                 outcome: outcome::MISS,
                 start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
                 duration_us: micros(elapsed),
                 response_bytes: ctx.response_bytes,
+                response: ctx.response.finish(),
             };
             // The context stays open for an attached call; it is gone only
             // if it expired meanwhile.
-            if self.shared.contexts.record(key, call) {
-                outcome = outcome::MISS;
+            match self.shared.contexts.record(key, call) {
+                Recorded::NoContext => {}
+                Recorded::Open => outcome = outcome::MISS,
+                Recorded::Closed(closed) => {
+                    outcome = outcome::MISS;
+                    self.shared.learning.submit(closed);
+                }
             }
         }
         self.shared

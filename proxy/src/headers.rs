@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use augur_predictor::secret::SecretHasher;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -103,19 +104,24 @@ pub fn request_header_size(req: &RequestHeader) -> usize {
         + 2
 }
 
-/// The text shown instead of a credential.
-pub const REDACTED: &str = "[redacted]";
-
-/// Header names and values for display, with the values of `redact`
-/// replaced. Non-UTF-8 values are shown lossily.
-pub fn redacted(headers: &HeaderMap, redact: &[String]) -> Vec<(String, String)> {
+/// Header names and values as augur records them: the values of `redact`
+/// (credentials) replaced by a keyed hash, so equal credentials can be told
+/// apart from different ones but never read; `keep` chooses the headers.
+pub fn recorded(
+    headers: &HeaderMap,
+    redact: &[String],
+    hasher: &SecretHasher,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
     headers
         .iter()
+        .filter(|(name, _)| keep(name.as_str()))
         .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes());
             let shown = if redact.iter().any(|r| r == name.as_str()) {
-                REDACTED.to_string()
+                hasher.hash(&text)
             } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
+                text.into_owned()
             };
             (name.as_str().to_string(), shown)
         })
@@ -171,10 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_redacted() {
-        let r = req(&[("authorization", "Bearer s3cret"), ("accept", "*/*")]);
-        let shown = redacted(&r.headers, &["authorization".to_string()]);
-        assert_eq!(shown[0], ("authorization".into(), REDACTED.into()));
-        assert_eq!(shown[1], ("accept".into(), "*/*".into()));
+    fn credentials_are_recorded_as_keyed_hashes() {
+        let hasher = SecretHasher::new();
+        let r = req(&[
+            ("authorization", "Bearer s3cret"),
+            ("accept", "*/*"),
+            ("x-other", "1"),
+        ]);
+        let shown = recorded(&r.headers, &["authorization".to_string()], &hasher, |n| {
+            n != "x-other"
+        });
+        assert_eq!(shown.len(), 2);
+        let auth = &shown.iter().find(|(n, _)| n == "authorization").unwrap().1;
+        assert!(auth.starts_with("keyed:") && !auth.contains("s3cret"));
+        assert_eq!(*auth, hasher.hash("Bearer s3cret"));
+        assert!(shown.contains(&("accept".into(), "*/*".into())));
     }
 }

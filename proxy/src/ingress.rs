@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -13,6 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
+use crate::capture::Capture;
 use crate::context::{InboundRecord, TraceKey};
 use crate::state::{Inflight, Shared};
 use crate::telemetry::{self, MaybeSpan};
@@ -33,6 +35,8 @@ pub struct InboundCtx {
     /// The `traceparent` the service receives.
     traceparent: Option<TraceParent>,
     span: MaybeSpan,
+    /// The JSON request body, copied for the learner while it streams.
+    body: Capture,
     _inflight: Inflight,
 }
 
@@ -47,6 +51,7 @@ impl ProxyHttp for Ingress {
             context: None,
             traceparent: None,
             span: None,
+            body: Capture::default(),
             _inflight: self.shared.inflight_guard(),
         }
     }
@@ -71,10 +76,19 @@ impl ProxyHttp for Ingress {
             path: req.uri.path().to_string(),
             query: req.uri.query().map(str::to_string),
             route: route.clone(),
-            headers: headers::redacted(&req.headers, &self.shared.redact),
+            headers: headers::recorded(
+                &req.headers,
+                &self.shared.redact,
+                &self.shared.hasher,
+                |n| n != traceparent::HEADER,
+            ),
+            body: None,
         };
         match self.shared.contexts.open(tp.trace_id, inbound) {
-            Ok(()) => ctx.context = Some(tp.trace_id),
+            Ok(()) => {
+                ctx.context = Some(tp.trace_id);
+                ctx.body = Capture::start(&req.headers, self.shared.body_limit);
+            }
             Err(why) => self
                 .shared
                 .metrics
@@ -86,6 +100,24 @@ impl ProxyHttp for Ingress {
         ctx.traceparent = Some(tp);
         ctx.span = span;
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body.push(chunk);
+        }
+        if end_of_stream {
+            if let (Some(key), Some(captured)) = (ctx.context, ctx.body.finish()) {
+                self.shared.contexts.set_inbound_body(key, captured);
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut InboundCtx) -> Result<Box<HttpPeer>> {
@@ -131,7 +163,9 @@ impl ProxyHttp for Ingress {
         };
         let status = request::final_status(session, e);
         if let Some(key) = ctx.context.take() {
-            self.shared.contexts.close(key, status);
+            if let Some(closed) = self.shared.contexts.close(key, status) {
+                self.shared.learning.submit(closed);
+            }
         }
         self.shared.metrics.inbound(&route, ctx.started.elapsed());
         telemetry::finish(&mut ctx.span, status, Vec::new);

@@ -8,12 +8,15 @@
 //! `egress.rs` (dependency calls); `context.rs` holds what they record.
 
 pub mod admin;
+pub mod capture;
 pub mod context;
 pub mod egress;
 pub mod failure;
 pub mod headers;
 pub mod ingress;
+pub mod learning;
 pub mod metrics;
+pub mod offline;
 pub mod request;
 pub mod server;
 pub mod shutdown;

@@ -38,6 +38,35 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Replay trace files (JSON Lines, as `predictor.trace_log` writes
+    /// them) through a fresh predictor, in order, and print as JSON how
+    /// well it would have predicted: next_call_top1,
+    /// speculation_precision, speculation_recall, hidden_latency_fraction,
+    /// predict_us_p50/p99. Bad lines are reported and skipped.
+    Eval {
+        /// Trace files, replayed in the order given.
+        #[arg(required = true)]
+        traces: Vec<PathBuf>,
+        /// `online` (learns as it replays) or `onnx:PATH`.
+        #[arg(long, default_value = "online")]
+        model: String,
+        /// Share of contexts trained on before measuring (offline models).
+        #[arg(long, default_value_t = 0.5)]
+        train_fraction: f64,
+        /// Probability at or above which a prediction is speculated.
+        #[arg(long, default_value_t = 0.8)]
+        confidence: f64,
+        /// How far ahead a call may be expected and still be speculated.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        horizon: std::time::Duration,
+        /// Contexts a parameter rule must hold in before it is used.
+        #[arg(long, default_value_t = 3)]
+        min_observations: u32,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -45,6 +74,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { files } => check_config(&files),
+        Command::Eval {
+            traces,
+            model,
+            train_fraction,
+            confidence,
+            horizon,
+            min_observations,
+        } => eval(augur_proxy::offline::EvalArgs {
+            traces,
+            model,
+            train_fraction,
+            confidence,
+            horizon,
+            min_observations,
+        }),
     }
 }
 
@@ -65,6 +109,25 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("augur: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn eval(args: augur_proxy::offline::EvalArgs) -> ExitCode {
+    match augur_proxy::offline::run(&args) {
+        Ok(report) => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("augur eval: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("augur eval: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub contexts_open: IntGauge,
     pub contexts_untracked: IntCounterVec,
     pub contexts_expired: prometheus::IntCounter,
+    pub learner_contexts: prometheus::IntCounter,
+    pub learner_dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -58,6 +60,16 @@ impl Metrics {
             "Open contexts dropped because they outlived contexts.max_age",
         )?;
         registry.register(Box::new(contexts_expired.clone()))?;
+        let learner_contexts = prometheus::IntCounter::new(
+            "augur_learner_contexts_total",
+            "Closed contexts the predictor learned from",
+        )?;
+        registry.register(Box::new(learner_contexts.clone()))?;
+        let learner_dropped = prometheus::IntCounter::new(
+            "augur_learner_dropped_total",
+            "Closed contexts not learned from because the learner's queue was full",
+        )?;
+        registry.register(Box::new(learner_dropped.clone()))?;
         Ok(Self {
             inbound_requests: counter(
                 "augur_inbound_requests_total",
@@ -91,6 +103,8 @@ impl Metrics {
             )?,
             contexts_open,
             contexts_expired,
+            learner_contexts,
+            learner_dropped,
             routes: RwLock::new(HashSet::new()),
             registry,
         })

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
-use augur_config::{Config, Target as DependencyTarget};
+use augur_config::{Config, PredictorKind, Target as DependencyTarget};
+use augur_predictor::secret::SecretHasher;
+use augur_predictor::{Learner, Settings as LearnerSettings};
 use pingora::apps::http_app::HttpServer;
 use pingora::proxy::{ProxyHttp, http_proxy_service_with_name};
 use pingora::server::configuration::ServerConf;
@@ -21,9 +23,10 @@ use crate::admin::Admin;
 use crate::context::{ContextTable, Limits};
 use crate::egress::Egress;
 use crate::ingress::Ingress;
+use crate::learning::Learning;
 use crate::metrics::Metrics;
 use crate::shutdown::Drain;
-use crate::state::Shared;
+use crate::state::{Lifecycle, Shared};
 use crate::telemetry::Telemetry;
 use crate::upstream::Target;
 
@@ -72,14 +75,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_calls: config.contexts.max_calls,
         history: config.contexts.history,
     });
-    let shared = Arc::new(Shared::new(
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let learning = Learning::start(
+        learner(&config),
+        config.predictor.trace_log.as_deref(),
+        metrics.learner_contexts.clone(),
+        metrics.learner_dropped.clone(),
+    )?;
+    let shared = Arc::new(Shared {
         contexts,
-        Metrics::new().context("cannot register metrics")?,
+        learning,
+        metrics,
         telemetry,
-        config.contexts.redact_headers.clone(),
-        usize::try_from(config.proxy.max_request_header_size).unwrap_or(usize::MAX),
+        hasher: SecretHasher::new(),
+        redact: config.contexts.redact_headers.clone(),
+        max_header_size: usize::try_from(config.proxy.max_request_header_size)
+            .unwrap_or(usize::MAX),
+        body_limit: usize::try_from(config.predictor.max_body_capture).unwrap_or(usize::MAX),
         listeners,
-    ));
+        lifecycle: Lifecycle::default(),
+    });
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
@@ -128,6 +143,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // thread exited the process.
     shared.telemetry.shutdown(Duration::from_millis(500));
     Ok(())
+}
+
+/// The learner the configuration asks for.
+fn learner(config: &Config) -> Learner {
+    let settings = LearnerSettings {
+        min_observations: config.predictor.min_observations,
+        ..LearnerSettings::default()
+    };
+    if let PredictorKind::Onnx { model } = &config.predictor.kind {
+        tracing::warn!(
+            "predictor.kind = \"onnx\" ({}): this build has no ONNX Runtime support yet; using the online model",
+            model.display()
+        );
+    }
+    Learner::new(settings)
 }
 
 fn server_conf(config: &Config) -> ServerConf {

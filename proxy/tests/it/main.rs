@@ -6,6 +6,7 @@
 mod cli;
 mod contexts;
 mod failures;
+mod learning;
 mod passthrough;
 mod support;
 mod telemetry;

@@ -1,0 +1,187 @@
+//! Feeding the learner: closed contexts go, through a bounded queue, to one
+//! background thread that turns them into the predictor's observations,
+//! learns from them and appends them to the trace log. The request path
+//! only enqueues; when the queue is full a context is dropped and counted,
+//! never waited for.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+
+use anyhow::Context as _;
+use augur_predictor::trace::Record;
+use augur_predictor::{Call, Context, Learner, Request};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use prometheus::IntCounter;
+
+use crate::context::Closed;
+
+/// Closed contexts waiting for the learner at most.
+const QUEUE: usize = 4096;
+
+pub struct Learning {
+    tx: SyncSender<Closed>,
+    pub learner: Arc<RwLock<Learner>>,
+    dropped: IntCounter,
+}
+
+impl Learning {
+    /// Starts the learner thread. A trace log that cannot be opened is an
+    /// error now, not a silent loss later.
+    pub fn start(
+        learner: Learner,
+        trace_log: Option<&Path>,
+        learned: IntCounter,
+        dropped: IntCounter,
+    ) -> anyhow::Result<Self> {
+        let log = trace_log.map(TraceLog::open).transpose()?;
+        let learner = Arc::new(RwLock::new(learner));
+        let (tx, rx) = sync_channel(QUEUE);
+        let shared = learner.clone();
+        std::thread::Builder::new()
+            .name("augur-learner".into())
+            .spawn(move || run(rx, &shared, log, &learned))
+            .context("cannot start the learner thread")?;
+        Ok(Self {
+            tx,
+            learner,
+            dropped,
+        })
+    }
+
+    /// Hands a closed context to the learner without waiting.
+    pub fn submit(&self, closed: Closed) {
+        match self.tx.try_send(closed) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn run(
+    rx: Receiver<Closed>,
+    learner: &RwLock<Learner>,
+    mut log: Option<TraceLog>,
+    learned: &IntCounter,
+) {
+    loop {
+        let closed = match rx.try_recv() {
+            Ok(c) => c,
+            Err(TryRecvError::Empty) => {
+                // Idle: make what was written durable, then wait.
+                if let Some(l) = &mut log {
+                    l.flush();
+                }
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        let ctx = observation(&closed);
+        learner.write().learn(&ctx);
+        learned.inc();
+        if let Some(l) = &mut log {
+            let c = &closed.context;
+            l.append(&Record::new(
+                Some(c.trace_id.clone()),
+                c.status,
+                c.duration_us,
+                ctx,
+            ));
+        }
+    }
+}
+
+fn json(body: Option<&Bytes>) -> Option<serde_json::Value> {
+    body.and_then(|b| serde_json::from_slice(b).ok())
+}
+
+/// The predictor's view of a closed context.
+pub fn observation(closed: &Closed) -> Context {
+    let c = &closed.context;
+    let inbound = Request {
+        method: c.inbound.method.clone(),
+        path: c.inbound.path.clone(),
+        query: c.inbound.query.clone(),
+        headers: c.inbound.headers.clone(),
+        body: json(closed.inbound_body.as_ref()),
+    };
+    let calls = c
+        .calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| Call {
+            dependency: call.dependency.to_string(),
+            request: Request {
+                method: call.method.clone(),
+                path: call.path.clone(),
+                query: call.query.clone(),
+                headers: call.headers.clone(),
+                body: None,
+            },
+            status: call.status,
+            start_us: call.start_offset_us,
+            duration_us: call.duration_us,
+            response: json(closed.responses.get(i).and_then(Option::as_ref)),
+        })
+        .collect();
+    Context {
+        route: c.inbound.route.to_string(),
+        inbound,
+        calls,
+    }
+}
+
+/// The JSON Lines trace log (`predictor.trace_log`).
+struct TraceLog {
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl TraceLog {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the trace log {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: Some(BufWriter::new(file)),
+        })
+    }
+
+    fn append(&mut self, record: &Record) {
+        let result = self
+            .out
+            .as_mut()
+            .map(|out| writeln!(out, "{}", record.to_line()));
+        if let Some(Err(e)) = result {
+            self.fail(&e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(Err(e)) = self.out.as_mut().map(BufWriter::flush) {
+            self.fail(&e);
+        }
+    }
+
+    /// A write error stops the log (once, loudly) and nothing else.
+    fn fail(&mut self, e: &std::io::Error) {
+        tracing::error!(
+            "trace log {}: {e}; no more contexts will be written to it",
+            self.path.display()
+        );
+        self.out = None;
+    }
+}

@@ -1,0 +1,64 @@
+//! `augur eval`: replays trace files through a fresh learner and reports,
+//! as JSON, how well it would have predicted and speculated.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};
+use augur_predictor::{Context, Learner, Settings, trace};
+
+/// What `augur eval` was asked.
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    pub traces: Vec<PathBuf>,
+    /// `online`, or `onnx:PATH`.
+    pub model: String,
+    pub train_fraction: f64,
+    pub confidence: f64,
+    pub horizon: Duration,
+    pub min_observations: u32,
+}
+
+/// Reads every trace (bad lines go to stderr with file and line number),
+/// replays them in order and returns the report.
+pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
+    if !(0.0..=1.0).contains(&args.train_fraction) {
+        bail!(
+            "--train-fraction must be within 0..=1, not {}",
+            args.train_fraction
+        );
+    }
+    let settings = Settings {
+        min_observations: args.min_observations,
+        ..Settings::default()
+    };
+    let (mut learner, online) = match args.model.as_str() {
+        "online" => (Learner::new(settings), true),
+        other => match other.strip_prefix("onnx:") {
+            Some(path) => bail!(
+                "--model onnx:{path}: this build has no ONNX Runtime support yet; use --model online"
+            ),
+            None => bail!("--model must be \"online\" or \"onnx:PATH\", not {other:?}"),
+        },
+    };
+    let mut contexts: Vec<Context> = Vec::new();
+    for path in &args.traces {
+        let (records, errors) = trace::read_path(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        for e in &errors {
+            eprintln!("{}:{}: skipped: {}", path.display(), e.line, e.message);
+        }
+        contexts.extend(records.into_iter().map(|r| r.context));
+    }
+    if contexts.is_empty() {
+        bail!("no contexts in {} trace file(s)", args.traces.len());
+    }
+    let eval = EvalSettings {
+        confidence: args.confidence,
+        horizon_us: u64::try_from(args.horizon.as_micros()).unwrap_or(u64::MAX),
+        learn_online: online,
+        train: (contexts.len() as f64 * args.train_fraction).round() as usize,
+    };
+    Ok(evaluate(&mut learner, &args.model, &contexts, &eval))
+}
