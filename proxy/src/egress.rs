@@ -100,7 +100,7 @@ impl ProxyHttp for Egress {
                 &req.headers,
                 &self.shared.redact,
                 &self.shared.hasher,
-                |n| augur_predictor::headers::matters(n),
+                augur_predictor::headers::matters,
             );
         }
         ctx.accepted = true;
