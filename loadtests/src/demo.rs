@@ -21,17 +21,25 @@ use crate::load::{self, Planned};
 use crate::procs::{self, free_port, local};
 use crate::server::{self, respond};
 
-/// The `users` dependency's answer for `id`.
-pub fn user_body(id: u64) -> String {
-    format!("{{\"id\":{id},\"name\":\"user-{id}\"}}")
+/// The feed id `users` gives for user `id`, which `posts` is asked for.
+pub fn feed_of(id: u64) -> u64 {
+    id * 7 + 3
 }
 
-/// The `posts` dependency's answer for `user`.
-pub fn posts_body(user: u64) -> String {
+/// The `users` dependency's answer for `id`.
+pub fn user_body(id: u64) -> String {
     format!(
-        "{{\"user\":{user},\"posts\":[{},{}]}}",
-        user * 10,
-        user * 10 + 1
+        "{{\"id\":{id},\"name\":\"user-{id}\",\"feed\":\"f{}\"}}",
+        feed_of(id)
+    )
+}
+
+/// The `posts` dependency's answer for a feed.
+pub fn posts_body(feed: u64) -> String {
+    format!(
+        "{{\"feed\":\"f{feed}\",\"posts\":[{},{}]}}",
+        feed * 10,
+        feed * 10 + 1
     )
 }
 
@@ -40,7 +48,7 @@ pub fn profile_body(id: u64) -> String {
     format!(
         "{{\"user\":{},\"posts\":{}}}",
         user_body(id),
-        posts_body(id)
+        posts_body(feed_of(id))
     )
 }
 
@@ -61,9 +69,9 @@ pub async fn start_dependencies(latency: Duration) -> anyhow::Result<(SocketAddr
     .await?;
     let posts = server::serve(local(0), move |req: Request<Incoming>| async move {
         tokio::time::sleep(latency).await;
-        match req.uri().query().and_then(|q| id_after(q, "user=")) {
-            Some(id) => respond(200, "application/json", posts_body(id)),
-            None => respond(400, "text/plain", "posts needs ?user=ID\n"),
+        match req.uri().query().and_then(|q| id_after(q, "feed=f")) {
+            Some(feed) => respond(200, "application/json", posts_body(feed)),
+            None => respond(400, "text/plain", "posts needs ?feed=fID\n"),
         }
     })
     .await?;
@@ -81,20 +89,26 @@ pub async fn start_frontend(users: SocketAddr, posts: SocketAddr) -> anyhow::Res
             let Some(id) = id_after(req.uri().path(), "/profile/") else {
                 return respond(404, "text/plain", "try /profile/{id}\n");
             };
-            let mut parts = Vec::new();
-            for url in [
-                format!("http://{users}/users/{id}"),
-                format!("http://{posts}/posts?user={id}"),
-            ] {
-                match call(&client, &req, &url).await {
-                    Ok(body) => parts.push(body),
+            // users first; its answer names the feed to ask posts for.
+            let user = match call(&client, &req, &format!("http://{users}/users/{id}")).await {
+                Ok(body) => body,
+                Err(e) => return respond(502, "text/plain", format!("frontend: {e}\n")),
+            };
+            let feed = serde_json::from_slice::<serde_json::Value>(&user)
+                .ok()
+                .and_then(|u| u["feed"].as_str().map(str::to_string));
+            let Some(feed) = feed else {
+                return respond(502, "text/plain", "frontend: users gave no feed\n");
+            };
+            let posts =
+                match call(&client, &req, &format!("http://{posts}/posts?feed={feed}")).await {
+                    Ok(body) => body,
                     Err(e) => return respond(502, "text/plain", format!("frontend: {e}\n")),
-                }
-            }
+                };
             let body = format!(
                 "{{\"user\":{},\"posts\":{}}}",
-                String::from_utf8_lossy(&parts[0]),
-                String::from_utf8_lossy(&parts[1])
+                String::from_utf8_lossy(&user),
+                String::from_utf8_lossy(&posts)
             );
             respond(200, "application/json", body)
         }
@@ -130,6 +144,8 @@ pub struct DemoOptions {
     pub requests: usize,
     pub concurrency: usize,
     pub latency: Duration,
+    /// Where augur writes its trace log (closed contexts as JSON Lines).
+    pub trace: Option<PathBuf>,
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
@@ -147,6 +163,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     step(&format!(
         "starting augur in front of frontend ({frontend}) and of both dependencies"
     ));
+    let predictor = match &opts.trace {
+        Some(path) => {
+            let path = std::path::absolute(path)?;
+            let _ = std::fs::remove_file(&path);
+            format!(
+                "\n[predictor]\ntrace_log = {:?}\n",
+                path.display().to_string()
+            )
+        }
+        None => String::new(),
+    };
     let config = format!(
         r#"[service]
 name = "frontend"
@@ -155,7 +182,7 @@ upstream = "{frontend}"
 
 [admin]
 listen = "127.0.0.1:{admin}"
-
+{predictor}
 [[dependency]]
 name = "users"
 listen = "127.0.0.1:{users_egress}"
@@ -213,9 +240,18 @@ upstream = "{posts}"
     let contexts: serde_json::Value =
         serde_json::from_str(&body).context("/debug/contexts is not JSON")?;
     print_contexts(&contexts);
-    println!(
-        "\nfull JSON: curl -s 'http://127.0.0.1:{admin}/debug/contexts?limit=1' (while the demo runs)"
-    );
+    step("what augur learned about the route (/debug/model)");
+    let (_, body) = procs::http_get(local(admin), "/debug/model")?;
+    let model: serde_json::Value =
+        serde_json::from_str(&body).context("/debug/model is not JSON")?;
+    print_model(&model);
+    if let Some(path) = &opts.trace {
+        println!(
+            "\ntrace log: {} (replay it: augur eval {})",
+            path.display(),
+            path.display()
+        );
+    }
     if report.errors > 0 || report.wrong > 0 || report.ok as usize != opts.requests {
         bail!(
             "the demo saw {} errors and {} wrong responses",
@@ -253,6 +289,37 @@ fn metric(text: &str, series: &str) -> f64 {
 
 fn step(text: &str) {
     println!("\n==> {text}");
+}
+
+fn print_model(model: &serde_json::Value) {
+    let Some(routes) = model["routes"].as_object() else {
+        return;
+    };
+    for (route, calls) in routes {
+        println!("  {route}");
+        for call in calls.as_array().into_iter().flatten() {
+            println!(
+                "      {}  (expected at +{:.2} ms, takes {:.2} ms)",
+                call["shape"].as_str().unwrap_or("?"),
+                call["expected_start_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                call["expected_latency_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            );
+            for slot in call["slots"].as_array().into_iter().flatten() {
+                let best = &slot["rules"][0];
+                println!(
+                    "          {:<22} <- {} (held {} times{})",
+                    slot["slot"].as_str().unwrap_or("?"),
+                    best["source"].as_str().unwrap_or("?"),
+                    best["support"],
+                    if best["trusted"] == true {
+                        ", trusted"
+                    } else {
+                        ""
+                    },
+                );
+            }
+        }
+    }
 }
 
 fn print_contexts(contexts: &serde_json::Value) {

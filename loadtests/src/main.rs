@@ -31,6 +31,9 @@ enum Command {
         /// How long each dependency takes to answer.
         #[arg(long, default_value = "2ms", value_parser = humantime_duration)]
         latency: Duration,
+        /// Have augur write its trace log here.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// The pass-through benchmark: direct, augur, nginx and haproxy in one
     /// run. Prints a Markdown table.
@@ -90,12 +93,14 @@ fn main() -> anyhow::Result<()> {
                 requests,
                 concurrency,
                 latency,
+                trace,
             } => {
                 demo::run(demo::DemoOptions {
                     augur,
                     requests,
                     concurrency,
                     latency,
+                    trace,
                 })
                 .await
             }

@@ -307,7 +307,7 @@ impl Learner {
                                 serde_json::json!({
                                     "slot": slot.to_string(),
                                     "rules": rules.iter().take(3).map(|r| serde_json::json!({
-                                        "source": r.source.to_string(),
+                                        "source": self.describe_source(&r.source),
                                         "support": r.support,
                                         "precision": r.precision(),
                                         "trusted": r.trusted(self.settings.min_observations),
@@ -321,6 +321,33 @@ impl Learner {
             })
             .collect();
         serde_json::json!({ "routes": routes, "memory_bytes": self.memory_bytes() })
+    }
+
+    /// A source in words, naming the shape of a response source.
+    fn describe_source(&self, source: &crate::provenance::Source) -> String {
+        match source {
+            crate::provenance::Source::Response {
+                shape,
+                occurrence,
+                pointer,
+                join,
+            } => {
+                let name = self
+                    .shapes
+                    .info(*shape)
+                    .map_or_else(|| format!("shape {shape}"), |i| i.shape.to_string());
+                let nth = if *occurrence > 0 {
+                    format!(" (call {} of it)", occurrence + 1)
+                } else {
+                    String::new()
+                };
+                let joined = join.map_or(String::new(), |j| {
+                    format!(", joined by {:?}", j.separator())
+                });
+                format!("response of {name}{nth} at {pointer}{joined}")
+            }
+            other => other.to_string(),
+        }
     }
 
     /// Rough bytes held: shapes, sequence model, rules and timings.

@@ -47,7 +47,7 @@ pub enum Join {
 }
 
 impl Join {
-    fn separator(self) -> &'static str {
+    pub fn separator(self) -> &'static str {
         match self {
             Join::Comma => ",",
             Join::EncodedComma => "%2C",
