@@ -93,5 +93,50 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(predict, benches);
+/// The ONNX model of the demo on the demo traces: one inference at batch 1,
+/// and a whole predict (lookahead through the model plus instantiation).
+#[cfg(feature = "onnx")]
+fn onnx_benches(c: &mut Criterion) {
+    use augur_predictor::onnx::{OnnxModel, use_runtime};
+    use augur_predictor::trace;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let runtime = std::env::var_os("ORT_DYLIB_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".cache/onnxruntime/libonnxruntime.so.1.32.0"));
+    use_runtime(&runtime);
+    let model = match OnnxModel::load(&root.join("predictor/models/demo.onnx")) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("onnx benches skipped: {e}");
+            return;
+        }
+    };
+    let window = vec![0i64; model.window()];
+    c.bench_function("onnx/one inference (batch 1, window 12, LSTM 64)", |b| {
+        b.iter(|| model.run(black_box(&window)).unwrap())
+    });
+    let (records, _) = trace::read_path(&root.join("loadtests/traces/demo.jsonl")).unwrap();
+    let mut learner = Learner::with_model(Settings::default(), Box::new(model));
+    for r in &records[..150] {
+        learner.learn(&r.context);
+    }
+    let mut at_open = records[200].context.clone();
+    at_open.calls.clear();
+    assert_eq!(learner.predict(&at_open, 0, 1_000_000).len(), 1);
+    c.bench_function("onnx/predict at open (demo route, windows cached)", |b| {
+        b.iter(|| learner.predict(black_box(&at_open), 0, 1_000_000))
+    });
+    let mut online = Learner::new(Settings::default());
+    for r in &records[..150] {
+        online.learn(&r.context);
+    }
+    c.bench_function("online/predict at open (demo route)", |b| {
+        b.iter(|| online.predict(black_box(&at_open), 0, 1_000_000))
+    });
+}
+
+#[cfg(not(feature = "onnx"))]
+fn onnx_benches(_: &mut Criterion) {}
+
+criterion_group!(predict, benches, onnx_benches);
 criterion_main!(predict);

@@ -139,11 +139,17 @@ impl Learner {
         if !self.routes.contains_key(&ctx.route) && self.routes.len() >= self.settings.max_routes {
             return;
         }
-        let ids: Vec<ShapeId> = ctx
-            .calls
-            .iter()
-            .map(|c| self.shapes.classify(&c.dependency, &c.request, true))
-            .collect();
+        let mut ids: Vec<ShapeId> = Vec::with_capacity(ctx.calls.len());
+        for c in &ctx.calls {
+            let known = self.shapes.len();
+            let id = self.shapes.classify(&c.dependency, &c.request, true);
+            if self.shapes.len() > known {
+                if let Some(info) = self.shapes.info(id) {
+                    self.model.shape_added(id, &info.shape);
+                }
+            }
+            ids.push(id);
+        }
         let occurrences = occurrences(&ids);
         self.model.observe(&ctx.route, &ids);
         let settings = &self.settings;
@@ -320,7 +326,11 @@ impl Learner {
                 (name.clone(), serde_json::Value::Array(calls))
             })
             .collect();
-        serde_json::json!({ "routes": routes, "memory_bytes": self.memory_bytes() })
+        serde_json::json!({
+            "model": self.model.name(),
+            "routes": routes,
+            "memory_bytes": self.memory_bytes(),
+        })
     }
 
     /// A source in words, naming the shape of a response source.

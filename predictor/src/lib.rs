@@ -11,10 +11,13 @@
 //! parameter comes from, [`trace`] reads and writes trace files, and
 //! [`eval`] replays them offline.
 
+pub mod dataset;
 pub mod eval;
 pub mod headers;
 pub mod learner;
 pub mod observation;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod provenance;
 pub mod secret;
 pub mod sequence;

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::shapes::ShapeId;
+use crate::shapes::{Shape, ShapeId};
 
 /// What comes after a history: another call, or the end of the context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,6 +24,13 @@ pub trait SequenceModel: Send + Sync {
 
     /// Rough bytes held, for reporting.
     fn memory_bytes(&self) -> usize;
+
+    /// What kind of model this is, for reports.
+    fn name(&self) -> &'static str;
+
+    /// Tells the model the name of a shape id when the learner first sees
+    /// it (a model trained offline knows shapes by name, not by id).
+    fn shape_added(&mut self, _id: ShapeId, _shape: &Shape) {}
 }
 
 /// Settings of the online model.
@@ -148,6 +155,10 @@ impl OnlineModel {
 }
 
 impl SequenceModel for OnlineModel {
+    fn name(&self) -> &'static str {
+        "online"
+    }
+
     fn observe(&mut self, route: &str, shapes: &[ShapeId]) {
         let s = &self.settings;
         let nodes = self.routes.entry(route.to_string()).or_default();

@@ -63,6 +63,12 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         min_observations: u32,
     },
+    /// Write the call sequences of trace files as JSON: the training data
+    /// of `predictor/train/train.py`.
+    ExportSequences {
+        #[arg(required = true)]
+        traces: Vec<PathBuf>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -89,6 +95,22 @@ fn main() -> ExitCode {
             horizon,
             min_observations,
         }),
+        Command::ExportSequences { traces } => match augur_proxy::offline::export(&traces) {
+            Ok(data) => match serde_json::to_string(&data) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("augur export-sequences: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("augur export-sequences: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

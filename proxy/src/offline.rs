@@ -20,6 +20,28 @@ pub struct EvalArgs {
     pub min_observations: u32,
 }
 
+/// Reads trace files in order; bad lines go to stderr with file and line.
+pub fn read_traces(paths: &[PathBuf]) -> anyhow::Result<Vec<Context>> {
+    let mut contexts: Vec<Context> = Vec::new();
+    for path in paths {
+        let (records, errors) = trace::read_path(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        for e in &errors {
+            eprintln!("{}:{}: skipped: {}", path.display(), e.line, e.message);
+        }
+        contexts.extend(records.into_iter().map(|r| r.context));
+    }
+    if contexts.is_empty() {
+        bail!("no contexts in {} trace file(s)", paths.len());
+    }
+    Ok(contexts)
+}
+
+/// `augur export-sequences`: the training data of an offline model.
+pub fn export(paths: &[PathBuf]) -> anyhow::Result<augur_predictor::dataset::Dataset> {
+    Ok(augur_predictor::dataset::dataset(&read_traces(paths)?))
+}
+
 /// Reads every trace (bad lines go to stderr with file and line number),
 /// replays them in order and returns the report.
 pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
@@ -36,24 +58,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let (mut learner, online) = match args.model.as_str() {
         "online" => (Learner::new(settings), true),
         other => match other.strip_prefix("onnx:") {
-            Some(path) => bail!(
-                "--model onnx:{path}: this build has no ONNX Runtime support yet; use --model online"
-            ),
+            Some(path) => {
+                let model = augur_predictor::onnx::OnnxModel::load(std::path::Path::new(path))?;
+                (Learner::with_model(settings, Box::new(model)), false)
+            }
             None => bail!("--model must be \"online\" or \"onnx:PATH\", not {other:?}"),
         },
     };
-    let mut contexts: Vec<Context> = Vec::new();
-    for path in &args.traces {
-        let (records, errors) = trace::read_path(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        for e in &errors {
-            eprintln!("{}:{}: skipped: {}", path.display(), e.line, e.message);
-        }
-        contexts.extend(records.into_iter().map(|r| r.context));
-    }
-    if contexts.is_empty() {
-        bail!("no contexts in {} trace file(s)", args.traces.len());
-    }
+    let contexts = read_traces(&args.traces)?;
     let eval = EvalSettings {
         confidence: args.confidence,
         horizon_us: u64::try_from(args.horizon.as_micros()).unwrap_or(u64::MAX),

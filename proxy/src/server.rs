@@ -152,10 +152,17 @@ fn learner(config: &Config) -> Learner {
         ..LearnerSettings::default()
     };
     if let PredictorKind::Onnx { model } = &config.predictor.kind {
-        tracing::warn!(
-            "predictor.kind = \"onnx\" ({}): this build has no ONNX Runtime support yet; using the online model",
-            model.display()
-        );
+        match augur_predictor::onnx::OnnxModel::load(model) {
+            Ok(m) => {
+                tracing::info!(
+                    "predictor: ONNX model {} (window {})",
+                    model.display(),
+                    m.window()
+                );
+                return Learner::with_model(settings, Box::new(m));
+            }
+            Err(e) => tracing::error!("predictor: {e}; using the online model instead"),
+        }
     }
     Learner::new(settings)
 }

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod flows;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod robust;
 
 use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};

@@ -177,3 +177,29 @@ fn eval_reports_bad_lines_and_rejects_unknown_models() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model must be"));
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onnx_model_is_used_and_a_bad_one_falls_back_to_online() {
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../predictor/models/demo.onnx");
+    let upstream = echo_server().await;
+    for (path, expected) in [
+        (model.display().to_string(), "onnx"),
+        ("/nonexistent/model.onnx".into(), "online"),
+    ] {
+        let extra = format!("[predictor]\nkind = \"onnx\"\nmodel = \"{path}\"");
+        let augur = Augur::start(&Ports::new(0), upstream, &[], &extra).await;
+        assert_eq!(get(&augur.url("/x")).await.status, 200);
+        let model: serde_json::Value =
+            serde_json::from_slice(&augur.admin_get("/debug/model").await.body).unwrap();
+        assert_eq!(model["model"], expected, "{path}: {}", augur.log_text());
+        if expected == "online" {
+            let log = augur.log_text();
+            assert!(
+                log.contains("cannot read model /nonexistent/model.onnx"),
+                "{log}"
+            );
+            assert!(log.contains("using the online model instead"), "{log}");
+        }
+    }
+}

@@ -232,6 +232,17 @@ fn fastrand_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// ONNX Runtime for augur: `ORT_DYLIB_PATH`, else the copy `scripts/setup`
+/// fetches.
+pub fn ort_dylib() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/onnxruntime/libonnxruntime.so.1.32.0")
+        })
+}
+
 pub fn augur_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_augur"))
 }
@@ -245,6 +256,7 @@ impl Augur {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .env("ORT_DYLIB_PATH", ort_dylib())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

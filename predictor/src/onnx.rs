@@ -1,0 +1,326 @@
+//! The ONNX sequence model: an LSTM (or any model with the same inputs and
+//! outputs) trained offline by `predictor/train/train.py`, run through ONNX
+//! Runtime. This is the only module that touches `ort`.
+//!
+//! The model takes `tokens` (int64, `[batch, window]`: the route, a start
+//! marker and the shapes so far, left-padded) and gives `probs` (float,
+//! `[batch, vocab]`: the next token) and `log_latency` (float, `[batch, 1]`).
+//! Its vocabulary travels in the model's metadata under `augur.vocab`.
+//!
+//! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` (or the system's
+//! `libonnxruntime.so`); a missing library, an unreadable or corrupt model,
+//! or one of the wrong shape is a [`ModelError`], never a panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+use serde::Deserialize;
+
+use crate::sequence::{Next, SequenceModel};
+use crate::shapes::{Shape, ShapeId};
+
+const PAD: i64 = 0;
+const START: i64 = 1;
+const END: i64 = 2;
+const UNK: i64 = 3;
+
+/// Why a model could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason} (set ORT_DYLIB_PATH to libonnxruntime.so.1.32.0)"
+    )]
+    Runtime { path: PathBuf, reason: String },
+    #[error("cannot read model {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("model {path} is not a valid ONNX model: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("model {path} has the wrong shape: {reason}")]
+    Shape { path: PathBuf, reason: String },
+    #[error("model run failed: {0}")]
+    Run(String),
+}
+
+/// The vocabulary stored in the model's metadata.
+#[derive(Debug, Deserialize)]
+struct Vocab {
+    window: usize,
+    routes: Vec<String>,
+    shapes: Vec<String>,
+}
+
+static RUNTIME_PATH: OnceLock<PathBuf> = OnceLock::new();
+
+/// Uses the ONNX Runtime library at `path` rather than `ORT_DYLIB_PATH`;
+/// only before the first model is loaded.
+pub fn use_runtime(path: &Path) {
+    let _ = RUNTIME_PATH.set(path.to_path_buf());
+}
+
+/// Loads ONNX Runtime and builds its environment once per process; later
+/// calls get the first outcome.
+fn runtime() -> Result<&'static Environment, ModelError> {
+    static LOADED: OnceLock<Result<Environment, (PathBuf, String)>> = OnceLock::new();
+    let outcome = LOADED.get_or_init(|| {
+        let path: PathBuf = RUNTIME_PATH.get().cloned().unwrap_or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| "libonnxruntime.so".into(), PathBuf::from)
+        });
+        let builder = ort::init_from(&path).map_err(|e| (path.clone(), e.to_string()))?;
+        builder
+            .with_name("augur")
+            .build()
+            .map_err(|e| (path, e.to_string()))
+    });
+    outcome
+        .as_ref()
+        .map_err(|(path, reason)| ModelError::Runtime {
+            path: path.clone(),
+            reason: reason.clone(),
+        })
+}
+
+pub struct OnnxModel {
+    session: Mutex<Session>,
+    window: usize,
+    vocab_size: usize,
+    routes: HashMap<String, i64>,
+    shape_tokens: HashMap<String, i64>,
+    /// Token of each shape id the learner has named.
+    by_id: Vec<i64>,
+    /// Shape id of each token the learner has named.
+    by_token: HashMap<i64, ShapeId>,
+    /// Distributions already computed, by window: the model is a pure
+    /// function of it, and a route's few histories recur.
+    cache: Mutex<HashMap<Vec<i64>, std::sync::Arc<[f32]>>>,
+}
+
+/// Windows whose distributions are kept at most; the cache starts over
+/// when full.
+const CACHE: usize = 4096;
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("window", &self.window)
+            .field("vocab_size", &self.vocab_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxModel {
+    /// Loads and checks a model: it must carry its vocabulary, take
+    /// `tokens` and give `probs` of the vocabulary's size.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let environment = runtime()?;
+        let invalid = |reason: String| ModelError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let shape = |reason: String| ModelError::Shape {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let session = Session::builder(environment)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Into::into)
+            })
+            .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .map_err(|e| invalid(e.to_string()))?;
+        let vocab: Vocab = {
+            let meta = session.metadata().map_err(|e| invalid(e.to_string()))?;
+            let text = meta.custom("augur.vocab").ok_or_else(|| {
+                invalid(
+                    "no augur.vocab in its metadata (train it with predictor/train/train.py)"
+                        .into(),
+                )
+            })?;
+            serde_json::from_str(&text).map_err(|e| invalid(format!("augur.vocab: {e}")))?
+        };
+        for (name, kind) in [
+            ("tokens", "input"),
+            ("probs", "output"),
+            ("log_latency", "output"),
+        ] {
+            let outlets = if kind == "input" {
+                session.inputs()
+            } else {
+                session.outputs()
+            };
+            if !outlets.iter().any(|o| o.name() == name) {
+                return Err(shape(format!("no {kind} named {name:?}")));
+            }
+        }
+        if vocab.window == 0 || vocab.window > 256 {
+            return Err(shape(format!(
+                "window {} is out of range 1..=256",
+                vocab.window
+            )));
+        }
+        let offset = 4;
+        let routes = vocab
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), (offset + i) as i64))
+            .collect();
+        let shape_offset = offset + vocab.routes.len();
+        let shape_tokens = vocab
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), (shape_offset + i) as i64))
+            .collect();
+        let mut model = Self {
+            session: Mutex::new(session),
+            window: vocab.window,
+            vocab_size: shape_offset + vocab.shapes.len(),
+            routes,
+            shape_tokens,
+            by_id: Vec::new(),
+            by_token: HashMap::new(),
+            cache: Mutex::new(HashMap::new()),
+        };
+        // One run proves the shapes line up.
+        let (probs, _) = model
+            .run(&vec![PAD; model.window])
+            .map_err(|e| shape(e.to_string()))?;
+        if probs.len() != model.vocab_size {
+            return Err(shape(format!(
+                "probs has {} classes, its vocabulary {}",
+                probs.len(),
+                model.vocab_size
+            )));
+        }
+        model.by_id.shrink_to_fit();
+        Ok(model)
+    }
+
+    /// Runs one window: the next-token distribution and the log latency.
+    pub fn run(&self, tokens: &[i64]) -> Result<(Vec<f32>, f32), ModelError> {
+        let input = Tensor::from_array(([1usize, tokens.len()], tokens.to_vec()))
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| ModelError::Run("session lock poisoned".into()))?;
+        let outputs = session
+            .run(ort::inputs!["tokens" => input])
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let (_, probs) = outputs["probs"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let (_, latency) = outputs["log_latency"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        Ok((probs.to_vec(), latency.first().copied().unwrap_or(0.0)))
+    }
+
+    /// The window of tokens for a route and history.
+    pub fn window_for(&self, route: &str, history: &[ShapeId]) -> Option<Vec<i64>> {
+        let route = *self.routes.get(route)?;
+        let mut seq = Vec::with_capacity(history.len() + 2);
+        seq.push(route);
+        seq.push(START);
+        seq.extend(
+            history
+                .iter()
+                .map(|id| self.by_id.get(*id as usize).copied().unwrap_or(UNK)),
+        );
+        let tail = &seq[seq.len().saturating_sub(self.window)..];
+        let mut window = vec![PAD; self.window - tail.len()];
+        window.extend_from_slice(tail);
+        Some(window)
+    }
+
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// The next-token distribution of a window, from the cache or a run.
+    fn distribution(&self, window: Vec<i64>) -> Option<std::sync::Arc<[f32]>> {
+        if let Some(hit) = self.cache.lock().ok()?.get(&window) {
+            return Some(hit.clone());
+        }
+        let (probs, _) = self.run(&window).ok()?;
+        let probs: std::sync::Arc<[f32]> = probs.into();
+        let mut cache = self.cache.lock().ok()?;
+        if cache.len() >= CACHE {
+            cache.clear();
+        }
+        cache.insert(window, probs.clone());
+        Some(probs)
+    }
+}
+
+impl SequenceModel for OnnxModel {
+    fn name(&self) -> &'static str {
+        "onnx"
+    }
+
+    /// Trained offline: closed contexts teach it nothing.
+    fn observe(&mut self, _route: &str, _shapes: &[ShapeId]) {}
+
+    fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(Next, f64)> {
+        let Some(window) = self.window_for(route, history) else {
+            return Vec::new();
+        };
+        let Some(probs) = self.distribution(window) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(Next, f64)> = probs
+            .iter()
+            .enumerate()
+            .filter_map(|(token, p)| {
+                let next = if token as i64 == END {
+                    Next::End
+                } else {
+                    Next::Call(*self.by_token.get(&(token as i64))?)
+                };
+                (*p > 0.001).then_some((next, f64::from(*p)))
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    fn memory_bytes(&self) -> usize {
+        // The session's own memory is ONNX Runtime's; count the tables.
+        (self.routes.len() + self.shape_tokens.len()) * 64
+            + self.by_id.len() * 8
+            + self.by_token.len() * 16
+    }
+
+    fn shape_added(&mut self, id: ShapeId, shape: &Shape) {
+        // Windows now map differently: forget them.
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+        let token = self
+            .shape_tokens
+            .get(&shape.to_string())
+            .copied()
+            .unwrap_or(UNK);
+        let index = id as usize;
+        if self.by_id.len() <= index {
+            self.by_id.resize(index + 1, UNK);
+        }
+        self.by_id[index] = token;
+        if token != UNK {
+            self.by_token.insert(token, id);
+        }
+    }
+}
