@@ -20,7 +20,8 @@ pub struct EvalSettings {
     /// false, only the first `train` contexts are learned from and the rest
     /// are replayed without learning.
     pub learn_online: bool,
-    /// Contexts learned from before the replay is measured (offline mode).
+    /// Contexts learned from before the replay is measured: not measured
+    /// themselves, for either kind of model.
     pub train: usize,
 }
 
@@ -72,7 +73,7 @@ pub fn evaluate(
     let mut tally = Tally::default();
     let mut measured_contexts = 0;
     for (i, ctx) in contexts.iter().enumerate() {
-        let training = !settings.learn_online && i < settings.train;
+        let training = i < settings.train;
         if !training {
             measured_contexts += 1;
             replay(learner, ctx, settings, &mut tally);

@@ -50,9 +50,11 @@ enum Command {
         /// `online` (learns as it replays) or `onnx:PATH`.
         #[arg(long, default_value = "online")]
         model: String,
-        /// Share of contexts trained on before measuring (offline models).
-        #[arg(long, default_value_t = 0.5)]
-        train_fraction: f64,
+        /// Share of contexts learned from before measuring (default: 0 for
+        /// online, which learns as it goes; 0.5 for onnx, which learns
+        /// parameter rules and timings from that share).
+        #[arg(long)]
+        train_fraction: Option<f64>,
         /// Probability at or above which a prediction is speculated.
         #[arg(long, default_value_t = 0.8)]
         confidence: f64,

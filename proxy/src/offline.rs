@@ -14,7 +14,9 @@ pub struct EvalArgs {
     pub traces: Vec<PathBuf>,
     /// `online`, or `onnx:PATH`.
     pub model: String,
-    pub train_fraction: f64,
+    /// Share of contexts learned from before measuring; by default none for
+    /// the online model (it learns as it goes) and half for ONNX.
+    pub train_fraction: Option<f64>,
     pub confidence: f64,
     pub horizon: Duration,
     pub min_observations: u32,
@@ -45,11 +47,11 @@ pub fn export(paths: &[PathBuf]) -> anyhow::Result<augur_predictor::dataset::Dat
 /// Reads every trace (bad lines go to stderr with file and line number),
 /// replays them in order and returns the report.
 pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
-    if !(0.0..=1.0).contains(&args.train_fraction) {
-        bail!(
-            "--train-fraction must be within 0..=1, not {}",
-            args.train_fraction
-        );
+    let fraction = args
+        .train_fraction
+        .unwrap_or(if args.model == "online" { 0.0 } else { 0.5 });
+    if !(0.0..=1.0).contains(&fraction) {
+        bail!("--train-fraction must be within 0..=1, not {fraction}");
     }
     let settings = Settings {
         min_observations: args.min_observations,
@@ -70,7 +72,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         confidence: args.confidence,
         horizon_us: u64::try_from(args.horizon.as_micros()).unwrap_or(u64::MAX),
         learn_online: online,
-        train: (contexts.len() as f64 * args.train_fraction).round() as usize,
+        train: (contexts.len() as f64 * fraction).round() as usize,
     };
     Ok(evaluate(&mut learner, &args.model, &contexts, &eval))
 }
