@@ -55,6 +55,8 @@ pub struct Prediction {
     pub query: Option<String>,
     /// The headers that matter, sorted by name.
     pub headers: Vec<(String, String)>,
+    /// The JSON body, for calls that send one.
+    pub body: Option<serde_json::Value>,
     pub probability: f64,
     /// Expected start, in microseconds from the inbound request's arrival.
     pub expected_start_us: u64,
@@ -73,6 +75,7 @@ impl Prediction {
             && req.path == self.path
             && req.query.as_deref().filter(|q| !q.is_empty()) == self.query.as_deref()
             && mattering(&req.headers) == self.headers
+            && req.body == self.body
     }
 }
 
@@ -84,6 +87,7 @@ impl Prediction {
             && self.path == other.path
             && self.query == other.query
             && self.headers == other.headers
+            && self.body == other.body
     }
 }
 
@@ -229,6 +233,7 @@ impl Learner {
             let mut path_values = Vec::new();
             let mut query_values: Vec<(&str, String)> = Vec::new();
             let mut header_values = Vec::new();
+            let mut body_values: Vec<(String, String)> = Vec::new();
             let mut complete = true;
             for (slot, source) in best {
                 let Resolved::Value(value) = avail.resolve(source) else {
@@ -240,6 +245,7 @@ impl Learner {
                     (Slot::Query(k), Some(v)) => query_values.push((k, v)),
                     (Slot::Header(h), Some(v)) => header_values.push((h.clone(), v)),
                     (Slot::Header(_), None) => {}
+                    (Slot::Body(p), Some(v)) => body_values.push((p.clone(), v)),
                     // A path segment or query key that is absent: the call
                     // would not have this shape.
                     _ => {
@@ -271,6 +277,7 @@ impl Learner {
                 path: Shapes::fill(&info.shape.template, &path_values),
                 query,
                 headers: header_values,
+                body: info.fill_body(&body_values),
                 probability: e.probability,
                 expected_start_us: start,
                 expected_latency_us: timing

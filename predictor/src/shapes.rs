@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::headers;
 use crate::observation::Request;
@@ -52,6 +53,8 @@ pub enum Slot {
     Query(String),
     /// This header's value, or its absence.
     Header(String),
+    /// The JSON request body's field at this pointer.
+    Body(String),
 }
 
 impl fmt::Display for Slot {
@@ -60,6 +63,7 @@ impl fmt::Display for Slot {
             Slot::Path(i) => write!(f, "path[{i}]"),
             Slot::Query(k) => write!(f, "query.{k}"),
             Slot::Header(h) => write!(f, "header.{h}"),
+            Slot::Body(p) => write!(f, "body{p}"),
         }
     }
 }
@@ -74,6 +78,11 @@ impl Slot {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.to_string()),
             Slot::Header(h) => req.header(h).map(str::to_string),
+            Slot::Body(p) => req
+                .body
+                .as_ref()
+                .and_then(|b| b.pointer(p))
+                .and_then(json_text),
         }
     }
 }
@@ -86,6 +95,9 @@ pub struct ShapeInfo {
     pub query_order: Vec<String>,
     /// Headers that matter and were seen on this shape.
     pub headers: Vec<String>,
+    /// The JSON body calls of this shape last sent: its scalar fields are
+    /// slots, and a prediction fills them in.
+    pub body: Option<Value>,
 }
 
 impl ShapeInfo {
@@ -102,7 +114,76 @@ impl ShapeInfo {
             .collect();
         slots.extend(self.query_order.iter().cloned().map(Slot::Query));
         slots.extend(self.headers.iter().cloned().map(Slot::Header));
+        if let Some(body) = &self.body {
+            let mut pointers = Vec::new();
+            body_leaves(body, &mut String::new(), &mut pointers);
+            slots.extend(pointers.into_iter().map(Slot::Body));
+        }
         slots
+    }
+
+    /// The body template with each field at a slot's pointer replaced by
+    /// its value, keeping the template's type where the value fits it.
+    pub fn fill_body(&self, values: &[(String, String)]) -> Option<Value> {
+        let mut body = self.body.clone()?;
+        for (pointer, text) in values {
+            if let Some(field) = body.pointer_mut(pointer) {
+                *field = typed_like(field, text);
+            }
+        }
+        Some(body)
+    }
+}
+
+/// Body fields that become slots, at most this many per shape.
+const MAX_BODY_SLOTS: usize = 64;
+
+fn body_leaves(v: &Value, pointer: &mut String, out: &mut Vec<String>) {
+    if out.len() >= MAX_BODY_SLOTS {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                body_leaves(child, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&i.to_string());
+                body_leaves(child, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        _ => out.push(pointer.clone()),
+    }
+}
+
+/// The text form of a JSON scalar (strings unquoted).
+pub fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some("null".into()),
+        _ => None,
+    }
+}
+
+/// `text` as a JSON value of the same type as `like` when it parses as one.
+fn typed_like(like: &Value, text: &str) -> Value {
+    match like {
+        Value::Number(_) | Value::Bool(_) | Value::Null => serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(|v| !v.is_string() && !v.is_object() && !v.is_array())
+            .unwrap_or_else(|| Value::String(text.to_string())),
+        _ => Value::String(text.to_string()),
     }
 }
 
@@ -170,6 +251,7 @@ impl Shapes {
                     shape,
                     query_order: query_order.clone(),
                     headers: Vec::new(),
+                    body: None,
                 });
                 id
             }
@@ -177,6 +259,7 @@ impl Shapes {
         if learn {
             if let Some(info) = self.infos.get_mut(id as usize) {
                 info.query_order = query_order;
+                info.body = req.body.clone().filter(|b| b.is_object() || b.is_array());
                 for h in seen {
                     if !info.headers.contains(&h) {
                         info.headers.push(h);

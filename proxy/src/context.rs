@@ -53,6 +53,10 @@ pub struct CallRecord {
     pub start_offset_us: u64,
     pub duration_us: u64,
     pub response_bytes: u64,
+    /// The JSON request body, captured for the learner (bounded); never
+    /// shown.
+    #[serde(skip)]
+    pub request_body: Option<Bytes>,
     /// The JSON response body, captured for the learner (bounded); never
     /// shown.
     #[serde(skip)]
@@ -78,6 +82,8 @@ pub struct ClosedContext {
 pub struct Closed {
     pub context: Arc<ClosedContext>,
     pub inbound_body: Option<Bytes>,
+    /// The captured request body of each call, in call order.
+    pub request_bodies: Vec<Option<Bytes>>,
     /// The captured response of each call, in call order.
     pub responses: Vec<Option<Bytes>>,
 }
@@ -253,6 +259,11 @@ impl ContextTable {
     ) -> Closed {
         self.open.fetch_sub(1, Ordering::AcqRel);
         let inbound_body = ctx.inbound.body.take();
+        let request_bodies = ctx
+            .calls
+            .iter_mut()
+            .map(|c| c.request_body.take())
+            .collect();
         let responses = ctx.calls.iter_mut().map(|c| c.response.take()).collect();
         let closed = Arc::new(ClosedContext {
             trace_id: format!("{key:032x}"),
@@ -273,6 +284,7 @@ impl ContextTable {
         Closed {
             context: closed,
             inbound_body,
+            request_bodies,
             responses,
         }
     }
@@ -343,6 +355,7 @@ mod tests {
             start_offset_us: 0,
             duration_us: 1,
             response_bytes: 0,
+            request_body: None,
             response: Some(Bytes::from_static(b"{}")),
         }
     }

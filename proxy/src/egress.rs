@@ -51,6 +51,8 @@ pub struct CallCtx {
     /// is written to the service, so the service can never have started
     /// its next call earlier).
     finished: Option<Instant>,
+    /// The JSON request body, copied for the learner while it streams.
+    request_body: Capture,
     /// The JSON response, copied for the learner while it streams.
     response: Capture,
     _inflight: Inflight,
@@ -70,6 +72,7 @@ impl ProxyHttp for Egress {
             headers: Vec::new(),
             response_bytes: 0,
             finished: None,
+            request_body: Capture::default(),
             response: Capture::default(),
             _inflight: self.shared.inflight_guard(),
         }
@@ -96,6 +99,7 @@ impl ProxyHttp for Egress {
         ctx.span = span;
         ctx.traceparent = parent.map(|_| tp);
         if ctx.context.is_some() {
+            ctx.request_body = Capture::start(&req.headers, self.shared.body_limit);
             ctx.headers = headers::recorded(
                 &req.headers,
                 &self.shared.redact,
@@ -105,6 +109,19 @@ impl ProxyHttp for Egress {
         }
         ctx.accepted = true;
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        _: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request_body.push(chunk);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut CallCtx) -> Result<Box<HttpPeer>> {
@@ -192,6 +209,7 @@ impl ProxyHttp for Egress {
                 start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
                 duration_us: micros(elapsed),
                 response_bytes: ctx.response_bytes,
+                request_body: ctx.request_body.finish(),
                 response: ctx.response.finish(),
             };
             // The context stays open for an attached call; it is gone only

@@ -122,7 +122,7 @@ pub fn observation(closed: &Closed) -> Context {
                 path: call.path.clone(),
                 query: call.query.clone(),
                 headers: call.headers.clone(),
-                body: None,
+                body: json(closed.request_bodies.get(i).and_then(Option::as_ref)),
             },
             status: call.status,
             start_us: call.start_offset_us,

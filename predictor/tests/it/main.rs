@@ -129,6 +129,62 @@ fn parameters_come_from_responses_joined_lists_path_query_header_and_body() {
 }
 
 #[test]
+fn call_bodies_are_predicted_field_by_field() {
+    // POST /checkout {"cart": N}: quote the cart, then pay the quoted total
+    // for that cart in a JSON body, with a constant currency.
+    let mut rng = Rng::new(37);
+    let make = |rng: &mut Rng| {
+        let cart = rng.below(100_000);
+        let total = 10 + rng.below(500);
+        let mut inbound = request("POST", "/checkout", &[("content-type", "application/json")]);
+        inbound.body = Some(json!({"cart": cart}));
+        let mut pay = request("POST", "/payments", &[("content-type", "application/json")]);
+        pay.body = Some(
+            json!({"cart": cart, "amount": total, "currency": "EUR", "meta": {"retry": false}}),
+        );
+        Builder::new("POST /checkout", inbound)
+            .call(
+                "quotes",
+                request("GET", &format!("/quotes/{cart}"), &[]),
+                500,
+                json!({"cart": cart, "total": total}),
+            )
+            .call("payments", pay, 800, json!({"ok": true}))
+            .done()
+    };
+    let mut learner = Learner::new(Settings::default());
+    for _ in 0..5 {
+        learner.learn(&make(&mut rng));
+    }
+    let ctx = make(&mut rng);
+    let mut live = ctx.clone();
+    live.calls.truncate(1);
+    let p = learner.predict(&live, ctx.calls[0].end_us(), 1_000_000);
+    let pay = p
+        .iter()
+        .find(|p| p.dependency == "payments")
+        .expect("payments predicted");
+    assert!(
+        pay.matches(&ctx.calls[1]),
+        "{pay:#?} vs {:#?}",
+        ctx.calls[1].request
+    );
+    let body = pay.body.as_ref().unwrap();
+    assert!(
+        body["amount"].is_number() && body["cart"].is_number() && body["meta"]["retry"] == false,
+        "{body}"
+    );
+    // Before the quote arrives, the amount is unknown: no prediction.
+    live.calls[0].response = None;
+    assert!(
+        learner
+            .predict(&live, ctx.calls[0].start_us, 1_000_000)
+            .iter()
+            .all(|p| p.dependency != "payments")
+    );
+}
+
+#[test]
 fn nothing_is_predicted_for_a_slot_of_unknown_provenance() {
     // The session id is fresh in every call: no source holds it.
     let mut rng = Rng::new(5);

@@ -203,3 +203,48 @@ async fn an_onnx_model_is_used_and_a_bad_one_falls_back_to_online() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_request_bodies_reach_the_trace_log() {
+    let ports = Ports::new(1);
+    let orders = echo_server().await;
+    let egress = local(ports.deps[0]);
+    let service = serve(move |req: Request<Incoming>| async move {
+        let tp = req.headers()["traceparent"].clone();
+        let call = Request::post(format!("http://{egress}/orders"))
+            .header("traceparent", tp)
+            .header("content-type", "application/json")
+            .body(Body::from("{\"item\":17,\"qty\":2}"))
+            .unwrap();
+        let resp = client().request(call).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        Response::new(Body::from("ok"))
+    })
+    .await;
+    let trace = std::env::temp_dir().join(format!(
+        "augur-body-trace-{}-{}.jsonl",
+        std::process::id(),
+        free_port()
+    ));
+    let extra = format!("[predictor]\ntrace_log = \"{}\"", trace.display());
+    let augur = Augur::start(&ports, service, &[Dep::new("orders", orders)], &extra).await;
+    assert_eq!(get(&augur.url("/buy")).await.status, 200);
+    let text = eventually(Duration::from_secs(5), "a trace line", || {
+        let trace = trace.clone();
+        async move {
+            std::fs::read_to_string(&trace)
+                .ok()
+                .filter(|t| t.lines().count() >= 1)
+        }
+    })
+    .await;
+    let record =
+        augur_predictor::trace::parse_line(text.lines().next().unwrap().as_bytes()).unwrap();
+    let call = &record.context.calls[0];
+    assert_eq!(call.request.method, "POST");
+    assert_eq!(
+        call.request.body,
+        Some(serde_json::json!({"item": 17, "qty": 2}))
+    );
+    let _ = std::fs::remove_file(&trace);
+}
