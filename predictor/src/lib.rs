@@ -14,6 +14,7 @@
 pub mod dataset;
 pub mod eval;
 pub mod headers;
+pub mod json;
 pub mod learner;
 pub mod observation;
 #[cfg(feature = "onnx")]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::headers;
+use crate::json::{self, escape, scalar_text as scalar};
 use crate::observation::Request;
 use crate::shapes::{ShapeId, Slot};
 
@@ -110,16 +111,6 @@ pub enum Resolved {
     Value(Option<String>),
     /// The source has not arrived (yet).
     Unavailable,
-}
-
-/// The text form of a JSON scalar, as it would appear in a URL or header.
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Looks up a pointer with `*` wildcards, joining what the wildcard spans.
@@ -226,73 +217,40 @@ impl Available<'_> {
 /// array the joined forms of its scalars (`/a/*`) or of one field of its
 /// objects (`/a/*/id`).
 fn leaves(root: &Value, max: usize, f: &mut dyn FnMut(String, String, Option<Join>)) {
-    let mut budget = max;
-    walk(root, &mut String::new(), 0, &mut budget, f);
+    json::walk(root, 8, max, &mut Leaves(f));
 }
 
-fn walk(
-    v: &Value,
-    pointer: &mut String,
-    depth: usize,
-    budget: &mut usize,
-    f: &mut dyn FnMut(String, String, Option<Join>),
-) {
-    if *budget == 0 || depth > 8 {
-        return;
-    }
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                walk(child, pointer, depth + 1, budget, f);
-                pointer.truncate(len);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&i.to_string());
-                walk(child, pointer, depth + 1, budget, f);
-                pointer.truncate(len);
-            }
-            joined(items, pointer, f);
-        }
-        other => {
-            if let Some(text) = scalar(other) {
-                *budget -= 1;
-                f(pointer.clone(), text, None);
-            }
-        }
-    }
-}
+struct Leaves<'f>(&'f mut dyn FnMut(String, String, Option<Join>));
 
-fn joined(items: &[Value], pointer: &str, f: &mut dyn FnMut(String, String, Option<Join>)) {
-    if items.is_empty() {
-        return;
-    }
-    let mut emit = |suffix: String, parts: Vec<String>| {
-        for join in [Join::Comma, Join::EncodedComma] {
-            f(
-                format!("{pointer}/*{suffix}"),
-                parts.join(join.separator()),
-                Some(join),
-            );
+impl json::Visitor for Leaves<'_> {
+    fn leaf(&mut self, pointer: &str, value: &Value) {
+        if let Some(text) = scalar(value) {
+            (self.0)(pointer.to_string(), text, None);
         }
-    };
-    if let Some(parts) = items.iter().map(scalar).collect::<Option<Vec<_>>>() {
-        emit(String::new(), parts);
-    } else if let Some(Value::Object(first)) = items.first() {
-        for key in first.keys().take(16) {
-            let parts: Option<Vec<String>> =
-                items.iter().map(|i| i.get(key).and_then(scalar)).collect();
-            if let Some(parts) = parts {
-                emit(
-                    format!("/{}", key.replace('~', "~0").replace('/', "~1")),
-                    parts,
+    }
+
+    fn array(&mut self, pointer: &str, items: &[Value]) {
+        if items.is_empty() {
+            return;
+        }
+        let mut emit = |suffix: String, parts: Vec<String>| {
+            for join in [Join::Comma, Join::EncodedComma] {
+                (self.0)(
+                    format!("{pointer}/*{suffix}"),
+                    parts.join(join.separator()),
+                    Some(join),
                 );
+            }
+        };
+        if let Some(parts) = items.iter().map(scalar).collect::<Option<Vec<_>>>() {
+            emit(String::new(), parts);
+        } else if let Some(Value::Object(first)) = items.first() {
+            for key in first.keys().take(16) {
+                let parts: Option<Vec<String>> =
+                    items.iter().map(|i| i.get(key).and_then(scalar)).collect();
+                if let Some(parts) = parts {
+                    emit(format!("/{}", escape(key)), parts);
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::headers;
+use crate::json;
 use crate::observation::Request;
 use crate::shape::is_identifier;
 
@@ -82,7 +83,7 @@ impl Slot {
                 .body
                 .as_ref()
                 .and_then(|b| b.pointer(p))
-                .and_then(json_text),
+                .and_then(json::scalar_text),
         }
     }
 }
@@ -115,9 +116,9 @@ impl ShapeInfo {
         slots.extend(self.query_order.iter().cloned().map(Slot::Query));
         slots.extend(self.headers.iter().cloned().map(Slot::Header));
         if let Some(body) = &self.body {
-            let mut pointers = Vec::new();
-            body_leaves(body, &mut String::new(), &mut pointers);
-            slots.extend(pointers.into_iter().map(Slot::Body));
+            let mut pointers = Pointers(Vec::new());
+            json::walk(body, 16, MAX_BODY_SLOTS, &mut pointers);
+            slots.extend(pointers.0.into_iter().map(Slot::Body));
         }
         slots
     }
@@ -135,44 +136,30 @@ impl ShapeInfo {
     }
 }
 
-/// Body fields that become slots, at most this many per shape.
-const MAX_BODY_SLOTS: usize = 64;
-
-fn body_leaves(v: &Value, pointer: &mut String, out: &mut Vec<String>) {
-    if out.len() >= MAX_BODY_SLOTS {
-        return;
+/// A path's template: each segment that looks like an identifier, or that
+/// `learned` says varies under its prefix, becomes [`SLOT`].
+fn template_with(path: &str, mut learned: impl FnMut(&str, &str) -> bool) -> String {
+    let mut prefix = String::new();
+    for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+        let slot = learned(&prefix, segment) || is_identifier(segment);
+        prefix.push('/');
+        prefix.push_str(if slot { SLOT } else { segment });
     }
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                body_leaves(child, pointer, out);
-                pointer.truncate(len);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&i.to_string());
-                body_leaves(child, pointer, out);
-                pointer.truncate(len);
-            }
-        }
-        _ => out.push(pointer.clone()),
+    if prefix.is_empty() {
+        "/".into()
+    } else {
+        prefix
     }
 }
 
-/// The text form of a JSON scalar (strings unquoted).
-pub fn json_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null => Some("null".into()),
-        _ => None,
+/// Body fields that become slots, at most this many per shape.
+const MAX_BODY_SLOTS: usize = 64;
+
+struct Pointers(Vec<String>);
+
+impl json::Visitor for Pointers {
+    fn leaf(&mut self, pointer: &str, _: &Value) {
+        self.0.push(pointer.to_string());
     }
 }
 
@@ -291,9 +278,12 @@ impl Shapes {
         if !learn {
             return self.template_known(dependency, method, path);
         }
-        let mut prefix = String::new();
-        for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
-            let key = (dependency.to_string(), method.to_string(), prefix.clone());
+        template_with(path, |prefix, segment| {
+            let key = (
+                dependency.to_string(),
+                method.to_string(),
+                prefix.to_string(),
+            );
             let pos = self.positions.entry(key).or_default();
             if !pos.slot && pos.distinct.len() < DISTINCT_FOR_SLOT {
                 pos.distinct.insert(segment.to_string());
@@ -302,30 +292,19 @@ impl Shapes {
                     pos.distinct.clear();
                 }
             }
-            let slot = pos.slot || is_identifier(segment);
-            prefix.push('/');
-            prefix.push_str(if slot { SLOT } else { segment });
-        }
-        if prefix.is_empty() {
-            "/".into()
-        } else {
-            prefix
-        }
+            pos.slot
+        })
     }
 
     fn template_known(&self, dependency: &str, method: &str, path: &str) -> String {
-        let mut prefix = String::new();
-        for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
-            let key = (dependency.to_string(), method.to_string(), prefix.clone());
-            let slot = is_identifier(segment) || self.positions.get(&key).is_some_and(|p| p.slot);
-            prefix.push('/');
-            prefix.push_str(if slot { SLOT } else { segment });
-        }
-        if prefix.is_empty() {
-            "/".into()
-        } else {
-            prefix
-        }
+        template_with(path, |prefix, _| {
+            let key = (
+                dependency.to_string(),
+                method.to_string(),
+                prefix.to_string(),
+            );
+            self.positions.get(&key).is_some_and(|p| p.slot)
+        })
     }
 
     /// Fills a template's slots, in order, with `values`.
