@@ -322,6 +322,7 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
     };
     let protocol = protocol(&mut s);
     let (connect_timeout, timeout) = timeouts(&mut s);
+    let speculate = or_default!(s, "speculate", boolean; true);
     s.finish();
     Some(Dependency {
         name: name?,
@@ -330,6 +331,7 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
         protocol: protocol?,
         connect_timeout: connect_timeout?,
         timeout: timeout?,
+        speculate: speculate?,
     })
 }
 

@@ -146,6 +146,8 @@ pub struct Dependency {
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Whether augur may send this dependency speculative requests.
+    pub speculate: bool,
 }
 
 /// Where a dependency's requests go.

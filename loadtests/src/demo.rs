@@ -261,10 +261,11 @@ upstream = "{posts}"
     }
     let tied = ["users", "posts"]
         .iter()
-        .map(|d| {
+        .flat_map(|d| ["miss", "hit", "coalesced"].map(move |o| (d, o)))
+        .map(|(d, o)| {
             metric(
                 &metrics,
-                &format!("augur_dependency_calls_total{{dependency=\"{d}\",outcome=\"miss\"}}"),
+                &format!("augur_dependency_calls_total{{dependency=\"{d}\",outcome=\"{o}\"}}"),
             )
         })
         .sum::<f64>();

@@ -33,7 +33,20 @@ pub struct InboundRecord {
     pub headers: Vec<(String, String)>,
     /// The JSON body, captured for the learner (bounded); never shown.
     #[serde(skip)]
-    pub body: Option<Bytes>,
+    pub body: Option<Json>,
+    /// The headers with their real values, for writing out predicted calls
+    /// while the context is open; never shown, dropped when it closes.
+    #[serde(skip)]
+    pub raw_headers: Vec<(String, String)>,
+}
+
+/// A parsed JSON body, shared without copying.
+pub type Json = Arc<serde_json::Value>;
+
+/// Parses a captured body; `None` when it is not JSON after all.
+pub fn parse_json(body: Option<Bytes>) -> Option<Json> {
+    body.and_then(|b| serde_json::from_slice(&b).ok())
+        .map(Arc::new)
 }
 
 /// One dependency call made while a context was open.
@@ -56,11 +69,11 @@ pub struct CallRecord {
     /// The JSON request body, captured for the learner (bounded); never
     /// shown.
     #[serde(skip)]
-    pub request_body: Option<Bytes>,
+    pub request_body: Option<Json>,
     /// The JSON response body, captured for the learner (bounded); never
     /// shown.
     #[serde(skip)]
-    pub response: Option<Bytes>,
+    pub response: Option<Json>,
 }
 
 /// A context after its inbound response ended.
@@ -80,12 +93,13 @@ pub struct ClosedContext {
 /// the context without them.
 #[derive(Debug)]
 pub struct Closed {
+    pub trace: TraceKey,
     pub context: Arc<ClosedContext>,
-    pub inbound_body: Option<Bytes>,
+    pub inbound_body: Option<Json>,
     /// The captured request body of each call, in call order.
-    pub request_bodies: Vec<Option<Bytes>>,
+    pub request_bodies: Vec<Option<Json>>,
     /// The captured response of each call, in call order.
-    pub responses: Vec<Option<Bytes>>,
+    pub responses: Vec<Option<Json>>,
 }
 
 struct OpenContext {
@@ -197,9 +211,49 @@ impl ContextTable {
 
     /// Keeps the inbound request's captured body for the learner.
     pub fn set_inbound_body(&self, key: TraceKey, body: Bytes) {
+        let json = parse_json(Some(body));
         if let Some(ctx) = self.shard(key).lock().get_mut(&key) {
-            ctx.inbound.body = Some(body);
+            ctx.inbound.body = json;
         }
+    }
+
+    /// The predictor's view of the open context of `key` — its inbound
+    /// request with real header values and the calls recorded so far — and
+    /// the microseconds since it opened.
+    pub fn live(&self, key: TraceKey) -> Option<(augur_predictor::Context, u64)> {
+        let shard = self.shard(key).lock();
+        let ctx = shard.get(&key)?;
+        let inbound = augur_predictor::Request {
+            method: ctx.inbound.method.clone(),
+            path: ctx.inbound.path.clone(),
+            query: ctx.inbound.query.clone(),
+            headers: ctx.inbound.raw_headers.clone(),
+            body: ctx.inbound.body.as_deref().cloned(),
+        };
+        let calls = ctx
+            .calls
+            .iter()
+            .map(|c| augur_predictor::Call {
+                dependency: c.dependency.to_string(),
+                request: augur_predictor::Request {
+                    method: c.method.clone(),
+                    path: c.path.clone(),
+                    query: c.query.clone(),
+                    headers: Vec::new(),
+                    body: None,
+                },
+                status: c.status,
+                start_us: c.start_offset_us,
+                duration_us: c.duration_us,
+                response: c.response.as_deref().cloned(),
+            })
+            .collect();
+        let live = augur_predictor::Context {
+            route: ctx.inbound.route.to_string(),
+            inbound,
+            calls,
+        };
+        Some((live, micros(ctx.started.elapsed())))
     }
 
     /// Attaches a starting call to the open context of `key`, which then
@@ -259,6 +313,7 @@ impl ContextTable {
     ) -> Closed {
         self.open.fetch_sub(1, Ordering::AcqRel);
         let inbound_body = ctx.inbound.body.take();
+        ctx.inbound.raw_headers = Vec::new();
         let request_bodies = ctx
             .calls
             .iter_mut()
@@ -282,6 +337,7 @@ impl ContextTable {
             history.push_back(closed.clone());
         }
         Closed {
+            trace: key,
             context: closed,
             inbound_body,
             request_bodies,
@@ -340,6 +396,7 @@ mod tests {
             route: "GET /".into(),
             headers: Vec::new(),
             body: None,
+            raw_headers: Vec::new(),
         }
     }
 
@@ -356,7 +413,7 @@ mod tests {
             duration_us: 1,
             response_bytes: 0,
             request_body: None,
-            response: Some(Bytes::from_static(b"{}")),
+            response: Some(Arc::new(serde_json::json!({}))),
         }
     }
 
@@ -382,7 +439,7 @@ mod tests {
         let one = t.close(1, 200).unwrap();
         assert_eq!(one.context.calls.len(), 1);
         assert_eq!(&*one.context.calls[0].dependency, "a");
-        assert_eq!(one.responses, [Some(Bytes::from_static(b"{}"))]);
+        assert_eq!(one.responses, [Some(Arc::new(serde_json::json!({})))]);
         assert!(
             one.context.calls[0].response.is_none(),
             "bodies leave the history"

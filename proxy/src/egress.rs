@@ -16,16 +16,23 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
 use crate::capture::Capture;
-use crate::context::{CallRecord, Recorded, TraceKey, micros};
+use crate::context::{CallRecord, Json, Recorded, TraceKey, micros, parse_json};
+use crate::speculation::{Found, Key, Stored};
 use crate::state::{Inflight, Shared};
 use crate::telemetry::{self, MaybeSpan};
 use crate::traceparent::{self, TraceParent};
 use crate::upstream::Target;
-use crate::{failure, headers, request};
+use crate::{failure, headers, prefetch, request};
 
 /// How a dependency call was answered.
 pub mod outcome {
+    /// From a completed speculation.
+    pub const HIT: &str = "hit";
+    /// By joining a speculation still in flight.
+    pub const COALESCED: &str = "coalesced";
+    /// augur went upstream for it.
     pub const MISS: &str = "miss";
+    /// Not part of any context.
     pub const BYPASS: &str = "bypass";
 }
 
@@ -55,6 +62,8 @@ pub struct CallCtx {
     request_body: Capture,
     /// The JSON response, copied for the learner while it streams.
     response: Capture,
+    /// Set when a speculation answered the call: `hit` or `coalesced`.
+    served: Option<(&'static str, Option<Json>)>,
     _inflight: Inflight,
 }
 
@@ -74,6 +83,7 @@ impl ProxyHttp for Egress {
             finished: None,
             request_body: Capture::default(),
             response: Capture::default(),
+            served: None,
             _inflight: self.shared.inflight_guard(),
         }
     }
@@ -108,6 +118,9 @@ impl ProxyHttp for Egress {
             );
         }
         ctx.accepted = true;
+        if let Some((trace, _)) = ctx.context {
+            return self.answer_from_speculation(session, trace, ctx).await;
+        }
         Ok(false)
     }
 
@@ -196,6 +209,10 @@ impl ProxyHttp for Egress {
             .saturating_duration_since(ctx.started);
         let status = request::final_status(session, e);
         let mut outcome = outcome::BYPASS;
+        let (served_by, served_json) = match ctx.served.take() {
+            Some((how, json)) => (Some(how), json),
+            None => (None, None),
+        };
         if let Some((key, opened)) = ctx.context {
             let req = session.req_header();
             let call = CallRecord {
@@ -205,21 +222,26 @@ impl ProxyHttp for Egress {
                 query: req.uri.query().map(str::to_string),
                 headers: std::mem::take(&mut ctx.headers),
                 status,
-                outcome: outcome::MISS,
+                outcome: served_by.unwrap_or(outcome::MISS),
                 start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
                 duration_us: micros(elapsed),
                 response_bytes: ctx.response_bytes,
-                request_body: ctx.request_body.finish(),
-                response: ctx.response.finish(),
+                request_body: parse_json(ctx.request_body.finish()),
+                response: served_json.or_else(|| parse_json(ctx.response.finish())),
             };
             // The context stays open for an attached call; it is gone only
             // if it expired meanwhile.
             match self.shared.contexts.record(key, call) {
                 Recorded::NoContext => {}
-                Recorded::Open => outcome = outcome::MISS,
+                Recorded::Open => {
+                    outcome = served_by.unwrap_or(outcome::MISS);
+                    // What this call answered may make the next predictable.
+                    let flags = ctx.traceparent.map_or(1, |t| t.flags);
+                    prefetch::run(&self.shared, key, flags);
+                }
                 Recorded::Closed(closed) => {
-                    outcome = outcome::MISS;
-                    self.shared.learning.submit(closed);
+                    outcome = served_by.unwrap_or(outcome::MISS);
+                    self.shared.context_closed(closed);
                 }
             }
         }
@@ -230,4 +252,95 @@ impl ProxyHttp for Egress {
             vec![KeyValue::new("augur.outcome", outcome)]
         });
     }
+}
+
+impl Egress {
+    /// Answers a call of an open context from its speculation, when one
+    /// was sent for exactly this request: served at once if it completed,
+    /// awaited (up to the dependency's timeout) if in flight. Anything else
+    /// — no speculation, a failed one, a call with a body — goes upstream.
+    async fn answer_from_speculation(
+        &self,
+        session: &mut Session,
+        trace: TraceKey,
+        ctx: &mut CallCtx,
+    ) -> Result<bool> {
+        let prefetch = &self.shared.prefetch;
+        let req = session.req_header();
+        let has_body = req.headers.contains_key(http::header::CONTENT_LENGTH)
+            && req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0")
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if !prefetch.enabled() || has_body {
+            return Ok(false);
+        }
+        let wanted: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| augur_predictor::headers::matters(n.as_str()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let key = Key::new(
+            &self.shared.hasher,
+            trace,
+            &self.target.name,
+            req.method.as_str(),
+            path_and_query,
+            &wanted,
+            None,
+        );
+        let (stored, how) = match prefetch.table.claim(&key, &self.target.name) {
+            Found::Nothing => return Ok(false),
+            Found::Done(stored) => (stored, outcome::HIT),
+            Found::InFlight(mut rx) => {
+                let waited =
+                    tokio::time::timeout(self.target.timeout, rx.wait_for(Option::is_some)).await;
+                let result = match waited {
+                    Ok(Ok(value)) => value.clone().flatten(),
+                    _ => None,
+                };
+                match result {
+                    Some(stored) => {
+                        prefetch.table.used(&key);
+                        (stored, outcome::COALESCED)
+                    }
+                    None => return Ok(false),
+                }
+            }
+        };
+        self.shared
+            .metrics
+            .speculations
+            .with_label_values(&[&*self.target.name, "used"])
+            .inc();
+        serve(session, &stored).await?;
+        ctx.finished = Some(Instant::now());
+        ctx.response_bytes = stored.body.len() as u64;
+        ctx.served = Some((how, stored.json.clone()));
+        Ok(true)
+    }
+}
+
+/// Writes a speculative response to the service as the dependency sent it.
+async fn serve(session: &mut Session, stored: &Stored) -> Result<()> {
+    let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 1))?;
+    for (name, value) in &stored.headers {
+        if name != http::header::CONTENT_LENGTH {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, stored.body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(stored.body.clone()), true)
+        .await?;
+    Ok(())
 }

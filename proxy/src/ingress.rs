@@ -20,7 +20,7 @@ use crate::state::{Inflight, Shared};
 use crate::telemetry::{self, MaybeSpan};
 use crate::traceparent::{self, TraceParent};
 use crate::upstream::Target;
-use crate::{failure, headers, request};
+use crate::{failure, headers, prefetch, request};
 
 pub struct Ingress {
     pub shared: Arc<Shared>,
@@ -83,11 +83,22 @@ impl ProxyHttp for Ingress {
                 |n| n != traceparent::HEADER,
             ),
             body: None,
+            raw_headers: req
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
         };
         match self.shared.contexts.open(tp.trace_id, inbound) {
             Ok(()) => {
                 ctx.context = Some(tp.trace_id);
                 ctx.body = Capture::start(&req.headers, self.shared.body_limit);
+                prefetch::run(&self.shared, tp.trace_id, tp.flags);
             }
             Err(why) => self
                 .shared
@@ -164,7 +175,7 @@ impl ProxyHttp for Ingress {
         let status = request::final_status(session, e);
         if let Some(key) = ctx.context.take() {
             if let Some(closed) = self.shared.contexts.close(key, status) {
-                self.shared.learning.submit(closed);
+                self.shared.context_closed(closed);
             }
         }
         self.shared.metrics.inbound(&route, ctx.started.elapsed());

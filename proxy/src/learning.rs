@@ -13,11 +13,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use anyhow::Context as _;
 use augur_predictor::trace::Record;
 use augur_predictor::{Call, Context, Learner, Request};
-use bytes::Bytes;
 use parking_lot::RwLock;
 use prometheus::IntCounter;
 
-use crate::context::Closed;
+use crate::context::{Closed, Json};
 
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
@@ -97,8 +96,8 @@ fn run(
     }
 }
 
-fn json(body: Option<&Bytes>) -> Option<serde_json::Value> {
-    body.and_then(|b| serde_json::from_slice(b).ok())
+fn json(body: Option<&Json>) -> Option<serde_json::Value> {
+    body.map(|b| (**b).clone())
 }
 
 /// The predictor's view of a closed context.

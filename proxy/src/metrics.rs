@@ -28,6 +28,7 @@ pub struct Metrics {
     pub dependency_calls: IntCounterVec,
     pub dependency_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
+    pub speculations: IntCounterVec,
     pub contexts_open: IntGauge,
     pub contexts_untracked: IntCounterVec,
     pub contexts_expired: prometheus::IntCounter,
@@ -95,6 +96,11 @@ impl Metrics {
                 "augur_upstream_requests_total",
                 "Requests augur sent to a dependency, real or speculative",
                 &["dependency", "kind"],
+            )?,
+            speculations: counter(
+                "augur_speculations_total",
+                "Speculative requests by what became of them",
+                &["dependency", "outcome"],
             )?,
             contexts_untracked: counter(
                 "augur_contexts_untracked_total",

@@ -3,6 +3,7 @@
 //! the shared state, add one pingora service per listener, then run until a
 //! signal and drain.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,9 @@ use crate::egress::Egress;
 use crate::ingress::Ingress;
 use crate::learning::Learning;
 use crate::metrics::Metrics;
+use crate::prefetch::{self, Prefetcher};
 use crate::shutdown::Drain;
+use crate::speculation::Speculations;
 use crate::state::{Lifecycle, Shared};
 use crate::telemetry::Telemetry;
 use crate::upstream::Target;
@@ -43,6 +46,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         service.timeout,
     )?;
     let mut egress_targets = Vec::new();
+    let mut speculated = HashMap::new();
     for (i, dep) in config.dependencies.iter().enumerate() {
         let DependencyTarget::Static(upstream) = &dep.target else {
             bail!(
@@ -58,6 +62,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             dep.connect_timeout,
             dep.timeout,
         )?;
+        speculated.insert(
+            dep.name.clone(),
+            prefetch::Dependency {
+                addr: target.addr,
+                timeout: target.timeout,
+                speculate: dep.speculate,
+            },
+        );
         egress_targets.push((dep.listen, target));
     }
 
@@ -82,9 +94,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics.learner_contexts.clone(),
         metrics.learner_dropped.clone(),
     )?;
+    let spec = &config.speculation;
+    let prefetch = Prefetcher::new(
+        prefetch::Settings {
+            enabled: spec.enabled,
+            confidence: spec.confidence,
+            horizon_us: u64::try_from(spec.horizon.as_micros()).unwrap_or(u64::MAX),
+            methods: spec.methods.clone(),
+        },
+        Speculations::new(config.cache.capacity, spec.max_inflight as usize),
+        speculated,
+    );
     let shared = Arc::new(Shared {
         contexts,
         learning,
+        prefetch,
         metrics,
         telemetry,
         hasher: SecretHasher::new(),

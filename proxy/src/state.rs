@@ -8,14 +8,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use augur_predictor::secret::SecretHasher;
 
+use crate::context::Closed;
 use crate::context::ContextTable;
 use crate::learning::Learning;
 use crate::metrics::Metrics;
+use crate::prefetch::Prefetcher;
 use crate::telemetry::Telemetry;
 
 pub struct Shared {
     pub contexts: ContextTable,
     pub learning: Learning,
+    pub prefetch: Prefetcher,
     pub metrics: Metrics,
     pub telemetry: Telemetry,
     /// Keys the hashes that stand for credentials.
@@ -40,6 +43,19 @@ pub struct Lifecycle {
 }
 
 impl Shared {
+    /// A context has closed: its unused speculations are wasted, and the
+    /// learner gets it.
+    pub fn context_closed(&self, closed: Closed) {
+        let trace = closed.trace;
+        for (dependency, outcome) in self.prefetch.table.close(trace) {
+            self.metrics
+                .speculations
+                .with_label_values(&[&*dependency, outcome.as_str()])
+                .inc();
+        }
+        self.learning.submit(closed);
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn inflight_guard(self: &Arc<Self>) -> Inflight {
         self.lifecycle.inflight.fetch_add(1, Ordering::AcqRel);

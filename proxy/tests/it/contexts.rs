@@ -50,7 +50,7 @@ async fn start_chain(extra: &str) -> Augur {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_join_the_right_context_under_64_concurrent_requests() {
-    let augur = start_chain("[contexts]\nhistory = 500").await;
+    let augur = start_chain("[contexts]\nhistory = 500\n[speculation]\nenabled = false").await;
     let requests = (0..64).map(|i| {
         let url = augur.url(&format!("/r/{i}"));
         tokio::spawn(async move { get(&url).await })
@@ -98,7 +98,7 @@ async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_context_bypass_and_metrics_count_everything() {
-    let augur = start_chain("").await;
+    let augur = start_chain("[speculation]\nenabled = false").await;
     for i in 0..5 {
         assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.status, 200);
     }

@@ -1,0 +1,269 @@
+//! The prefetch manager: when a context opens and whenever it learns
+//! something new (a call's response, real or speculative), ask the learner
+//! what comes next and send what passes the gates — probability at or above
+//! `speculation.confidence`, a method in `speculation.methods`, a dependency
+//! that allows it, room in `max_inflight` — with `sec-purpose: prefetch`.
+//! Responses land in the speculation table for the real call to find.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use augur_predictor::{Call, Prediction, Request};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::context::{Json, TraceKey};
+use crate::speculation::{Key, Speculations, Stored};
+use crate::state::Shared;
+use crate::traceparent::{TraceParent, fresh_id64};
+
+/// The largest speculative response kept; larger ones are not served.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// Where and how a dependency may be speculated on.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    pub speculate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub enabled: bool,
+    pub confidence: f64,
+    pub horizon_us: u64,
+    pub methods: Vec<String>,
+}
+
+pub struct Prefetcher {
+    pub settings: Settings,
+    pub table: Speculations,
+    dependencies: HashMap<String, Dependency>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Prefetcher {
+    pub fn new(
+        settings: Settings,
+        table: Speculations,
+        dependencies: HashMap<String, Dependency>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            settings,
+            table,
+            dependencies,
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+}
+
+/// Predicts for the open context of `trace` and sends what passes the
+/// gates. Cheap when nothing is predicted; never blocks.
+pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
+    let prefetch = &shared.prefetch;
+    if !prefetch.settings.enabled {
+        return;
+    }
+    let Some((mut live, elapsed)) = shared.contexts.live(trace) else {
+        return;
+    };
+    // Speculative responses that no real call has taken yet count as calls
+    // already made, so chains go on without waiting for the service.
+    let mut done = prefetch.table.done_for(trace);
+    done.sort_by_key(|(_, s)| s.prediction.expected_start_us);
+    for (_, stored) in &done {
+        live.calls.push(virtual_call(stored));
+    }
+    let predictions =
+        shared
+            .learning
+            .learner
+            .read()
+            .predict(&live, elapsed, prefetch.settings.horizon_us);
+    for p in predictions {
+        if p.probability < prefetch.settings.confidence
+            || !prefetch.settings.methods.contains(&p.method)
+        {
+            continue;
+        }
+        let Some(dep) = prefetch.dependencies.get(&p.dependency) else {
+            continue;
+        };
+        if !dep.speculate {
+            continue;
+        }
+        let key = Key::new(
+            &shared.hasher,
+            trace,
+            &p.dependency,
+            &p.method,
+            &path_and_query(&p),
+            &p.headers,
+            p.body.as_ref(),
+        );
+        if !prefetch.table.begin(&key, p.dependency.as_str().into()) {
+            continue;
+        }
+        shared
+            .metrics
+            .upstream_requests
+            .with_label_values(&[p.dependency.as_str(), "speculative"])
+            .inc();
+        let tp = TraceParent {
+            trace_id: trace,
+            parent_id: fresh_id64(),
+            flags,
+        };
+        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp));
+    }
+}
+
+fn path_and_query(p: &Prediction) -> String {
+    match &p.query {
+        Some(q) => format!("{}?{q}", p.path),
+        None => p.path.clone(),
+    }
+}
+
+/// A completed speculation as a call of the live context.
+fn virtual_call(stored: &Stored) -> Call {
+    let p = &stored.prediction;
+    Call {
+        dependency: p.dependency.clone(),
+        request: Request {
+            method: p.method.clone(),
+            path: p.path.clone(),
+            query: p.query.clone(),
+            headers: Vec::new(),
+            body: None,
+        },
+        status: stored.status,
+        start_us: p.expected_start_us,
+        duration_us: p.expected_latency_us,
+        response: stored.json.as_deref().cloned(),
+    }
+}
+
+async fn send(shared: Arc<Shared>, key: Key, p: Prediction, dep: Dependency, tp: TraceParent) {
+    let dependency = p.dependency.clone();
+    let result =
+        tokio::time::timeout(dep.timeout, fetch(&shared.prefetch.client, &p, &dep, tp)).await;
+    let stored = match result {
+        Ok(Ok(Some(stored))) => Some(stored),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::debug!("speculative {} {} {}: {e}", p.method, dependency, p.path);
+            None
+        }
+        Err(_) => None,
+    };
+    let servable = stored.is_some();
+    if let Some(outcome) = shared.prefetch.table.complete(&key, stored) {
+        shared
+            .metrics
+            .speculations
+            .with_label_values(&[dependency.as_str(), outcome.as_str()])
+            .inc();
+    }
+    if servable {
+        run(&shared, key.trace, tp.flags);
+    }
+}
+
+/// Sends one speculative request; `Ok(None)` when its answer must not be
+/// served (not 2xx, `no-store`, a `vary` on a header the key does not
+/// hold, too large).
+async fn fetch(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    p: &Prediction,
+    dep: &Dependency,
+    tp: TraceParent,
+) -> anyhow::Result<Option<Stored>> {
+    let uri = format!("http://{}{}", dep.addr, path_and_query(p));
+    let mut req = http::Request::builder().method(p.method.as_str()).uri(uri);
+    for (name, value) in &p.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    req = req
+        .header("sec-purpose", "prefetch")
+        .header(crate::traceparent::HEADER, tp.to_string());
+    let body = match &p.body {
+        Some(b) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let resp = client.request(req.body(Full::new(body))?).await?;
+    let status = resp.status();
+    let servable_status = status.is_success();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
+        .to_bytes();
+    if !servable_status || no_store(&headers) || varies_beyond_key(&headers) {
+        return Ok(None);
+    }
+    let json: Option<Json> = serde_json::from_slice(&body).ok().map(Arc::new);
+    let kept = headers
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    Ok(Some(Stored {
+        status: status.as_u16(),
+        headers: kept,
+        body,
+        prediction: p.clone(),
+        json,
+    }))
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn no_store(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        })
+}
+
+/// A `vary` on anything but the headers that are part of the key means the
+/// real request might get another answer.
+fn varies_beyond_key(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .any(|h| h == "*" || !augur_predictor::headers::matters(&h))
+}

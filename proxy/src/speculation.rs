@@ -1,0 +1,322 @@
+//! The speculation table: every speculative request from prediction to
+//! outcome, and the responses that came back, held for the one inbound
+//! request they were fetched for.
+//!
+//! A key is the trace id plus a keyed hash of the request as sent
+//! (dependency, method, path and query, the headers that can change the
+//! answer, the body), so a response is only ever served to a real call of
+//! the same inbound request that asks for exactly the same thing — never
+//! across principals, never across requests. Completed responses live in a
+//! quick_cache bounded by the bytes really held; requests in flight are
+//! bounded by `speculation.max_inflight`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use augur_predictor::secret::SecretHasher;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use quick_cache::Weighter;
+use tokio::sync::watch;
+
+use crate::context::TraceKey;
+
+/// A request as the table knows it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub trace: TraceKey,
+    /// Keyed hash of the request; never the request itself, which may hold
+    /// credentials.
+    request: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}/{}", self.trace, self.request)
+    }
+}
+
+impl Key {
+    /// The key of a request: `headers` are the ones that matter, with their
+    /// real values.
+    pub fn new(
+        hasher: &SecretHasher,
+        trace: TraceKey,
+        dependency: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Self {
+        let mut canonical = format!("{dependency}\n{method}\n{path_and_query}\n");
+        let mut sorted: Vec<&(String, String)> = headers.iter().collect();
+        sorted.sort();
+        for (n, v) in sorted {
+            canonical.push_str(n);
+            canonical.push_str(": ");
+            canonical.push_str(v);
+            canonical.push('\n');
+        }
+        if let Some(b) = body {
+            canonical.push('\n');
+            canonical.push_str(&b.to_string());
+        }
+        Self {
+            trace,
+            request: hasher.hash(&canonical),
+        }
+    }
+}
+
+/// A speculative response, as it came back.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// The prediction it was sent for, to chain further predictions on its
+    /// response.
+    pub prediction: augur_predictor::Prediction,
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<crate::context::Json>,
+}
+
+impl Stored {
+    /// Bytes held: body, headers, and a fixed overhead.
+    fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 128) as u64
+    }
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<Key, Arc<Stored>> for ByBytes {
+    fn weight(&self, _: &Key, value: &Arc<Stored>) -> u64 {
+        value.weight()
+    }
+}
+
+/// What happened to one speculation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Used,
+    Wasted,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Used => "used",
+            Outcome::Wasted => "wasted",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a real call finds for its key.
+pub enum Found {
+    /// A completed, servable response: serve it.
+    Done(Arc<Stored>),
+    /// The speculative request is in flight: wait on it.
+    InFlight(watch::Receiver<Option<Option<Arc<Stored>>>>),
+    /// Nothing usable: go upstream.
+    Nothing,
+}
+
+enum State {
+    /// Sent; the sender publishes `Some(Some(response))` or `Some(None)`.
+    InFlight(watch::Sender<Option<Option<Arc<Stored>>>>),
+    /// Came back and is held in the cache.
+    Done,
+    /// Came back unusable (error, non-2xx, no-store, too large).
+    Failed,
+    /// A real call of this key is on its way: do not speculate it.
+    Real,
+    /// Served to its real call.
+    Used,
+}
+
+struct Entry {
+    state: State,
+    dependency: Arc<str>,
+}
+
+pub struct Speculations {
+    entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
+    responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
+    inflight: AtomicUsize,
+    max_inflight: usize,
+}
+
+impl Speculations {
+    pub fn new(capacity_bytes: u64, max_inflight: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            responses: quick_cache::sync::Cache::with_weighter(
+                1024,
+                capacity_bytes.max(1),
+                ByBytes,
+            ),
+            inflight: AtomicUsize::new(0),
+            max_inflight,
+        }
+    }
+
+    /// Registers a speculation about to be sent, unless its key is known
+    /// already or `max_inflight` are in flight. Returns the sender that
+    /// [`complete`](Self::complete) publishes through.
+    pub fn begin(&self, key: &Key, dependency: Arc<str>) -> bool {
+        let mut entries = self.entries.lock();
+        let trace = entries.entry(key.trace).or_default();
+        if trace.contains_key(key) {
+            return false;
+        }
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let (tx, _) = watch::channel(None);
+        trace.insert(
+            key.clone(),
+            Entry {
+                state: State::InFlight(tx),
+                dependency,
+            },
+        );
+        true
+    }
+
+    /// Publishes a speculation's result: `Some` when servable. Returns
+    /// `Failed` for an unusable one, `Cancelled` when the context has gone
+    /// meanwhile, or `None` when it now waits for its real call.
+    pub fn complete(&self, key: &Key, result: Option<Stored>) -> Option<Outcome> {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        let result = result.map(Arc::new);
+        let mut entries = self.entries.lock();
+        let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
+            return Some(Outcome::Cancelled);
+        };
+        let State::InFlight(tx) = std::mem::replace(&mut entry.state, State::Failed) else {
+            return Some(Outcome::Cancelled);
+        };
+        match &result {
+            Some(stored) => {
+                self.responses.insert(key.clone(), stored.clone());
+                entry.state = State::Done;
+            }
+            None => entry.state = State::Failed,
+        }
+        // Waiting real calls get the response (or learn there is none).
+        tx.send_replace(Some(result.clone()));
+        result.is_none().then_some(Outcome::Failed)
+    }
+
+    /// What a real call of `key` finds. A found response is taken: it is
+    /// served once. Nothing found marks the key as a real call on its way.
+    pub fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
+        let mut entries = self.entries.lock();
+        let trace = entries.entry(key.trace).or_default();
+        match trace.get_mut(key) {
+            Some(entry) => match &entry.state {
+                State::InFlight(tx) => Found::InFlight(tx.subscribe()),
+                State::Done => match self.responses.remove(key) {
+                    Some((_, stored)) => {
+                        entry.state = State::Used;
+                        Found::Done(stored)
+                    }
+                    // Evicted for room: it was wasted.
+                    None => {
+                        entry.state = State::Real;
+                        Found::Nothing
+                    }
+                },
+                State::Failed | State::Real | State::Used => Found::Nothing,
+            },
+            None => {
+                trace.insert(
+                    key.clone(),
+                    Entry {
+                        state: State::Real,
+                        dependency: dependency.clone(),
+                    },
+                );
+                Found::Nothing
+            }
+        }
+    }
+
+    /// Marks a coalesced speculation as used and drops its held response.
+    pub fn used(&self, key: &Key) {
+        let mut entries = self.entries.lock();
+        if let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) {
+            entry.state = State::Used;
+        }
+        self.responses.remove(key);
+    }
+
+    /// Completed speculations of a trace not used yet, with their response,
+    /// for chained prediction.
+    pub fn done_for(&self, trace: TraceKey) -> Vec<(Key, Arc<Stored>)> {
+        let entries = self.entries.lock();
+        let Some(t) = entries.get(&trace) else {
+            return Vec::new();
+        };
+        t.iter()
+            .filter(|(_, e)| matches!(e.state, State::Done))
+            .filter_map(|(k, _)| Some((k.clone(), self.responses.get(k)?)))
+            .collect()
+    }
+
+    /// Whether a key is known for its trace (sent, real, or done).
+    pub fn known(&self, key: &Key) -> bool {
+        self.entries
+            .lock()
+            .get(&key.trace)
+            .is_some_and(|t| t.contains_key(key))
+    }
+
+    /// Forgets a closed context's speculations; returns the outcome of each
+    /// that was never used, by dependency.
+    pub fn close(&self, trace: TraceKey) -> Vec<(Arc<str>, Outcome)> {
+        let Some(entries) = self.entries.lock().remove(&trace) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, entry) in entries {
+            match entry.state {
+                State::Done => {
+                    self.responses.remove(&key);
+                    out.push((entry.dependency, Outcome::Wasted));
+                }
+                // Counted as cancelled when its response comes back.
+                State::InFlight(_) | State::Failed | State::Real | State::Used => {}
+            }
+        }
+        out
+    }
+
+    /// Bytes of responses held now.
+    pub fn held_bytes(&self) -> u64 {
+        self.responses.weight()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Open traces with speculations, for bounding memory.
+    pub fn traces(&self) -> usize {
+        self.entries.lock().len()
+    }
+}
