@@ -345,17 +345,20 @@ impl ContextTable {
         }
     }
 
-    /// Drops open contexts older than `max_age`; returns how many.
-    pub fn expire(&self) -> usize {
+    /// Drops open contexts older than `max_age`; returns their trace ids.
+    pub fn expire(&self) -> Vec<TraceKey> {
         let now = Instant::now();
-        let mut expired = 0;
+        let mut expired = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let before = shard.len();
-            shard.retain(|_, c| now.duration_since(c.started) < self.limits.max_age);
-            expired += before - shard.len();
+            shard.lock().retain(|key, c| {
+                let keep = now.duration_since(c.started) < self.limits.max_age;
+                if !keep {
+                    expired.push(*key);
+                }
+                keep
+            });
         }
-        self.open.fetch_sub(expired, Ordering::AcqRel);
+        self.open.fetch_sub(expired.len(), Ordering::AcqRel);
         expired
     }
 
@@ -496,7 +499,7 @@ mod tests {
             ..limits()
         });
         t.open(1, inbound()).unwrap();
-        assert_eq!(t.expire(), 1);
+        assert_eq!(t.expire(), [1]);
         assert_eq!(t.open_count(), 0);
         assert!(t.close(1, 200).is_none());
     }

@@ -300,9 +300,9 @@ impl Egress {
         let (stored, how) = match prefetch.table.claim(&key, &self.target.name) {
             Found::Nothing => return Ok(false),
             Found::Done(stored) => (stored, outcome::HIT),
-            Found::InFlight(mut rx) => {
+            Found::InFlight(mut rx, until) => {
                 let waited =
-                    tokio::time::timeout(self.target.timeout, rx.wait_for(Option::is_some)).await;
+                    tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
                 let result = match waited {
                     Ok(Ok(value)) => value.clone().flatten(),
                     _ => None,

@@ -115,7 +115,15 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             &p.headers,
             p.body.as_ref(),
         );
-        if !prefetch.table.begin(&key, p.dependency.as_str().into()) {
+        // A real call waits for this speculation about as long as the call
+        // itself is expected to take, then goes upstream.
+        let patience = Duration::from_micros(p.expected_latency_us.saturating_mul(2))
+            + Duration::from_millis(5);
+        if !prefetch.table.begin(
+            &key,
+            p.dependency.as_str().into(),
+            patience.min(dep.timeout),
+        ) {
             continue;
         }
         shared

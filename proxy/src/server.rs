@@ -260,8 +260,11 @@ impl BackgroundService for Sweeper {
             tokio::select! {
                 _ = tick.tick() => {
                     let expired = self.0.contexts.expire();
-                    if expired > 0 {
-                        self.0.metrics.contexts_expired.inc_by(expired as u64);
+                    for trace in &expired {
+                        self.0.forget_speculations(*trace);
+                    }
+                    if !expired.is_empty() {
+                        self.0.metrics.contexts_expired.inc_by(expired.len() as u64);
                     }
                     self.0.metrics.contexts_open.set(self.0.contexts.open_count() as i64);
                 }

@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(test)]
+use std::time::Duration;
 
 use augur_predictor::secret::SecretHasher;
 use bytes::Bytes;
@@ -128,15 +130,24 @@ impl Outcome {
 pub enum Found {
     /// A completed, servable response: serve it.
     Done(Arc<Stored>),
-    /// The speculative request is in flight: wait on it.
-    InFlight(watch::Receiver<Option<Option<Arc<Stored>>>>),
+    /// The speculative request is in flight: wait on it, at most until
+    /// the instant given (its expected latency, with slack), then go
+    /// upstream rather than pay for a speculation that hangs.
+    InFlight(
+        watch::Receiver<Option<Option<Arc<Stored>>>>,
+        std::time::Instant,
+    ),
     /// Nothing usable: go upstream.
     Nothing,
 }
 
 enum State {
-    /// Sent; the sender publishes `Some(Some(response))` or `Some(None)`.
-    InFlight(watch::Sender<Option<Option<Arc<Stored>>>>),
+    /// Sent; the sender publishes `Some(Some(response))` or `Some(None)`;
+    /// real calls wait for it until the instant given.
+    InFlight(
+        watch::Sender<Option<Option<Arc<Stored>>>>,
+        std::time::Instant,
+    ),
     /// Came back and is held in the cache.
     Done,
     /// Came back unusable (error, non-2xx, no-store, too large).
@@ -176,7 +187,7 @@ impl Speculations {
     /// Registers a speculation about to be sent, unless its key is known
     /// already or `max_inflight` are in flight. Returns the sender that
     /// [`complete`](Self::complete) publishes through.
-    pub fn begin(&self, key: &Key, dependency: Arc<str>) -> bool {
+    pub fn begin(&self, key: &Key, dependency: Arc<str>, patience: std::time::Duration) -> bool {
         let mut entries = self.entries.lock();
         let trace = entries.entry(key.trace).or_default();
         if trace.contains_key(key) {
@@ -190,7 +201,7 @@ impl Speculations {
         trace.insert(
             key.clone(),
             Entry {
-                state: State::InFlight(tx),
+                state: State::InFlight(tx, std::time::Instant::now() + patience),
                 dependency,
             },
         );
@@ -207,7 +218,7 @@ impl Speculations {
         let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
             return Some(Outcome::Cancelled);
         };
-        let State::InFlight(tx) = std::mem::replace(&mut entry.state, State::Failed) else {
+        let State::InFlight(tx, _) = std::mem::replace(&mut entry.state, State::Failed) else {
             return Some(Outcome::Cancelled);
         };
         match &result {
@@ -229,7 +240,7 @@ impl Speculations {
         let trace = entries.entry(key.trace).or_default();
         match trace.get_mut(key) {
             Some(entry) => match &entry.state {
-                State::InFlight(tx) => Found::InFlight(tx.subscribe()),
+                State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
                 State::Done => match self.responses.remove(key) {
                     Some((_, stored)) => {
                         entry.state = State::Used;
@@ -300,7 +311,7 @@ impl Speculations {
                     out.push((entry.dependency, Outcome::Wasted));
                 }
                 // Counted as cancelled when its response comes back.
-                State::InFlight(_) | State::Failed | State::Real | State::Used => {}
+                State::InFlight(..) | State::Failed | State::Real | State::Used => {}
             }
         }
         out
@@ -318,5 +329,148 @@ impl Speculations {
     /// Open traces with speculations, for bounding memory.
     pub fn traces(&self) -> usize {
         self.entries.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hasher: &SecretHasher, trace: TraceKey, auth: &str, accept: &str) -> Key {
+        let headers = vec![
+            ("authorization".to_string(), auth.to_string()),
+            ("accept".to_string(), accept.to_string()),
+        ];
+        Key::new(
+            hasher,
+            trace,
+            "users",
+            "GET",
+            "/users/7?x=1",
+            &headers,
+            None,
+        )
+    }
+
+    fn stored(body: &str) -> Stored {
+        Stored {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+            prediction: augur_predictor::Prediction {
+                dependency: "users".into(),
+                method: "GET".into(),
+                path: "/users/7".into(),
+                query: Some("x=1".into()),
+                headers: Vec::new(),
+                body: None,
+                probability: 1.0,
+                expected_start_us: 0,
+                expected_latency_us: 0,
+                shape: 0,
+                occurrence: 0,
+            },
+            json: None,
+        }
+    }
+
+    #[test]
+    fn keys_differ_by_trace_and_by_every_header_that_matters() {
+        let h = SecretHasher::new();
+        let base = key(&h, 1, "Bearer alice", "application/json");
+        assert_eq!(base, key(&h, 1, "Bearer alice", "application/json"));
+        assert_ne!(
+            base,
+            key(&h, 2, "Bearer alice", "application/json"),
+            "another request"
+        );
+        assert_ne!(
+            base,
+            key(&h, 1, "Bearer mallory", "application/json"),
+            "another principal"
+        );
+        assert_ne!(
+            base,
+            key(&h, 1, "Bearer alice", "text/html"),
+            "another representation"
+        );
+        let other_path = Key::new(&h, 1, "users", "GET", "/users/8?x=1", &[], None);
+        assert_ne!(
+            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None),
+            other_path
+        );
+        assert_ne!(
+            Key::new(&h, 1, "users", "HEAD", "/users/7?x=1", &[], None),
+            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None)
+        );
+        assert!(
+            !format!("{base:?}").contains("alice"),
+            "a key never shows its credential"
+        );
+    }
+
+    #[test]
+    fn a_response_is_served_once_and_only_to_its_own_key() {
+        let h = SecretHasher::new();
+        let table = Speculations::new(1 << 20, 8);
+        let alice = key(&h, 1, "Bearer alice", "*/*");
+        let mallory = key(&h, 1, "Bearer mallory", "*/*");
+        let other_request = key(&h, 2, "Bearer alice", "*/*");
+        assert!(table.begin(&alice, "users".into(), Duration::from_millis(5)));
+        assert!(
+            !table.begin(&alice, "users".into(), Duration::from_millis(5)),
+            "sent once"
+        );
+        assert_eq!(table.complete(&alice, Some(stored("alice's"))), None);
+        assert!(matches!(
+            table.claim(&mallory, &"users".into()),
+            Found::Nothing
+        ));
+        assert!(matches!(
+            table.claim(&other_request, &"users".into()),
+            Found::Nothing
+        ));
+        match table.claim(&alice, &"users".into()) {
+            Found::Done(s) => assert_eq!(s.body, "alice's"),
+            _ => panic!("alice's own call must find it"),
+        }
+        assert!(
+            matches!(table.claim(&alice, &"users".into()), Found::Nothing),
+            "served once"
+        );
+        assert_eq!(table.held_bytes(), 0);
+    }
+
+    #[test]
+    fn unusable_and_unclaimed_speculations_are_counted() {
+        let h = SecretHasher::new();
+        let table = Speculations::new(1 << 20, 1);
+        let a = key(&h, 1, "a", "*/*");
+        let b = key(&h, 1, "b", "*/*");
+        assert!(table.begin(&a, "users".into(), Duration::from_millis(5)));
+        assert!(
+            !table.begin(&b, "users".into(), Duration::from_millis(5)),
+            "max_inflight is 1"
+        );
+        assert_eq!(table.complete(&a, None), Some(Outcome::Failed));
+        assert!(
+            matches!(table.claim(&a, &"users".into()), Found::Nothing),
+            "a failure is never served"
+        );
+        assert!(table.begin(&b, "users".into(), Duration::from_millis(5)));
+        assert_eq!(table.complete(&b, Some(stored("b"))), None);
+        let closed = table.close(1);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].1, Outcome::Wasted);
+        assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
+        // A speculation whose context closed before it came back.
+        let c = key(&h, 3, "c", "*/*");
+        assert!(table.begin(&c, "users".into(), Duration::from_millis(5)));
+        assert!(table.close(3).is_empty());
+        assert_eq!(
+            table.complete(&c, Some(stored("late"))),
+            Some(Outcome::Cancelled)
+        );
+        assert_eq!(table.traces(), 0);
     }
 }

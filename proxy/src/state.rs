@@ -46,14 +46,19 @@ impl Shared {
     /// A context has closed: its unused speculations are wasted, and the
     /// learner gets it.
     pub fn context_closed(&self, closed: Closed) {
-        let trace = closed.trace;
+        self.forget_speculations(closed.trace);
+        self.learning.submit(closed);
+    }
+
+    /// Drops what was speculated for a context that closed or expired,
+    /// counting what was never used.
+    pub fn forget_speculations(&self, trace: crate::context::TraceKey) {
         for (dependency, outcome) in self.prefetch.table.close(trace) {
             self.metrics
                 .speculations
                 .with_label_values(&[&*dependency, outcome.as_str()])
                 .inc();
         }
-        self.learning.submit(closed);
     }
 
     /// Counts a request in flight until the guard drops.

@@ -8,5 +8,6 @@ mod contexts;
 mod failures;
 mod learning;
 mod passthrough;
+mod speculation;
 mod support;
 mod telemetry;

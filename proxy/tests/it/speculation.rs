@@ -1,0 +1,447 @@
+//! Speculation's promises, each with a test that would catch a violation:
+//! the service receives what it would have received without augur; no
+//! response crosses principals; no side-effecting method is sent
+//! speculatively; an unusable speculation is never served.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::support::*;
+
+/// One request a dependency saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    method: String,
+    uri: String,
+    auth: Option<String>,
+    prefetch: bool,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// A dependency that records every request and answers with `answer`,
+/// which sees what it was asked and whether it is a prefetch.
+async fn recording<F>(answer: F) -> (SocketAddr, Log)
+where
+    F: Fn(&Seen) -> Option<Response<Body>> + Clone + Send + Sync + 'static,
+{
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let addr = serve(move |req: Request<Incoming>| {
+        let (answer, sink) = (answer.clone(), sink.clone());
+        async move {
+            let seen = Seen {
+                method: req.method().to_string(),
+                uri: req.uri().to_string(),
+                auth: req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_string()),
+                prefetch: req
+                    .headers()
+                    .get("sec-purpose")
+                    .is_some_and(|v| v == "prefetch"),
+            };
+            sink.lock().unwrap().push(seen.clone());
+            match answer(&seen) {
+                Some(resp) => resp,
+                // Hang: the caller's timeout decides.
+                None => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Response::new(Body::default())
+                }
+            }
+        }
+    })
+    .await;
+    (addr, log)
+}
+
+fn json(body: String) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// users: `/users/{id}` → a uid that names the principal who asked.
+fn users_answer(seen: &Seen) -> Option<Response<Body>> {
+    let id = seen.uri.trim_start_matches("/users/");
+    let who = seen.auth.clone().unwrap_or_default().replace("Bearer ", "");
+    Some(json(format!("{{\"id\":{id},\"uid\":\"u-{id}-{who}\"}}")))
+}
+
+/// posts: echoes the user it was asked for and the principal.
+fn posts_answer(seen: &Seen) -> Option<Response<Body>> {
+    let who = seen.auth.clone().unwrap_or_default();
+    Some(json(format!(
+        "{{\"for\":\"{}\",\"principal\":\"{who}\"}}",
+        seen.uri
+    )))
+}
+
+/// The frontend: `GET /p/{id}` calls users, then posts with the uid users
+/// gave, passing traceparent and authorization; answers with both bodies.
+async fn frontend(
+    users: SocketAddr,
+    posts: SocketAddr,
+    post_orders: Option<SocketAddr>,
+) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/p/").to_string();
+        let call = |method: &str, url: String, body: Option<String>| {
+            let mut call = Request::builder().method(method).uri(url);
+            for name in ["traceparent", "authorization"] {
+                if let Some(v) = req.headers().get(name) {
+                    call = call.header(name, v);
+                }
+            }
+            if body.is_some() {
+                call = call.header("content-type", "application/json");
+            }
+            call.body(Body::from(body.unwrap_or_default())).unwrap()
+        };
+        let resp = client()
+            .request(call("GET", format!("http://{users}/users/{id}"), None))
+            .await
+            .unwrap();
+        let status = resp.status();
+        let user = resp.into_body().collect().await.unwrap().to_bytes();
+        if !status.is_success() {
+            return Response::builder()
+                .status(502)
+                .body(Body::from("users failed"))
+                .unwrap();
+        }
+        let uid = serde_json::from_slice::<serde_json::Value>(&user).unwrap()["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let resp = client()
+            .request(call(
+                "GET",
+                format!("http://{posts}/posts?user={uid}"),
+                None,
+            ))
+            .await
+            .unwrap();
+        let posts_body = resp.into_body().collect().await.unwrap().to_bytes();
+        if let Some(orders) = post_orders {
+            let body = format!("{{\"user\":\"{uid}\"}}");
+            let resp = client()
+                .request(call("POST", format!("http://{orders}/orders"), Some(body)))
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        Response::new(Body::from(format!(
+            "{}|{}",
+            String::from_utf8_lossy(&user),
+            String::from_utf8_lossy(&posts_body)
+        )))
+    })
+    .await
+}
+
+struct Rig {
+    augur: Augur,
+    users: Log,
+    posts: Log,
+}
+
+async fn rig(
+    extra: &str,
+    users: fn(&Seen) -> Option<Response<Body>>,
+    posts: fn(&Seen) -> Option<Response<Body>>,
+) -> Rig {
+    let ports = Ports::new(2);
+    let (users_addr, users_log) = recording(users).await;
+    let (posts_addr, posts_log) = recording(posts).await;
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let deps = [
+        Dep {
+            extra: "timeout = \"2s\"",
+            ..Dep::new("users", users_addr)
+        },
+        Dep {
+            extra: "timeout = \"2s\"",
+            ..Dep::new("posts", posts_addr)
+        },
+    ];
+    let augur = Augur::start(&ports, service, &deps, extra).await;
+    Rig {
+        augur,
+        users: users_log,
+        posts: posts_log,
+    }
+}
+
+async fn ask(augur: &Augur, id: u32, who: &str) -> Got {
+    let req = Request::get(augur.url(&format!("/p/{id}")))
+        .header("authorization", format!("Bearer {who}"))
+        .body(Body::default())
+        .unwrap();
+    send(req).await
+}
+
+/// What a client should get for `id` as `who`.
+fn expected(id: u32, who: &str) -> String {
+    format!(
+        "{{\"id\":{id},\"uid\":\"u-{id}-{who}\"}}|{{\"for\":\"/posts?user=u-{id}-{who}\",\"principal\":\"Bearer {who}\"}}"
+    )
+}
+
+/// The sequence both runs of the differential test send.
+fn sequence() -> Vec<(u32, &'static str)> {
+    (0..40)
+        .map(|i| (i % 10, if i % 3 == 0 { "alice" } else { "bob" }))
+        .collect()
+}
+
+async fn speculated(augur: &Augur) -> f64 {
+    let mut n = 0.0;
+    for dep in ["users", "posts"] {
+        for outcome in ["hit", "coalesced"] {
+            n += augur
+                .metric(&format!(
+                    "augur_dependency_calls_total{{dependency=\"{dep}\",outcome=\"{outcome}\"}}"
+                ))
+                .await;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculation_changes_nothing_the_service_or_client_sees() {
+    let mut runs = Vec::new();
+    for enabled in [false, true] {
+        let rig = rig(
+            &format!("[speculation]\nenabled = {enabled}"),
+            users_answer,
+            posts_answer,
+        )
+        .await;
+        let mut bodies = Vec::new();
+        for (id, who) in sequence() {
+            let got = ask(&rig.augur, id, who).await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.text(), expected(id, who), "speculation {enabled}");
+            bodies.push(got.body);
+        }
+        if enabled {
+            assert!(
+                speculated(&rig.augur).await >= 40.0,
+                "speculation should have answered most calls"
+            );
+        }
+        // Let in-flight speculations land before reading the logs.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let streams = (
+            rig.users.lock().unwrap().clone(),
+            rig.posts.lock().unwrap().clone(),
+        );
+        runs.push((bodies, streams));
+    }
+    let (off, on) = (&runs[0], &runs[1]);
+    assert_eq!(off.0, on.0, "client responses differ with speculation on");
+    for (name, real, with) in [("users", &off.1.0, &on.1.0), ("posts", &off.1.1, &on.1.1)] {
+        assert!(real.iter().all(|s| !s.prefetch));
+        // Every request the dependency got without speculation, it got
+        // with it (as the real call or as the prefetch that answered it);
+        // anything more is a marked prefetch.
+        let mut left: Vec<Seen> = with.clone();
+        for want in real {
+            let at = left
+                .iter()
+                .position(|s| s.method == want.method && s.uri == want.uri && s.auth == want.auth)
+                .unwrap_or_else(|| panic!("{name}: {want:?} never reached the dependency"));
+            left.remove(at);
+        }
+        assert!(
+            left.iter().all(|s| s.prefetch),
+            "{name}: unmarked extra requests {left:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principals_never_receive_each_others_speculative_responses() {
+    let rig = rig("", users_answer, posts_answer).await;
+    // Warm up, then interleave two principals on the same ids, concurrently.
+    for i in 0..6 {
+        ask(&rig.augur, i, "alice").await;
+    }
+    let url = rig.augur.url("");
+    let tasks: Vec<_> = (0..60u32)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let who = if i % 2 == 0 { "alice" } else { "mallory" };
+                let req = Request::get(format!("{url}/p/{}", i % 5))
+                    .header("authorization", format!("Bearer {who}"))
+                    .body(Body::default())
+                    .unwrap();
+                (i % 5, who, send(req).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (id, who, got) = t.await.unwrap();
+        assert_eq!(
+            got.text(),
+            expected(id, who),
+            "a response crossed principals"
+        );
+    }
+    assert!(speculated(&rig.augur).await > 0.0, "nothing was speculated");
+    // Every prefetch carried the credential of the request it was for.
+    let users = rig.users.lock().unwrap().clone();
+    assert!(
+        users
+            .iter()
+            .filter(|s| s.prefetch)
+            .all(|s| s.auth.is_some())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_effecting_methods_are_never_sent_speculatively_by_default() {
+    let ports = Ports::new(3);
+    let (users_addr, _) = recording(users_answer).await;
+    let (posts_addr, _) = recording(posts_answer).await;
+    let (orders_addr, orders) = recording(|_| Some(json("{\"ok\":true}".into()))).await;
+    let service = frontend(
+        local(ports.deps[0]),
+        local(ports.deps[1]),
+        Some(local(ports.deps[2])),
+    )
+    .await;
+    let deps = [
+        Dep::new("users", users_addr),
+        Dep::new("posts", posts_addr),
+        Dep::new("orders", orders_addr),
+    ];
+    let augur = Augur::start(&ports, service, &deps, "").await;
+    for i in 0..30 {
+        assert_eq!(ask(&augur, i % 4, "alice").await.status, 200);
+    }
+    let orders = orders.lock().unwrap().clone();
+    assert_eq!(orders.len(), 30, "{orders:?}");
+    assert!(
+        orders.iter().all(|s| s.method == "POST" && !s.prefetch),
+        "a POST was sent speculatively"
+    );
+    // The GETs of the same flow were speculated: the gate, not the learner, held.
+    assert!(speculated(&augur).await > 0.0);
+    let model: serde_json::Value =
+        serde_json::from_slice(&augur.admin_get("/debug/model").await.body).unwrap();
+    assert!(
+        model.to_string().contains("orders POST /orders"),
+        "the POST was learned: {model}"
+    );
+}
+
+/// users answers prefetches badly in one of several ways, by id; real calls
+/// always get the right answer.
+fn users_flaky(seen: &Seen) -> Option<Response<Body>> {
+    if !seen.prefetch {
+        return users_answer(seen);
+    }
+    let id: u32 = seen.uri.trim_start_matches("/users/").parse().unwrap();
+    match id % 5 {
+        0 => Some(
+            Response::builder()
+                .status(500)
+                .body(Body::from("boom"))
+                .unwrap(),
+        ),
+        1 => Some(
+            Response::builder()
+                .status(403)
+                .body(Body::from("no prefetch here"))
+                .unwrap(),
+        ),
+        2 => {
+            let mut resp = users_answer(seen).unwrap();
+            resp.headers_mut()
+                .insert("cache-control", "no-store".parse().unwrap());
+            Some(resp)
+        }
+        3 => None, // hangs past the dependency's timeout
+        _ => Some(
+            json("{\"id\":0,\"uid\":\"WRONG\"}".into())
+                .map(|b| b)
+                .tap_vary(),
+        ),
+    }
+}
+
+trait TapVary {
+    fn tap_vary(self) -> Self;
+}
+
+impl TapVary for Response<Body> {
+    /// Marks a response as varying on a header augur does not key on.
+    fn tap_vary(mut self) -> Self {
+        self.headers_mut()
+            .insert("vary", "x-tenant".parse().unwrap());
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_speculations_are_never_served_and_cost_the_real_call_nothing() {
+    let rig = rig("", users_flaky, posts_answer).await;
+    for i in 0..40 {
+        let id = i % 10;
+        let got = ask(&rig.augur, id, "alice").await;
+        assert_eq!(
+            (got.status, got.text()),
+            (200, expected(id, "alice")),
+            "call {i}"
+        );
+    }
+    let users_hits = rig
+        .augur
+        .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"hit\"}")
+        .await
+        + rig
+            .augur
+            .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"coalesced\"}")
+            .await;
+    assert_eq!(
+        users_hits, 0.0,
+        "a bad speculative users response was served"
+    );
+    assert!(
+        rig.augur
+            .metric("augur_speculations_total{dependency=\"users\",outcome=\"failed\"}")
+            .await
+            > 0.0
+    );
+    let prefetched = rig
+        .users
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.prefetch)
+        .count();
+    assert!(prefetched > 0, "users was never prefetched");
+    // posts, fed by the real users answers, still speculates fine.
+    assert!(
+        rig.augur
+            .metric("augur_dependency_calls_total{dependency=\"posts\",outcome=\"hit\"}")
+            .await
+            + rig
+                .augur
+                .metric("augur_dependency_calls_total{dependency=\"posts\",outcome=\"coalesced\"}")
+                .await
+            > 0.0
+    );
+}
