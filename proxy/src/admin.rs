@@ -42,13 +42,26 @@ impl ServeHttp for Admin {
                 )
             }
             "/debug/model" => json(&self.shared.learning.learner.read().describe()),
+            "/debug/speculations" => match limit(&query) {
+                Ok(n) => {
+                    let table = &self.shared.prefetch.table;
+                    json(&serde_json::json!({
+                        "enabled": self.shared.prefetch.enabled(),
+                        "inflight": table.inflight(),
+                        "held_bytes": table.held_bytes(),
+                        "governor": table.governor.states(),
+                        "recent": table.recent(n),
+                    }))
+                }
+                Err(msg) => text(StatusCode::BAD_REQUEST, &msg),
+            },
             "/debug/contexts" => match limit(&query) {
                 Ok(n) => json(&self.shared.contexts.recent(n)),
                 Err(msg) => text(StatusCode::BAD_REQUEST, &msg),
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/model\n",
+                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/model /debug/speculations?limit=N\n",
             ),
         }
     }

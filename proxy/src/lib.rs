@@ -12,6 +12,7 @@ pub mod capture;
 pub mod context;
 pub mod egress;
 pub mod failure;
+pub mod governor;
 pub mod headers;
 pub mod ingress;
 pub mod learning;

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::context::{Json, TraceKey};
-use crate::speculation::{Key, Speculations, Stored};
+use crate::speculation::{Info, Key, Speculations, Stored};
 use crate::state::Shared;
 use crate::traceparent::{TraceParent, fresh_id64};
 
@@ -103,7 +103,7 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
         let Some(dep) = prefetch.dependencies.get(&p.dependency) else {
             continue;
         };
-        if !dep.speculate {
+        if !dep.speculate || !prefetch.table.governor.allows(&live.route, &p.dependency) {
             continue;
         }
         let key = Key::new(
@@ -119,11 +119,19 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
         // itself is expected to take, then goes upstream.
         let patience = Duration::from_micros(p.expected_latency_us.saturating_mul(2))
             + Duration::from_millis(5);
-        if !prefetch.table.begin(
-            &key,
-            p.dependency.as_str().into(),
-            patience.min(dep.timeout),
-        ) {
+        let info = Arc::new(Info {
+            route: live.route.as_str().into(),
+            dependency: p.dependency.as_str().into(),
+            method: p.method.clone(),
+            path: p.path.clone(),
+            probability: p.probability,
+            sent_unix_ms: unix_ms(),
+            sent: std::time::Instant::now(),
+        });
+        if !prefetch
+            .table
+            .begin(&key, info.clone(), patience.min(dep.timeout))
+        {
             continue;
         }
         shared
@@ -136,8 +144,14 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             parent_id: fresh_id64(),
             flags,
         };
-        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp));
+        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp, info));
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn path_and_query(p: &Prediction) -> String {
@@ -166,7 +180,14 @@ fn virtual_call(stored: &Stored) -> Call {
     }
 }
 
-async fn send(shared: Arc<Shared>, key: Key, p: Prediction, dep: Dependency, tp: TraceParent) {
+async fn send(
+    shared: Arc<Shared>,
+    key: Key,
+    p: Prediction,
+    dep: Dependency,
+    tp: TraceParent,
+    info: Arc<Info>,
+) {
     let dependency = p.dependency.clone();
     let result =
         tokio::time::timeout(dep.timeout, fetch(&shared.prefetch.client, &p, &dep, tp)).await;
@@ -180,7 +201,7 @@ async fn send(shared: Arc<Shared>, key: Key, p: Prediction, dep: Dependency, tp:
         Err(_) => None,
     };
     let servable = stored.is_some();
-    if let Some(outcome) = shared.prefetch.table.complete(&key, stored) {
+    if let Some(outcome) = shared.prefetch.table.complete(&key, stored, Some(info)) {
         shared
             .metrics
             .speculations

@@ -102,7 +102,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             horizon_us: u64::try_from(spec.horizon.as_micros()).unwrap_or(u64::MAX),
             methods: spec.methods.clone(),
         },
-        Speculations::new(config.cache.capacity, spec.max_inflight as usize),
+        Speculations::new(
+            config.cache.capacity,
+            spec.max_inflight as usize,
+            spec.max_waste_ratio,
+        ),
         speculated,
     );
     let shared = Arc::new(Shared {

@@ -161,9 +161,39 @@ enum State {
 struct Entry {
     state: State,
     dependency: Arc<str>,
+    /// What was sent, for the history; `None` for a real call's marker.
+    info: Option<Arc<Info>>,
 }
 
+/// A speculation as `/debug/speculations` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub route: Arc<str>,
+    pub dependency: Arc<str>,
+    pub method: String,
+    pub path: String,
+    pub probability: f64,
+    pub sent_unix_ms: u64,
+    #[serde(skip)]
+    pub sent: std::time::Instant,
+}
+
+/// A speculation that reached its outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finished {
+    #[serde(flatten)]
+    pub info: Info,
+    pub outcome: &'static str,
+    /// From sending to the outcome.
+    pub after_us: u64,
+}
+
+/// Finished speculations kept for `/debug/speculations`.
+const HISTORY: usize = 256;
+
 pub struct Speculations {
+    pub governor: crate::governor::Governor,
+    history: Mutex<std::collections::VecDeque<Finished>>,
     entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
     responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
     inflight: AtomicUsize,
@@ -171,8 +201,10 @@ pub struct Speculations {
 }
 
 impl Speculations {
-    pub fn new(capacity_bytes: u64, max_inflight: usize) -> Self {
+    pub fn new(capacity_bytes: u64, max_inflight: usize, max_waste_ratio: f64) -> Self {
         Self {
+            governor: crate::governor::Governor::new(max_waste_ratio),
+            history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
             entries: Mutex::new(HashMap::new()),
             responses: quick_cache::sync::Cache::with_weighter(
                 1024,
@@ -187,7 +219,7 @@ impl Speculations {
     /// Registers a speculation about to be sent, unless its key is known
     /// already or `max_inflight` are in flight. Returns the sender that
     /// [`complete`](Self::complete) publishes through.
-    pub fn begin(&self, key: &Key, dependency: Arc<str>, patience: std::time::Duration) -> bool {
+    pub fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
         let mut entries = self.entries.lock();
         let trace = entries.entry(key.trace).or_default();
         if trace.contains_key(key) {
@@ -202,7 +234,8 @@ impl Speculations {
             key.clone(),
             Entry {
                 state: State::InFlight(tx, std::time::Instant::now() + patience),
-                dependency,
+                dependency: info.dependency.clone(),
+                info: Some(info),
             },
         );
         true
@@ -211,16 +244,24 @@ impl Speculations {
     /// Publishes a speculation's result: `Some` when servable. Returns
     /// `Failed` for an unusable one, `Cancelled` when the context has gone
     /// meanwhile, or `None` when it now waits for its real call.
-    pub fn complete(&self, key: &Key, result: Option<Stored>) -> Option<Outcome> {
+    pub fn complete(
+        &self,
+        key: &Key,
+        result: Option<Stored>,
+        info_of_cancelled: Option<Arc<Info>>,
+    ) -> Option<Outcome> {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         let result = result.map(Arc::new);
         let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
+            drop(entries);
+            self.finished(info_of_cancelled, Outcome::Cancelled);
             return Some(Outcome::Cancelled);
         };
         let State::InFlight(tx, _) = std::mem::replace(&mut entry.state, State::Failed) else {
             return Some(Outcome::Cancelled);
         };
+        let info = entry.info.clone();
         match &result {
             Some(stored) => {
                 self.responses.insert(key.clone(), stored.clone());
@@ -230,7 +271,38 @@ impl Speculations {
         }
         // Waiting real calls get the response (or learn there is none).
         tx.send_replace(Some(result.clone()));
-        result.is_none().then_some(Outcome::Failed)
+        drop(entries);
+        if result.is_none() {
+            self.finished(info, Outcome::Failed);
+            return Some(Outcome::Failed);
+        }
+        None
+    }
+
+    /// Records an outcome in the history and with the governor.
+    fn finished(&self, info: Option<Arc<Info>>, outcome: Outcome) {
+        let Some(info) = info else { return };
+        self.governor.record(&info.route, &info.dependency, outcome);
+        let mut history = self.history.lock();
+        if history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back(Finished {
+            after_us: u64::try_from(info.sent.elapsed().as_micros()).unwrap_or(u64::MAX),
+            outcome: outcome.as_str(),
+            info: (*info).clone(),
+        });
+    }
+
+    /// The last finished speculations, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Finished> {
+        self.history
+            .lock()
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// What a real call of `key` finds. A found response is taken: it is
@@ -244,6 +316,9 @@ impl Speculations {
                 State::Done => match self.responses.remove(key) {
                     Some((_, stored)) => {
                         entry.state = State::Used;
+                        let info = entry.info.clone();
+                        drop(entries);
+                        self.finished(info, Outcome::Used);
                         Found::Done(stored)
                     }
                     // Evicted for room: it was wasted.
@@ -260,6 +335,7 @@ impl Speculations {
                     Entry {
                         state: State::Real,
                         dependency: dependency.clone(),
+                        info: None,
                     },
                 );
                 Found::Nothing
@@ -270,10 +346,14 @@ impl Speculations {
     /// Marks a coalesced speculation as used and drops its held response.
     pub fn used(&self, key: &Key) {
         let mut entries = self.entries.lock();
+        let mut info = None;
         if let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) {
             entry.state = State::Used;
+            info = entry.info.clone();
         }
+        drop(entries);
         self.responses.remove(key);
+        self.finished(info, Outcome::Used);
     }
 
     /// Completed speculations of a trace not used yet, with their response,
@@ -308,6 +388,7 @@ impl Speculations {
             match entry.state {
                 State::Done => {
                     self.responses.remove(&key);
+                    self.finished(entry.info, Outcome::Wasted);
                     out.push((entry.dependency, Outcome::Wasted));
                 }
                 // Counted as cancelled when its response comes back.
@@ -350,6 +431,18 @@ mod tests {
             &headers,
             None,
         )
+    }
+
+    fn info() -> Arc<Info> {
+        Arc::new(Info {
+            route: "GET /r".into(),
+            dependency: "users".into(),
+            method: "GET".into(),
+            path: "/users/7".into(),
+            probability: 1.0,
+            sent_unix_ms: 0,
+            sent: std::time::Instant::now(),
+        })
     }
 
     fn stored(body: &str) -> Stored {
@@ -412,16 +505,16 @@ mod tests {
     #[test]
     fn a_response_is_served_once_and_only_to_its_own_key() {
         let h = SecretHasher::new();
-        let table = Speculations::new(1 << 20, 8);
+        let table = Speculations::new(1 << 20, 8, 0.25);
         let alice = key(&h, 1, "Bearer alice", "*/*");
         let mallory = key(&h, 1, "Bearer mallory", "*/*");
         let other_request = key(&h, 2, "Bearer alice", "*/*");
-        assert!(table.begin(&alice, "users".into(), Duration::from_millis(5)));
+        assert!(table.begin(&alice, info(), Duration::from_millis(5)));
         assert!(
-            !table.begin(&alice, "users".into(), Duration::from_millis(5)),
+            !table.begin(&alice, info(), Duration::from_millis(5)),
             "sent once"
         );
-        assert_eq!(table.complete(&alice, Some(stored("alice's"))), None);
+        assert_eq!(table.complete(&alice, Some(stored("alice's")), None), None);
         assert!(matches!(
             table.claim(&mallory, &"users".into()),
             Found::Nothing
@@ -444,33 +537,35 @@ mod tests {
     #[test]
     fn unusable_and_unclaimed_speculations_are_counted() {
         let h = SecretHasher::new();
-        let table = Speculations::new(1 << 20, 1);
+        let table = Speculations::new(1 << 20, 1, 0.25);
         let a = key(&h, 1, "a", "*/*");
         let b = key(&h, 1, "b", "*/*");
-        assert!(table.begin(&a, "users".into(), Duration::from_millis(5)));
+        assert!(table.begin(&a, info(), Duration::from_millis(5)));
         assert!(
-            !table.begin(&b, "users".into(), Duration::from_millis(5)),
+            !table.begin(&b, info(), Duration::from_millis(5)),
             "max_inflight is 1"
         );
-        assert_eq!(table.complete(&a, None), Some(Outcome::Failed));
+        assert_eq!(table.complete(&a, None, None), Some(Outcome::Failed));
         assert!(
             matches!(table.claim(&a, &"users".into()), Found::Nothing),
             "a failure is never served"
         );
-        assert!(table.begin(&b, "users".into(), Duration::from_millis(5)));
-        assert_eq!(table.complete(&b, Some(stored("b"))), None);
+        assert!(table.begin(&b, info(), Duration::from_millis(5)));
+        assert_eq!(table.complete(&b, Some(stored("b")), None), None);
         let closed = table.close(1);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].1, Outcome::Wasted);
         assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
         // A speculation whose context closed before it came back.
         let c = key(&h, 3, "c", "*/*");
-        assert!(table.begin(&c, "users".into(), Duration::from_millis(5)));
+        assert!(table.begin(&c, info(), Duration::from_millis(5)));
         assert!(table.close(3).is_empty());
         assert_eq!(
-            table.complete(&c, Some(stored("late"))),
+            table.complete(&c, Some(stored("late")), Some(info())),
             Some(Outcome::Cancelled)
         );
         assert_eq!(table.traces(), 0);
+        let outcomes: Vec<&str> = table.recent(10).iter().map(|f| f.outcome).collect();
+        assert_eq!(outcomes, ["cancelled", "wasted", "failed"]);
     }
 }

@@ -1,0 +1,133 @@
+//! Self-control: each (route, dependency) keeps the outcomes of its last
+//! speculations; when more than `speculation.max_waste_ratio` of them were
+//! wasted (or failed, or cancelled), speculation pauses there, and resumes
+//! after a cool-down to see whether precision came back — each failed
+//! probe doubling the next pause, up to a limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::speculation::Outcome;
+
+/// Outcomes remembered per (route, dependency).
+const WINDOW: usize = 50;
+/// Outcomes needed before the ratio is trusted.
+const MIN_SAMPLES: usize = 10;
+const FIRST_PAUSE: Duration = Duration::from_secs(5);
+const LONGEST_PAUSE: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct Window {
+    outcomes: VecDeque<bool>,
+    paused_until: Option<Instant>,
+    next_pause: Option<Duration>,
+}
+
+impl Window {
+    fn waste_ratio(&self) -> f64 {
+        let bad = self.outcomes.iter().filter(|good| !**good).count();
+        bad as f64 / self.outcomes.len().max(1) as f64
+    }
+}
+
+pub struct Governor {
+    max_waste_ratio: f64,
+    windows: Mutex<HashMap<(String, String), Window>>,
+}
+
+/// What the governor says of one (route, dependency), for `/debug`.
+#[derive(Debug, serde::Serialize)]
+pub struct State {
+    pub route: String,
+    pub dependency: String,
+    pub samples: usize,
+    pub waste_ratio: f64,
+    pub paused_for_ms: Option<u64>,
+}
+
+impl Governor {
+    pub fn new(max_waste_ratio: f64) -> Self {
+        Self {
+            max_waste_ratio,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether speculation on `dependency` for `route` may go on now.
+    pub fn allows(&self, route: &str, dependency: &str) -> bool {
+        let windows = self.windows.lock();
+        let Some(w) = windows.get(&(route.to_string(), dependency.to_string())) else {
+            return true;
+        };
+        w.paused_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Counts an outcome; pauses the pair when its waste ratio is too high.
+    pub fn record(&self, route: &str, dependency: &str, outcome: Outcome) {
+        let mut windows = self.windows.lock();
+        let w = windows
+            .entry((route.to_string(), dependency.to_string()))
+            .or_default();
+        w.outcomes.push_back(outcome == Outcome::Used);
+        if w.outcomes.len() > WINDOW {
+            w.outcomes.pop_front();
+        }
+        let now = Instant::now();
+        let resumed = w.paused_until.is_some_and(|until| now >= until);
+        if w.outcomes.len() >= MIN_SAMPLES && w.waste_ratio() > self.max_waste_ratio {
+            if w.paused_until.is_none() || resumed {
+                let pause = w.next_pause.unwrap_or(FIRST_PAUSE);
+                w.paused_until = Some(now + pause);
+                w.next_pause = Some((pause * 2).min(LONGEST_PAUSE));
+                // The probe after this pause starts from a clean slate.
+                w.outcomes.clear();
+            }
+        } else if resumed && w.outcomes.len() >= MIN_SAMPLES {
+            // Precision came back.
+            w.paused_until = None;
+            w.next_pause = None;
+        }
+    }
+
+    pub fn states(&self) -> Vec<State> {
+        let now = Instant::now();
+        let windows = self.windows.lock();
+        let mut out: Vec<State> = windows
+            .iter()
+            .map(|((route, dependency), w)| State {
+                route: route.clone(),
+                dependency: dependency.clone(),
+                samples: w.outcomes.len(),
+                waste_ratio: w.waste_ratio(),
+                paused_for_ms: w
+                    .paused_until
+                    .filter(|u| *u > now)
+                    .map(|u| u.duration_since(now).as_millis() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.route, &a.dependency).cmp(&(&b.route, &b.dependency)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waste_pauses_and_precision_resumes() {
+        let g = Governor::new(0.25);
+        for _ in 0..20 {
+            g.record("r", "d", Outcome::Used);
+        }
+        assert!(g.allows("r", "d"));
+        for _ in 0..10 {
+            g.record("r", "d", Outcome::Wasted);
+        }
+        assert!(!g.allows("r", "d"), "10 wasted of 30 is over 0.25");
+        assert!(g.allows("r", "other"), "only that pair pauses");
+        assert!(g.states()[0].paused_for_ms.is_some());
+    }
+}
