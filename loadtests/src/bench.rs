@@ -76,11 +76,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         }
     }
 
-    let planned = Planned {
-        path: "/bench".into(),
-        headers: Vec::new(),
-        expect: None,
-    };
+    let planned = Planned::get("/bench");
     let mut rows = Vec::new();
     for (name, addr, _proc) in &targets {
         eprintln!("==> {name} at {addr}");

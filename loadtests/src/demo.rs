@@ -206,6 +206,8 @@ upstream = "{posts}"
         .map(|i| {
             let id = i % 50;
             Planned {
+                method: None,
+                label: "GET /profile/{id}",
                 path: format!("/profile/{id}"),
                 headers: vec![(
                     "authorization".into(),

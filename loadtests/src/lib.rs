@@ -7,6 +7,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod hotel;
+pub mod hotel_demo;
 pub mod load;
 pub mod procs;
 pub mod server;

@@ -30,6 +30,8 @@ pub struct Report {
     pub wrong: u64,
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
+    /// Latencies per [`Planned::label`].
+    pub by_label: std::collections::BTreeMap<&'static str, Histogram<u64>>,
 }
 
 impl Report {
@@ -40,6 +42,7 @@ impl Report {
             wrong: 0,
             elapsed: Duration::ZERO,
             latency_us: histogram(),
+            by_label: std::collections::BTreeMap::new(),
         }
     }
 
@@ -48,6 +51,9 @@ impl Report {
         self.errors += other.errors;
         self.wrong += other.wrong;
         let _ = self.latency_us.add(&other.latency_us);
+        for (label, h) in &other.by_label {
+            let _ = self.by_label.entry(label).or_insert_with(histogram).add(h);
+        }
     }
 
     /// Completed requests per second.
@@ -73,6 +79,22 @@ pub struct Planned {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub expect: Option<Bytes>,
+    /// `GET` unless given.
+    pub method: Option<&'static str>,
+    /// Which endpoint it is, for per-endpoint latencies.
+    pub label: &'static str,
+}
+
+impl Planned {
+    pub fn get(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            headers: Vec::new(),
+            expect: None,
+            method: None,
+            label: "",
+        }
+    }
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
@@ -97,7 +119,10 @@ async fn exchange(
     }
     let sender = conn.as_mut()?;
     sender.ready().await.ok()?;
-    let mut req = Request::get(planned.path.as_str()).header("host", addr.to_string());
+    let mut req = Request::builder()
+        .method(planned.method.unwrap_or("GET"))
+        .uri(planned.path.as_str())
+        .header("host", addr.to_string());
     for (name, value) in &planned.headers {
         req = req.header(name.as_str(), value.as_str());
     }
@@ -120,9 +145,13 @@ fn record(report: &mut Report, planned: &Planned, got: Option<Bytes>, latency: D
             if planned.expect.as_ref().is_some_and(|e| *e != body) {
                 report.wrong += 1;
             }
+            let us = (latency.as_micros() as u64).max(1);
+            let _ = report.latency_us.record(us);
             let _ = report
-                .latency_us
-                .record((latency.as_micros() as u64).max(1));
+                .by_label
+                .entry(planned.label)
+                .or_insert_with(histogram)
+                .record(us);
         }
         None => report.errors += 1,
     }
@@ -163,23 +192,33 @@ pub async fn fixed_rate(
     duration: Duration,
     connections: usize,
 ) -> Report {
+    let count = (f64::from(rate) * duration.as_secs_f64()).ceil() as usize;
+    fixed_rate_plan(addr, vec![planned; count.max(1)], rate, connections).await
+}
+
+/// Sends every request of `plan`, in order, at `rate` requests per second,
+/// spread over `connections` connections (open loop).
+pub async fn fixed_rate_plan(
+    addr: SocketAddr,
+    plan: Vec<Planned>,
+    rate: u32,
+    connections: usize,
+) -> Report {
     let connections = connections.max(1);
-    let interval = Duration::from_secs_f64(connections as f64 / f64::from(rate.max(1)));
-    let per_worker = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
-    let planned = Arc::new(planned);
+    // Request i is due at i / rate; worker w sends requests w, w + n, ….
+    let step = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let plan = Arc::new(plan);
     let started = Instant::now();
-    let deadline = started + duration + Duration::from_secs(5);
+    let deadline = started + step.mul_f64(plan.len() as f64) + Duration::from_secs(5);
     let workers: Vec<_> = (0..connections)
         .map(|w| {
-            let planned = planned.clone();
-            let offset = interval.mul_f64(w as f64 / connections as f64);
+            let plan = plan.clone();
             tokio::spawn(async move {
                 let mut report = Report::new();
                 let mut conn = connect(addr).await.ok();
-                let first = Instant::now() + offset;
                 let mut idle_since = Instant::now();
-                for n in 0..per_worker {
-                    let intended = first + interval.mul_f64(n as f64);
+                for i in (w..plan.len()).step_by(connections) {
+                    let intended = started + step.mul_f64(i as f64);
                     if intended > deadline {
                         break;
                     }
@@ -194,9 +233,9 @@ pub async fn fixed_rate(
                     } else {
                         Instant::now()
                     };
-                    let got = exchange(&mut conn, addr, &planned).await;
+                    let got = exchange(&mut conn, addr, &plan[i]).await;
                     idle_since = Instant::now();
-                    record(&mut report, &planned, got, idle_since - start);
+                    record(&mut report, &plan[i], got, idle_since - start);
                 }
                 report
             })

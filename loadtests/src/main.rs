@@ -18,9 +18,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the end-to-end demo: a frontend with two dependencies behind
-    /// augur; sends requests, checks every answer, prints what augur saw.
+    /// The demo: a hotel-reservation application (7 dependencies) run
+    /// direct, through augur passing through, and through augur
+    /// speculating; checks every answer and prints one table.
     Demo {
+        #[arg(long)]
+        augur: Option<PathBuf>,
+        /// Requests per second in each measured run.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Warm-up requests per endpoint, at most.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// How long each dependency takes to answer.
+        #[arg(long, default_value = "5ms", value_parser = humantime_duration)]
+        latency: Duration,
+        /// Have the speculating augur write its trace log here.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// A tour of what augur records: a frontend with two dependencies;
+    /// prints augur's counters, contexts and what it learned.
+    Tour {
         /// The augur binary (default: the one built beside this program).
         #[arg(long)]
         augur: Option<PathBuf>,
@@ -89,6 +110,24 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Demo {
+                augur,
+                rate,
+                duration,
+                warmup,
+                latency,
+                trace,
+            } => {
+                augur_loadtests::hotel_demo::run(augur_loadtests::hotel_demo::Options {
+                    augur,
+                    rate,
+                    duration,
+                    warmup_per_route: warmup,
+                    latency,
+                    trace,
+                })
+                .await
+            }
+            Command::Tour {
                 augur,
                 requests,
                 concurrency,

@@ -1,0 +1,635 @@
+//! A hotel-reservation application modelled on the call graphs of
+//! DeathStarBench's hotelReservation, as HTTP/JSON services of our own.
+//!
+//! | frontend endpoint | what it calls, one after another |
+//! |---|---|
+//! | `GET /hotels?lat&lon&inDate&outDate` | geo (nearby ids) → rate, availability, profile (each with the ids geo gave) |
+//! | `GET /recommendations?require&lat&lon` | recommendation (ids) → profile (those ids) |
+//! | `GET /user?username` | user (check, with the caller's credential) |
+//! | `POST /reservation?hotelId&inDate&outDate&username` | user (check) → reservation (a POST: never to be speculated) |
+//!
+//! Every answer is a pure function of the request, so the load generator
+//! can check every response body against the truth ([`expected`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::procs::local;
+use crate::server::{self, Body, respond};
+
+/// How long each dependency takes to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Latencies {
+    pub geo: Duration,
+    pub rate: Duration,
+    pub availability: Duration,
+    pub profile: Duration,
+    pub recommendation: Duration,
+    pub user: Duration,
+    pub reservation: Duration,
+}
+
+impl Latencies {
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            geo: d,
+            rate: d,
+            availability: d,
+            profile: d,
+            recommendation: d,
+            user: d,
+            reservation: d,
+        }
+    }
+}
+
+/// The dependencies, by name, in the order augur's config lists them.
+pub const DEPENDENCIES: [&str; 7] = [
+    "geo",
+    "rate",
+    "availability",
+    "profile",
+    "recommendation",
+    "user",
+    "reservation",
+];
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a.wrapping_mul(0x9E3779B97F4A7C15) ^ b.wrapping_add(0x632BE59BD9B4E019);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58476D1CE4E5B9);
+    x ^ (x >> 29)
+}
+
+/// The hotels near a point: five ids.
+pub fn nearby(lat: u64, lon: u64) -> Vec<u64> {
+    (0..5)
+        .map(|i| 1000 + mix(lat * 1000 + lon, i) % 9000)
+        .collect()
+}
+
+/// The hotels recommended for a requirement near a point: three ids.
+pub fn recommend(require: &str, lat: u64, lon: u64) -> Vec<u64> {
+    let seed = require.bytes().fold(7u64, |h, b| mix(h, u64::from(b)));
+    (0..3)
+        .map(|i| 1000 + mix(seed ^ (lat * 1000 + lon), i) % 9000)
+        .collect()
+}
+
+fn ids_text(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn rates_body(ids: &[u64], inn: &str, out: &str) -> String {
+    let plans: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "{{\"hotelId\":{id},\"code\":\"R{}\",\"rate\":{}}}",
+                mix(*id, 1) % 100,
+                80 + mix(*id, inn.len() as u64 + out.len() as u64) % 200
+            )
+        })
+        .collect();
+    format!("{{\"ratePlans\":[{}]}}", plans.join(","))
+}
+
+fn availability_body(ids: &[u64], inn: &str, out: &str) -> String {
+    let free: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| mix(*id, inn.bytes().chain(out.bytes()).map(u64::from).sum()) % 4 != 0)
+        .collect();
+    format!("{{\"available\":[{}]}}", ids_text(&free))
+}
+
+fn profiles_body(ids: &[u64]) -> String {
+    let hotels: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "{{\"id\":{id},\"name\":\"Hotel {id}\",\"stars\":{}}}",
+                1 + mix(*id, 2) % 5
+            )
+        })
+        .collect();
+    format!("{{\"hotels\":[{}]}}", hotels.join(","))
+}
+
+fn user_body(username: &str, auth: &str) -> String {
+    let ok = auth == token(username);
+    format!("{{\"username\":\"{username}\",\"ok\":{ok}}}")
+}
+
+/// The credential a user presents.
+pub fn token(username: &str) -> String {
+    format!("Bearer tok-{username}")
+}
+
+fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+    q?.split('&')
+        .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn ids_param(q: Option<&str>) -> Vec<u64> {
+    query(q, "hotelIds")
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn json(body: String) -> Response<Body> {
+    respond(200, "application/json", body)
+}
+
+/// Requests each dependency received: real ones and `sec-purpose:
+/// prefetch` ones, in [`DEPENDENCIES`] order.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub real: [std::sync::atomic::AtomicU64; 7],
+    pub prefetch: [std::sync::atomic::AtomicU64; 7],
+}
+
+impl Counts {
+    fn count(&self, dep: usize, req: &Request<Incoming>) {
+        let prefetch = req
+            .headers()
+            .get("sec-purpose")
+            .is_some_and(|v| v == "prefetch");
+        let slot = if prefetch {
+            &self.prefetch[dep]
+        } else {
+            &self.real[dep]
+        };
+        slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn real_total(&self) -> u64 {
+        self.real
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn prefetch_total(&self) -> u64 {
+        self.prefetch
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn reset(&self) {
+        for c in self.real.iter().chain(self.prefetch.iter()) {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts the dependencies; returns their addresses in [`DEPENDENCIES`] order.
+pub async fn start_dependencies(
+    l: Latencies,
+    counts: std::sync::Arc<Counts>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(0, &req);
+                async move {
+                    tokio::time::sleep(l.geo).await;
+                    let q = req.uri().query();
+                    match (
+                        query(q, "lat").and_then(|v| v.parse().ok()),
+                        query(q, "lon").and_then(|v| v.parse().ok()),
+                    ) {
+                        (Some(lat), Some(lon)) => json(format!(
+                            "{{\"hotelIds\":[{}]}}",
+                            ids_text(&nearby(lat, lon))
+                        )),
+                        _ => respond(400, "text/plain", "geo needs lat and lon\n"),
+                    }
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(1, &req);
+                async move {
+                    tokio::time::sleep(l.rate).await;
+                    let q = req.uri().query();
+                    json(rates_body(
+                        &ids_param(q),
+                        query(q, "inDate").unwrap_or(""),
+                        query(q, "outDate").unwrap_or(""),
+                    ))
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(2, &req);
+                async move {
+                    tokio::time::sleep(l.availability).await;
+                    let q = req.uri().query();
+                    json(availability_body(
+                        &ids_param(q),
+                        query(q, "inDate").unwrap_or(""),
+                        query(q, "outDate").unwrap_or(""),
+                    ))
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(3, &req);
+                async move {
+                    tokio::time::sleep(l.profile).await;
+                    json(profiles_body(&ids_param(req.uri().query())))
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(4, &req);
+                async move {
+                    tokio::time::sleep(l.recommendation).await;
+                    let q = req.uri().query();
+                    let (lat, lon) = (
+                        query(q, "lat").and_then(|v| v.parse().ok()).unwrap_or(0),
+                        query(q, "lon").and_then(|v| v.parse().ok()).unwrap_or(0),
+                    );
+                    json(format!(
+                        "{{\"hotelIds\":[{}]}}",
+                        ids_text(&recommend(query(q, "require").unwrap_or(""), lat, lon))
+                    ))
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(5, &req);
+                async move {
+                    tokio::time::sleep(l.user).await;
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let name = query(req.uri().query(), "username")
+                        .unwrap_or("")
+                        .to_string();
+                    json(user_body(&name, &auth))
+                }
+            }
+        })
+        .await?,
+    );
+    addrs.push(
+        server::serve(local(0), {
+            let counts = counts.clone();
+            move |req: Request<Incoming>| {
+                counts.count(6, &req);
+                async move {
+                    tokio::time::sleep(l.reservation).await;
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let order: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    json(format!(
+                        "{{\"reserved\":{},\"hotelId\":{}}}",
+                        order["username"].is_string(),
+                        order["hotelId"]
+                    ))
+                }
+            }
+        })
+        .await?,
+    );
+    Ok(addrs)
+}
+
+type Outbound = Client<HttpConnector, Full<Bytes>>;
+
+/// One call of the frontend, passing on traceparent and authorization.
+async fn call(
+    client: &Outbound,
+    inbound: &Request<Incoming>,
+    method: &str,
+    url: String,
+    body: Option<String>,
+) -> anyhow::Result<Bytes> {
+    let mut out = Request::builder().method(method).uri(&url);
+    for name in ["traceparent", "authorization"] {
+        if let Some(v) = inbound.headers().get(name) {
+            out = out.header(name, v);
+        }
+    }
+    if body.is_some() {
+        out = out.header("content-type", "application/json");
+    }
+    let resp = client
+        .request(out.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
+        .await?;
+    if !resp.status().is_success() {
+        bail!("{url}: {}", resp.status());
+    }
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+fn ids_in(body: &Bytes, field: &str) -> Vec<u64> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v[field]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Starts the frontend, calling its dependencies at `deps` (direct, or
+/// augur's egress listeners), in [`DEPENDENCIES`] order.
+pub async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    let client: Outbound = Client::builder(TokioExecutor::new()).build_http();
+    let deps = std::sync::Arc::new(deps);
+    let addr = server::serve(local(0), move |req: Request<Incoming>| {
+        let (client, deps) = (client.clone(), deps.clone());
+        async move {
+            match handle(&client, &req, &|i| deps[i]).await {
+                Ok(body) => json(body),
+                Err(e) => respond(502, "text/plain", format!("frontend: {e}\n")),
+            }
+        }
+    })
+    .await?;
+    Ok(addr)
+}
+
+async fn handle(
+    client: &Outbound,
+    req: &Request<Incoming>,
+    d: &impl Fn(usize) -> SocketAddr,
+) -> anyhow::Result<String> {
+    let q = req.uri().query().map(str::to_string);
+    let q = q.as_deref();
+    let p = |k: &str| query(q, k).unwrap_or("").to_string();
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/hotels") => {
+            let (inn, out) = (p("inDate"), p("outDate"));
+            let geo = call(
+                client,
+                req,
+                "GET",
+                format!("http://{}/nearby?lat={}&lon={}", d(0), p("lat"), p("lon")),
+                None,
+            )
+            .await?;
+            let ids = ids_text(&ids_in(&geo, "hotelIds"));
+            let rates = call(
+                client,
+                req,
+                "GET",
+                format!(
+                    "http://{}/rates?hotelIds={ids}&inDate={inn}&outDate={out}",
+                    d(1)
+                ),
+                None,
+            )
+            .await?;
+            let avail = call(
+                client,
+                req,
+                "GET",
+                format!(
+                    "http://{}/availability?hotelIds={ids}&inDate={inn}&outDate={out}",
+                    d(2)
+                ),
+                None,
+            )
+            .await?;
+            let profiles = call(
+                client,
+                req,
+                "GET",
+                format!("http://{}/profiles?hotelIds={ids}", d(3)),
+                None,
+            )
+            .await?;
+            Ok(format!(
+                "{{\"search\":{},\"rates\":{},\"availability\":{},\"profiles\":{}}}",
+                text(&geo),
+                text(&rates),
+                text(&avail),
+                text(&profiles)
+            ))
+        }
+        ("GET", "/recommendations") => {
+            let rec = call(
+                client,
+                req,
+                "GET",
+                format!(
+                    "http://{}/recommend?require={}&lat={}&lon={}",
+                    d(4),
+                    p("require"),
+                    p("lat"),
+                    p("lon")
+                ),
+                None,
+            )
+            .await?;
+            let ids = ids_text(&ids_in(&rec, "hotelIds"));
+            let profiles = call(
+                client,
+                req,
+                "GET",
+                format!("http://{}/profiles?hotelIds={ids}", d(3)),
+                None,
+            )
+            .await?;
+            Ok(format!(
+                "{{\"recommended\":{},\"profiles\":{}}}",
+                text(&rec),
+                text(&profiles)
+            ))
+        }
+        ("GET", "/user") => {
+            let user = call(
+                client,
+                req,
+                "GET",
+                format!("http://{}/check?username={}", d(5), p("username")),
+                None,
+            )
+            .await?;
+            Ok(format!("{{\"user\":{}}}", text(&user)))
+        }
+        ("POST", "/reservation") => {
+            let user = call(
+                client,
+                req,
+                "GET",
+                format!("http://{}/check?username={}", d(5), p("username")),
+                None,
+            )
+            .await?;
+            let order = format!(
+                "{{\"hotelId\":{},\"inDate\":\"{}\",\"outDate\":\"{}\",\"username\":\"{}\"}}",
+                p("hotelId"),
+                p("inDate"),
+                p("outDate"),
+                p("username")
+            );
+            let done = call(
+                client,
+                req,
+                "POST",
+                format!("http://{}/reserve", d(6)),
+                Some(order),
+            )
+            .await?;
+            Ok(format!(
+                "{{\"user\":{},\"reservation\":{}}}",
+                text(&user),
+                text(&done)
+            ))
+        }
+        (m, path) => bail!("no endpoint {m} {path}"),
+    }
+}
+
+/// One request of the workload and the exact body it must get.
+pub struct Ask {
+    pub label: &'static str,
+    pub method: &'static str,
+    pub target: String,
+    pub auth: String,
+    pub expected: String,
+}
+
+/// The `n`-th request of the workload: 60% search, 20% recommendations,
+/// 15% user checks, 5% reservations, over a few places, dates and users.
+pub fn ask(n: u64) -> Ask {
+    let r = mix(n, 99);
+    let (lat, lon) = (30 + r % 8, 100 + (r >> 8) % 8);
+    let user = format!("user{}", (r >> 16) % 10);
+    let auth = token(&user);
+    let (inn, out) = (
+        "2026-12-0".to_string() + &((r >> 20) % 5 + 1).to_string(),
+        "2026-12-1".to_string() + &((r >> 24) % 5).to_string(),
+    );
+    match r % 20 {
+        0..=11 => {
+            let ids = nearby(lat, lon);
+            let expected = format!(
+                "{{\"search\":{{\"hotelIds\":[{}]}},\"rates\":{},\"availability\":{},\"profiles\":{}}}",
+                ids_text(&ids),
+                rates_body(&ids, &inn, &out),
+                availability_body(&ids, &inn, &out),
+                profiles_body(&ids)
+            );
+            Ask {
+                label: "GET /hotels",
+                method: "GET",
+                target: format!("/hotels?lat={lat}&lon={lon}&inDate={inn}&outDate={out}"),
+                auth,
+                expected,
+            }
+        }
+        12..=15 => {
+            let require = ["dis", "rate", "price"][(r >> 28) as usize % 3];
+            let ids = recommend(require, lat, lon);
+            let expected = format!(
+                "{{\"recommended\":{{\"hotelIds\":[{}]}},\"profiles\":{}}}",
+                ids_text(&ids),
+                profiles_body(&ids)
+            );
+            Ask {
+                label: "GET /recommendations",
+                method: "GET",
+                target: format!("/recommendations?require={require}&lat={lat}&lon={lon}"),
+                auth,
+                expected,
+            }
+        }
+        16..=18 => {
+            let expected = format!("{{\"user\":{}}}", user_body(&user, &auth));
+            Ask {
+                label: "GET /user",
+                method: "GET",
+                target: format!("/user?username={user}"),
+                auth,
+                expected,
+            }
+        }
+        _ => {
+            let hotel = nearby(lat, lon)[0];
+            let expected = format!(
+                "{{\"user\":{},\"reservation\":{{\"reserved\":true,\"hotelId\":{hotel}}}}}",
+                user_body(&user, &auth)
+            );
+            Ask {
+                label: "POST /reservation",
+                method: "POST",
+                target: format!(
+                    "/reservation?hotelId={hotel}&inDate={inn}&outDate={out}&username={user}"
+                ),
+                auth,
+                expected,
+            }
+        }
+    }
+}
+
+/// The dependency calls of each endpoint on its critical path if every call
+/// ran as soon as its inputs existed, as (calls in sequence on the path).
+pub fn oracle_path(label: &str, l: &Latencies) -> (Duration, Duration) {
+    // (critical path, sum of all calls)
+    match label {
+        "GET /hotels" => (
+            l.geo + l.rate.max(l.availability).max(l.profile),
+            l.geo + l.rate + l.availability + l.profile,
+        ),
+        "GET /recommendations" => (l.recommendation + l.profile, l.recommendation + l.profile),
+        "GET /user" => (l.user, l.user),
+        _ => (l.user.max(l.reservation), l.user + l.reservation),
+    }
+}

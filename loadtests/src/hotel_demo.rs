@@ -1,0 +1,323 @@
+//! The demo: the hotel-reservation application driven three ways in one run
+//! — direct, through augur passing through, through augur speculating —
+//! with one table of what each cost.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use bytes::Bytes;
+
+use crate::hotel::{self, Counts, DEPENDENCIES, Latencies};
+use crate::load::{self, Planned, Report};
+use crate::procs::{self, Proc, free_port, local};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub augur: Option<PathBuf>,
+    /// Requests per second during the measured run.
+    pub rate: u32,
+    pub duration: Duration,
+    pub warmup_per_route: usize,
+    pub latency: Duration,
+    /// Where the speculating augur writes its trace log.
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    PassThrough,
+    Speculating,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::PassThrough => "augur pass-through",
+            Mode::Speculating => "augur speculating",
+        }
+    }
+}
+
+struct Run {
+    report: Report,
+    real: u64,
+    prefetch: u64,
+    prefetched_posts: u64,
+    speculated_calls: f64,
+}
+
+fn planned(n: u64) -> Planned {
+    let ask = hotel::ask(n);
+    Planned {
+        path: ask.target,
+        headers: vec![("authorization".into(), ask.auth)],
+        expect: Some(Bytes::from(ask.expected)),
+        method: Some(ask.method),
+        label: ask.label,
+    }
+}
+
+/// The warm-up: the workload's first requests, at most `per_route` of each
+/// endpoint. Returns them and where the measured run starts.
+fn warmup(per_route: usize) -> (Vec<Planned>, u64) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut n = 0;
+    while n < 10_000 {
+        let p = planned(n);
+        n += 1;
+        let count = seen.entry(p.label).or_insert(0);
+        if *count < per_route {
+            *count += 1;
+            out.push(p);
+        } else if seen.values().all(|c| *c >= per_route.min(10)) && out.len() >= per_route {
+            break;
+        }
+    }
+    (out, n)
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let binary = procs::augur_binary(opts.augur.clone())?;
+    let dir = procs::scratch("hotel")?;
+    let latencies = Latencies::uniform(opts.latency);
+    let counts = Arc::new(Counts::default());
+    let deps = hotel::start_dependencies(latencies, counts.clone()).await?;
+    let (warm, first) = warmup(opts.warmup_per_route);
+    let measured = (f64::from(opts.rate) * opts.duration.as_secs_f64()) as u64;
+    let plan: Vec<Planned> = (first..first + measured).map(planned).collect();
+    println!(
+        "hotel reservation: 7 dependencies answering in {:?}; warm-up {} requests (at most {} per endpoint), then {} requests at {}/s",
+        opts.latency,
+        warm.len(),
+        opts.warmup_per_route,
+        plan.len(),
+        opts.rate
+    );
+
+    let mut runs = Vec::new();
+    for (i, mode) in [Mode::Direct, Mode::PassThrough, Mode::Speculating]
+        .into_iter()
+        .enumerate()
+    {
+        println!("[{}/3] {}: starting", i + 1, mode.name());
+        let (target, augur, admin) = match mode {
+            Mode::Direct => (hotel::start_frontend(deps.clone()).await?, None, None),
+            _ => {
+                let (target, proc, admin) =
+                    start_augur(&binary, &dir, &deps, mode, opts.trace.as_ref()).await?;
+                (target, Some(proc), Some(admin))
+            }
+        };
+        println!(
+            "[{}/3] {}: warming up ({} requests)",
+            i + 1,
+            mode.name(),
+            warm.len()
+        );
+        let w = load::closed_loop(target, warm.clone(), 4).await;
+        if w.errors > 0 || w.wrong > 0 {
+            bail!(
+                "{}: warm-up saw {} errors and {} wrong responses",
+                mode.name(),
+                w.errors,
+                w.wrong
+            );
+        }
+        counts.reset();
+        let speculated_before = match admin {
+            Some(admin) => speculated(admin)?,
+            None => 0.0,
+        };
+        println!(
+            "[{}/3] {}: measuring ({} requests at {}/s)",
+            i + 1,
+            mode.name(),
+            plan.len(),
+            opts.rate
+        );
+        let report = load::fixed_rate_plan(target, plan.clone(), opts.rate, 16).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let speculated_calls = match admin {
+            Some(admin) => speculated(admin)? - speculated_before,
+            None => 0.0,
+        };
+        runs.push((
+            mode,
+            Run {
+                real: counts.real_total(),
+                prefetch: counts.prefetch_total(),
+                prefetched_posts: counts.prefetch[6].load(std::sync::atomic::Ordering::Relaxed),
+                speculated_calls,
+                report,
+            },
+        ));
+        if let Some(proc) = augur {
+            if mode == Mode::Speculating {
+                if let Some(admin) = admin {
+                    let (_, metrics) = procs::http_get(admin, "/metrics")?;
+                    for line in metrics
+                        .lines()
+                        .filter(|l| l.starts_with("augur_speculations_total"))
+                    {
+                        println!("    {line}");
+                    }
+                }
+            }
+            drop(proc);
+        }
+    }
+    println!("\n{}", table(&runs, &latencies));
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| r.report.wrong > 0 || r.report.errors > 0 || r.prefetched_posts > 0)
+        .map(|(m, r)| {
+            format!(
+                "{}: {} wrong, {} errors, {} speculated POSTs",
+                m.name(),
+                r.report.wrong,
+                r.report.errors,
+                r.prefetched_posts
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    println!("demo ok: every response was right in every mode, and no POST was speculated.");
+    Ok(())
+}
+
+/// Dependency calls augur answered from speculation (hit or coalesced).
+fn speculated(admin: SocketAddr) -> anyhow::Result<f64> {
+    let (_, metrics) = procs::http_get(admin, "/metrics")?;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("augur_dependency_calls_total")
+                && (l.contains("outcome=\"hit\"") || l.contains("outcome=\"coalesced\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn start_augur(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    deps: &[SocketAddr],
+    mode: Mode,
+    trace: Option<&PathBuf>,
+) -> anyhow::Result<(SocketAddr, Proc, SocketAddr)> {
+    let (ingress, admin) = (local(free_port()?), local(free_port()?));
+    let egress: Vec<SocketAddr> = (0..deps.len())
+        .map(|_| free_port().map(local))
+        .collect::<Result<_, _>>()?;
+    let frontend = hotel::start_frontend(egress.clone()).await?;
+    let speculate = mode == Mode::Speculating;
+    let mut config = format!(
+        "[service]\nname = \"frontend\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\nhorizon = \"1s\"\n"
+    );
+    if let (true, Some(path)) = (speculate, trace) {
+        let path = std::path::absolute(path)?;
+        let _ = std::fs::remove_file(&path);
+        let _ = writeln!(
+            config,
+            "\n[predictor]\ntrace_log = {:?}",
+            path.display().to_string()
+        );
+    }
+    for ((name, listen), upstream) in DEPENDENCIES.iter().zip(&egress).zip(deps) {
+        let _ = write!(
+            config,
+            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+        );
+    }
+    let name = if speculate {
+        "augur-speculating"
+    } else {
+        "augur-passthrough"
+    };
+    let proc = tokio::task::block_in_place(|| {
+        procs::start_augur(binary, dir, name, &config, admin, None)
+    })?;
+    Ok((ingress, proc, admin))
+}
+
+fn ms(r: &Report, label: &str, q: f64) -> f64 {
+    r.by_label
+        .get(label)
+        .map_or(f64::NAN, |h| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+fn table(runs: &[(Mode, Run)], l: &Latencies) -> String {
+    let mut out = String::new();
+    let labels: Vec<&str> = runs[0].1.report.by_label.keys().copied().collect();
+    let _ = writeln!(
+        out,
+        "| endpoint | direct p50 / p90 / p99 ms | pass-through p50 / p90 / p99 ms | speculating p50 / p90 / p99 ms | oracle p50 ms | speculating vs pass-through p50 | vs oracle |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let direct = &runs[0].1.report;
+    for label in &labels {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, r)| {
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    ms(&r.report, label, 0.5),
+                    ms(&r.report, label, 0.9),
+                    ms(&r.report, label, 0.99)
+                )
+            })
+            .collect();
+        // Oracle: direct p50 with the dependency time cut to the critical path.
+        let (critical, total) = hotel::oracle_path(label, l);
+        let oracle = ms(direct, label, 0.5) - (total - critical).as_secs_f64() * 1000.0;
+        let (pass, spec) = (
+            ms(&runs[1].1.report, label, 0.5),
+            ms(&runs[2].1.report, label, 0.5),
+        );
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {oracle:.2} | {:+.0}% | {:+.0}% |",
+            cells[0],
+            cells[1],
+            cells[2],
+            (spec / pass - 1.0) * 100.0,
+            (spec / oracle - 1.0) * 100.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| mode | throughput req/s | dependency requests | of which speculative | extra vs direct | answered by speculation | wrong responses | errors | speculated POSTs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let base = runs[0].1.real + runs[0].1.prefetch;
+    for (mode, r) in runs {
+        let total = r.real + r.prefetch;
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {total} | {} | {:+.1}% | {:.0} | {} | {} | {} |",
+            mode.name(),
+            r.report.rps(),
+            r.prefetch,
+            (total as f64 / base.max(1) as f64 - 1.0) * 100.0,
+            r.speculated_calls,
+            r.report.wrong,
+            r.report.errors,
+            r.prefetched_posts
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\noracle: the direct p50 with each endpoint's dependency time cut to its critical path (calls that only need the inbound request or the same earlier response run side by side)."
+    );
+    out
+}
