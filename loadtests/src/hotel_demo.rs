@@ -222,7 +222,7 @@ async fn start_augur(
     let frontend = hotel::start_frontend(egress.clone()).await?;
     let speculate = mode == Mode::Speculating;
     let mut config = format!(
-        "[service]\nname = \"frontend\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\nhorizon = \"1s\"\n"
+        "[service]\nname = \"frontend\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\n"
     );
     if let (true, Some(path)) = (speculate, trace) {
         let path = std::path::absolute(path)?;

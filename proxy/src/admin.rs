@@ -31,10 +31,7 @@ impl ServeHttp for Admin {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
             "/metrics" => {
-                self.shared
-                    .metrics
-                    .contexts_open
-                    .set(self.shared.contexts.open_count() as i64);
+                self.shared.metrics.observe_state(&self.shared);
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

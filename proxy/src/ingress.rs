@@ -98,7 +98,10 @@ impl ProxyHttp for Ingress {
             Ok(()) => {
                 ctx.context = Some(tp.trace_id);
                 ctx.body = Capture::start(&req.headers, self.shared.body_limit);
-                prefetch::run(&self.shared, tp.trace_id, tp.flags);
+                if self.shared.prefetch.enabled() {
+                    self.shared.prefetch.table.open(tp.trace_id);
+                    prefetch::run(&self.shared, tp.trace_id, tp.flags);
+                }
             }
             Err(why) => self
                 .shared

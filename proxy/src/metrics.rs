@@ -32,6 +32,9 @@ pub struct Metrics {
     pub contexts_open: IntGauge,
     pub contexts_untracked: IntCounterVec,
     pub contexts_expired: prometheus::IntCounter,
+    pub speculation_held_bytes: IntGauge,
+    pub speculation_inflight: IntGauge,
+    pub speculation_traces: IntGauge,
     pub learner_contexts: prometheus::IntCounter,
     pub learner_dropped: prometheus::IntCounter,
 }
@@ -61,6 +64,23 @@ impl Metrics {
             "Open contexts dropped because they outlived contexts.max_age",
         )?;
         registry.register(Box::new(contexts_expired.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let speculation_held_bytes = gauge(
+            "augur_speculation_held_bytes",
+            "Bytes of speculative responses held for their real calls",
+        )?;
+        let speculation_inflight = gauge(
+            "augur_speculation_inflight",
+            "Speculative requests in flight",
+        )?;
+        let speculation_traces = gauge(
+            "augur_speculation_traces",
+            "Open inbound requests with speculation state",
+        )?;
         let learner_contexts = prometheus::IntCounter::new(
             "augur_learner_contexts_total",
             "Closed contexts the predictor learned from",
@@ -109,6 +129,9 @@ impl Metrics {
             )?,
             contexts_open,
             contexts_expired,
+            speculation_held_bytes,
+            speculation_inflight,
+            speculation_traces,
             learner_contexts,
             learner_dropped,
             routes: RwLock::new(HashSet::new()),
@@ -145,6 +168,15 @@ impl Metrics {
         self.dependency_duration
             .with_label_values(&[dependency, outcome])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the gauges that mirror state held elsewhere, before a scrape.
+    pub fn observe_state(&self, shared: &crate::state::Shared) {
+        let table = &shared.prefetch.table;
+        self.contexts_open.set(shared.contexts.open_count() as i64);
+        self.speculation_held_bytes.set(table.held_bytes() as i64);
+        self.speculation_inflight.set(table.inflight() as i64);
+        self.speculation_traces.set(table.traces() as i64);
     }
 
     /// Prometheus text exposition format.

@@ -216,12 +216,20 @@ impl Speculations {
         }
     }
 
-    /// Registers a speculation about to be sent, unless its key is known
-    /// already or `max_inflight` are in flight. Returns the sender that
-    /// [`complete`](Self::complete) publishes through.
+    /// Starts keeping speculations for an inbound request that just
+    /// opened. Only an open trace takes speculations, so one that races its
+    /// context's close can never bring the trace back.
+    pub fn open(&self, trace: TraceKey) {
+        self.entries.lock().entry(trace).or_default();
+    }
+
+    /// Registers a speculation about to be sent, unless its trace is not
+    /// open, its key is known already or `max_inflight` are in flight.
     pub fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
         let mut entries = self.entries.lock();
-        let trace = entries.entry(key.trace).or_default();
+        let Some(trace) = entries.get_mut(&key.trace) else {
+            return false;
+        };
         if trace.contains_key(key) {
             return false;
         }
@@ -309,7 +317,9 @@ impl Speculations {
     /// served once. Nothing found marks the key as a real call on its way.
     pub fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
         let mut entries = self.entries.lock();
-        let trace = entries.entry(key.trace).or_default();
+        let Some(trace) = entries.get_mut(&key.trace) else {
+            return Found::Nothing;
+        };
         match trace.get_mut(key) {
             Some(entry) => match &entry.state {
                 State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
@@ -506,6 +516,8 @@ mod tests {
     fn a_response_is_served_once_and_only_to_its_own_key() {
         let h = SecretHasher::new();
         let table = Speculations::new(1 << 20, 8, 0.25);
+        table.open(1);
+        table.open(2);
         let alice = key(&h, 1, "Bearer alice", "*/*");
         let mallory = key(&h, 1, "Bearer mallory", "*/*");
         let other_request = key(&h, 2, "Bearer alice", "*/*");
@@ -538,6 +550,8 @@ mod tests {
     fn unusable_and_unclaimed_speculations_are_counted() {
         let h = SecretHasher::new();
         let table = Speculations::new(1 << 20, 1, 0.25);
+        table.open(1);
+        table.open(3);
         let a = key(&h, 1, "a", "*/*");
         let b = key(&h, 1, "b", "*/*");
         assert!(table.begin(&a, info(), Duration::from_millis(5)));
@@ -558,6 +572,10 @@ mod tests {
         assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
         // A speculation whose context closed before it came back.
         let c = key(&h, 3, "c", "*/*");
+        assert!(
+            !table.begin(&key(&h, 9, "x", "*/*"), info(), Duration::from_millis(5)),
+            "trace 9 is not open"
+        );
         assert!(table.begin(&c, info(), Duration::from_millis(5)));
         assert!(table.close(3).is_empty());
         assert_eq!(

@@ -445,3 +445,123 @@ async fn unusable_speculations_are_never_served_and_cost_the_real_call_nothing()
             > 0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing() {
+    let ports = Ports::new(2);
+    let users = Killable::start(local(0), |req: Request<Incoming>| async move {
+        let seen = Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            auth: req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string()),
+            prefetch: false,
+        };
+        // Slow enough that speculations are in flight when it dies.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        users_answer(&seen).unwrap()
+    })
+    .await;
+    let users_addr = users.addr;
+    let (posts_addr, _) = recording(posts_answer).await;
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let deps = [
+        Dep {
+            extra: "timeout = \"500ms\"",
+            ..Dep::new("users", users_addr)
+        },
+        Dep::new("posts", posts_addr),
+    ];
+    let augur = Augur::start(&ports, service, &deps, "").await;
+    let url = augur.url("");
+    let burst = |from: u32, n: u32| {
+        let url = url.clone();
+        async move {
+            let tasks: Vec<_> = (from..from + n)
+                .map(|i| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let req = Request::get(format!("{url}/p/{}", i % 7))
+                            .header("authorization", "Bearer alice")
+                            .body(Body::default())
+                            .unwrap();
+                        (i % 7, send(req).await)
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    // Healthy: every answer right.
+    for (id, got) in burst(0, 200).await {
+        assert_eq!(got.text(), expected(id, "alice"));
+    }
+    // users dies while requests and speculations are in flight.
+    let during = tokio::spawn(burst(200, 100));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    users.kill();
+    for (id, got) in during.await.unwrap() {
+        // Either the right answer or a clean failure, never a wrong one.
+        assert!(
+            got.status == 502 || got.text() == expected(id, "alice"),
+            "{} {}",
+            got.status,
+            got.text()
+        );
+    }
+    for (_, got) in burst(300, 20).await {
+        assert_eq!(got.status, 502, "users is down");
+    }
+    // users comes back on the same address: augur recovers by itself.
+    let _users = Killable::start(users_addr, |req: Request<Incoming>| async move {
+        let seen = Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            auth: req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string()),
+            prefetch: false,
+        };
+        users_answer(&seen).unwrap()
+    })
+    .await;
+    for (id, got) in burst(400, 300).await {
+        assert_eq!((got.status, got.text()), (200, expected(id, "alice")));
+    }
+    let failed = augur
+        .metric("augur_speculations_total{dependency=\"users\",outcome=\"failed\"}")
+        .await
+        + augur
+            .metric("augur_speculations_total{dependency=\"users\",outcome=\"cancelled\"}")
+            .await;
+    assert!(
+        failed > 0.0,
+        "speculations that met the dead dependency are counted"
+    );
+    assert!(speculated(&augur).await > 0.0, "speculation resumed");
+    // Nothing is left behind once the requests are done.
+    let drained = eventually(Duration::from_secs(5), "state drained", || async {
+        let m = |s: &'static str| augur.metric(s);
+        let left = [
+            m("augur_contexts_open").await,
+            m("augur_speculation_held_bytes").await,
+            m("augur_speculation_inflight").await,
+            m("augur_speculation_traces").await,
+        ];
+        Some(left)
+            .filter(|l| l.iter().all(|v| *v == 0.0))
+            .or_else(|| {
+                eprintln!("left: {left:?}");
+                None
+            })
+    })
+    .await;
+    assert_eq!(drained, [0.0; 4]);
+}
