@@ -26,6 +26,8 @@ pub struct Options {
     pub latency: Duration,
     /// Where the speculating augur writes its trace log.
     pub trace: Option<PathBuf>,
+    /// Run only the speculating mode (a soak: watch augur's memory).
+    pub only_speculating: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +105,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     let mut runs = Vec::new();
-    for (i, mode) in [Mode::Direct, Mode::PassThrough, Mode::Speculating]
-        .into_iter()
-        .enumerate()
-    {
+    let modes: &[Mode] = if opts.only_speculating {
+        &[Mode::Speculating]
+    } else {
+        &[Mode::Direct, Mode::PassThrough, Mode::Speculating]
+    };
+    for (i, &mode) in modes.iter().enumerate() {
         println!("[{}/3] {}: starting", i + 1, mode.name());
         let (target, augur, admin) = match mode {
             Mode::Direct => (hotel::start_frontend(deps.clone()).await?, None, None),
@@ -163,16 +167,39 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             if mode == Mode::Speculating {
                 if let Some(admin) = admin {
                     let (_, metrics) = procs::http_get(admin, "/metrics")?;
+                    let shown = [
+                        "augur_speculations_total",
+                        "augur_speculation_",
+                        "augur_contexts_open",
+                        "augur_learner_dropped",
+                    ];
                     for line in metrics
                         .lines()
-                        .filter(|l| l.starts_with("augur_speculations_total"))
+                        .filter(|l| shown.iter().any(|p| l.starts_with(p)))
                     {
                         println!("    {line}");
+                    }
+                    if let Some(rss) = proc.rss_kib() {
+                        println!("    augur resident memory: {:.1} MiB", rss as f64 / 1024.0);
                     }
                 }
             }
             drop(proc);
         }
+    }
+    if runs.len() < 3 {
+        let r = &runs[0].1;
+        println!(
+            "\n{} requests at {:.0}/s: {} wrong, {} errors, {} speculated POSTs, {} dependency requests ({} speculative)",
+            r.report.ok + r.report.errors,
+            r.report.rps(),
+            r.report.wrong,
+            r.report.errors,
+            r.prefetched_posts,
+            r.real + r.prefetch,
+            r.prefetch
+        );
+        return Ok(());
     }
     println!("\n{}", table(&runs, &latencies));
     let failed: Vec<String> = runs

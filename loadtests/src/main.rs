@@ -38,6 +38,9 @@ enum Command {
         /// Have the speculating augur write its trace log here.
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Run only the speculating mode (a soak: it reports augur's memory).
+        #[arg(long)]
+        only_speculating: bool,
     },
     /// A tour of what augur records: a frontend with two dependencies;
     /// prints augur's counters, contexts and what it learned.
@@ -116,6 +119,7 @@ fn main() -> anyhow::Result<()> {
                 warmup,
                 latency,
                 trace,
+                only_speculating,
             } => {
                 augur_loadtests::hotel_demo::run(augur_loadtests::hotel_demo::Options {
                     augur,
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                     warmup_per_route: warmup,
                     latency,
                     trace,
+                    only_speculating,
                 })
                 .await
             }

@@ -99,7 +99,7 @@ impl ProxyHttp for Ingress {
                 ctx.context = Some(tp.trace_id);
                 ctx.body = Capture::start(&req.headers, self.shared.body_limit);
                 if self.shared.prefetch.enabled() {
-                    self.shared.prefetch.table.open(tp.trace_id);
+                    self.shared.prefetch.table.open(tp.trace_id, tp.parent_id);
                     prefetch::run(&self.shared, tp.trace_id, tp.flags);
                 }
             }

@@ -21,6 +21,8 @@ use crate::context::{Json, TraceKey};
 use crate::speculation::{Info, Key, Speculations, Stored};
 use crate::state::Shared;
 use crate::traceparent::{TraceParent, fresh_id64};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// The largest speculative response kept; larger ones are not served.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -139,12 +141,38 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .upstream_requests
             .with_label_values(&[p.dependency.as_str(), "speculative"])
             .inc();
-        let tp = TraceParent {
+        // A span of its own, in the inbound request's trace and linked to
+        // its span; its traceparent goes with the request.
+        let inbound = prefetch.table.inbound_span(trace).map(|span| TraceParent {
             trace_id: trace,
-            parent_id: fresh_id64(),
+            parent_id: span,
             flags,
+        });
+        let (span, tp) = shared
+            .telemetry
+            .start_linked(SpanKind::Client, inbound, inbound, || {
+                let attributes = vec![
+                    KeyValue::new("augur.dependency", p.dependency.clone()),
+                    KeyValue::new("augur.speculative", true),
+                    KeyValue::new("augur.probability", p.probability),
+                    KeyValue::new("http.request.method", p.method.clone()),
+                    KeyValue::new("url.path", p.path.clone()),
+                ];
+                (
+                    format!("prefetch {} {}", p.method, p.dependency),
+                    attributes,
+                )
+            });
+        let tp = if inbound.is_some() {
+            tp
+        } else {
+            TraceParent {
+                trace_id: trace,
+                parent_id: fresh_id64(),
+                flags,
+            }
         };
-        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp, info));
+        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp, info, span));
     }
 }
 
@@ -187,6 +215,7 @@ async fn send(
     dep: Dependency,
     tp: TraceParent,
     info: Arc<Info>,
+    mut span: crate::telemetry::MaybeSpan,
 ) {
     let dependency = p.dependency.clone();
     let result =
@@ -201,6 +230,10 @@ async fn send(
         Err(_) => None,
     };
     let servable = stored.is_some();
+    let status = stored.as_ref().map_or(0, |s| s.status);
+    crate::telemetry::finish(&mut span, status, || {
+        vec![KeyValue::new("augur.servable", servable)]
+    });
     if let Some(outcome) = shared.prefetch.table.complete(&key, stored, Some(info)) {
         shared
             .metrics

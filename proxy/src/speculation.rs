@@ -195,6 +195,8 @@ pub struct Speculations {
     pub governor: crate::governor::Governor,
     history: Mutex<std::collections::VecDeque<Finished>>,
     entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
+    /// The inbound span of each open trace, for linking speculative spans.
+    spans: Mutex<HashMap<TraceKey, u64>>,
     responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
     inflight: AtomicUsize,
     max_inflight: usize,
@@ -206,6 +208,7 @@ impl Speculations {
             governor: crate::governor::Governor::new(max_waste_ratio),
             history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
             entries: Mutex::new(HashMap::new()),
+            spans: Mutex::new(HashMap::new()),
             responses: quick_cache::sync::Cache::with_weighter(
                 1024,
                 capacity_bytes.max(1),
@@ -219,8 +222,14 @@ impl Speculations {
     /// Starts keeping speculations for an inbound request that just
     /// opened. Only an open trace takes speculations, so one that races its
     /// context's close can never bring the trace back.
-    pub fn open(&self, trace: TraceKey) {
+    pub fn open(&self, trace: TraceKey, inbound_span: u64) {
         self.entries.lock().entry(trace).or_default();
+        self.spans.lock().insert(trace, inbound_span);
+    }
+
+    /// The span of the inbound request of an open trace.
+    pub fn inbound_span(&self, trace: TraceKey) -> Option<u64> {
+        self.spans.lock().get(&trace).copied()
     }
 
     /// Registers a speculation about to be sent, unless its trace is not
@@ -390,6 +399,7 @@ impl Speculations {
     /// Forgets a closed context's speculations; returns the outcome of each
     /// that was never used, by dependency.
     pub fn close(&self, trace: TraceKey) -> Vec<(Arc<str>, Outcome)> {
+        self.spans.lock().remove(&trace);
         let Some(entries) = self.entries.lock().remove(&trace) else {
             return Vec::new();
         };
@@ -516,8 +526,8 @@ mod tests {
     fn a_response_is_served_once_and_only_to_its_own_key() {
         let h = SecretHasher::new();
         let table = Speculations::new(1 << 20, 8, 0.25);
-        table.open(1);
-        table.open(2);
+        table.open(1, 1);
+        table.open(2, 2);
         let alice = key(&h, 1, "Bearer alice", "*/*");
         let mallory = key(&h, 1, "Bearer mallory", "*/*");
         let other_request = key(&h, 2, "Bearer alice", "*/*");
@@ -550,8 +560,8 @@ mod tests {
     fn unusable_and_unclaimed_speculations_are_counted() {
         let h = SecretHasher::new();
         let table = Speculations::new(1 << 20, 1, 0.25);
-        table.open(1);
-        table.open(3);
+        table.open(1, 1);
+        table.open(3, 3);
         let a = key(&h, 1, "a", "*/*");
         let b = key(&h, 1, "b", "*/*");
         assert!(table.begin(&a, info(), Duration::from_millis(5)));

@@ -96,6 +96,17 @@ impl Telemetry {
         parent: Option<TraceParent>,
         describe: impl FnOnce() -> (String, Vec<KeyValue>),
     ) -> (MaybeSpan, TraceParent) {
+        self.start_linked(kind, parent, None, describe)
+    }
+
+    /// [`start`](Self::start), with a link to another span.
+    pub fn start_linked(
+        &self,
+        kind: SpanKind,
+        parent: Option<TraceParent>,
+        link: Option<TraceParent>,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> (MaybeSpan, TraceParent) {
         let Some(tracer) = &self.tracer else {
             let tp = match parent {
                 Some(p) => p.with_parent(fresh_id64()),
@@ -114,8 +125,20 @@ impl Telemetry {
             None => Context::new(),
         };
         let (name, attributes) = describe();
+        let links = link
+            .map(|l| {
+                vec![opentelemetry::trace::Link::with_context(SpanContext::new(
+                    TraceId::from(l.trace_id),
+                    SpanId::from(l.parent_id),
+                    TraceFlags::new(l.flags),
+                    true,
+                    TraceState::default(),
+                ))]
+            })
+            .unwrap_or_default();
         let span = tracer
             .span_builder(name)
+            .with_links(links)
             .with_kind(kind)
             .with_start_time(SystemTime::now())
             .with_attributes(attributes)

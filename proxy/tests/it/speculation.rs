@@ -565,3 +565,52 @@ async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing()
     .await;
     assert_eq!(drained, [0.0; 4]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculative_requests_are_spans_linked_to_their_inbound_span() {
+    use crate::telemetry::{attr, start_receiver};
+    let (collector, receiver) = start_receiver().await;
+    let extra = format!("[telemetry]\notlp_endpoint = \"http://{collector}\"");
+    let mut rig = rig(&extra, users_answer, posts_answer).await;
+    for i in 0..8 {
+        assert_eq!(
+            ask(&rig.augur, i % 3, "alice").await.text(),
+            expected(i % 3, "alice")
+        );
+    }
+    rig.augur.signal("TERM");
+    tokio::task::block_in_place(|| rig.augur.wait(Duration::from_secs(5))).expect("augur exited");
+    let spans = eventually(Duration::from_secs(5), "prefetch spans", || {
+        let receiver = receiver.clone();
+        async move {
+            let spans = receiver.0.lock().await.clone();
+            spans
+                .iter()
+                .any(|s| s.name.starts_with("prefetch "))
+                .then_some(spans)
+        }
+    })
+    .await;
+    let prefetch = spans
+        .iter()
+        .find(|s| s.name == "prefetch GET users")
+        .expect("a prefetch span for users");
+    assert_eq!(attr(prefetch, "augur.speculative").as_deref(), Some("true"));
+    let inbound = spans
+        .iter()
+        .find(|s| s.kind == 2 && s.trace_id == prefetch.trace_id)
+        .expect("its inbound span, in the same trace");
+    assert_eq!(prefetch.parent_span_id, inbound.span_id);
+    assert_eq!(prefetch.links.len(), 1);
+    assert_eq!(prefetch.links[0].span_id, inbound.span_id);
+    // The call it answered says so.
+    let answered = spans.iter().any(|s| {
+        s.kind == 3
+            && s.trace_id == prefetch.trace_id
+            && matches!(
+                attr(s, "augur.outcome").as_deref(),
+                Some("hit") | Some("coalesced")
+            )
+    });
+    assert!(answered, "the real call's span carries its outcome");
+}

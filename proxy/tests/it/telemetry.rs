@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use crate::support::*;
 
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Span>>>);
+pub struct Receiver(pub Arc<Mutex<Vec<Span>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -37,7 +37,7 @@ impl TraceService for Receiver {
     }
 }
 
-async fn start_receiver() -> (SocketAddr, Receiver) {
+pub async fn start_receiver() -> (SocketAddr, Receiver) {
     let receiver = Receiver::default();
     let addr = local(free_port());
     let service = TraceServiceServer::new(receiver.clone());
@@ -49,7 +49,7 @@ async fn start_receiver() -> (SocketAddr, Receiver) {
     (addr, receiver)
 }
 
-fn attr(span: &Span, key: &str) -> Option<String> {
+pub fn attr(span: &Span, key: &str) -> Option<String> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     span.attributes
         .iter()
@@ -57,6 +57,7 @@ fn attr(span: &Span, key: &str) -> Option<String> {
         .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(s) => Some(s.clone()),
             Value::IntValue(i) => Some(i.to_string()),
+            Value::BoolValue(b) => Some(b.to_string()),
             _ => None,
         })
 }
