@@ -82,6 +82,10 @@ pub struct Speculation {
     pub methods: Vec<String>,
     pub max_inflight: u32,
     pub max_waste_ratio: f64,
+    /// Request headers that can change an answer, besides authorization,
+    /// cookie, accept, accept-language, accept-encoding and content-type:
+    /// part of every speculation's key (lowercase).
+    pub key_headers: Vec<String>,
 }
 
 /// `[predictor]`.

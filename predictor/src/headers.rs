@@ -17,8 +17,19 @@ pub const MATTER: [&str; 6] = [
 /// them, never learned as constants.
 pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
+static ALSO: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Adds headers that can change a response (a deployment's `vary`
+/// headers, say) to [`MATTER`] for this process; the first call wins.
+pub fn also_matter(names: &[String]) {
+    let _ = ALSO.set(names.iter().map(|n| n.to_ascii_lowercase()).collect());
+}
+
 pub fn matters(name: &str) -> bool {
     MATTER.contains(&name)
+        || ALSO
+            .get()
+            .is_some_and(|also| also.iter().any(|h| h == name))
 }
 
 pub fn is_credential(name: &str) -> bool {

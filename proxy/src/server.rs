@@ -95,6 +95,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics.learner_dropped.clone(),
     )?;
     let spec = &config.speculation;
+    augur_predictor::headers::also_matter(&spec.key_headers);
     let prefetch = Prefetcher::new(
         prefetch::Settings {
             enabled: spec.enabled,

@@ -614,3 +614,158 @@ async fn speculative_requests_are_spans_linked_to_their_inbound_span() {
     });
     assert!(answered, "the real call's span carries its outcome");
 }
+
+/// A users dependency on raw TCP: real requests get the right answer;
+/// prefetches get their connection closed before any response.
+async fn users_resetting_prefetches() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        if head.contains("sec-purpose: prefetch") {
+                            return; // drop the connection: a reset, as the client sees it
+                        }
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let auth = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("authorization: "))
+                            .map(|a| a.replace("bearer ", "Bearer "));
+                        let seen = Seen {
+                            method: "GET".into(),
+                            uri: path,
+                            auth,
+                            prefetch: false,
+                        };
+                        let resp = users_answer(&seen).unwrap();
+                        let body = resp.into_body().collect().await.unwrap().to_bytes();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if stream.write_all(head.as_bytes()).await.is_err()
+                            || stream.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speculation_whose_connection_resets_is_never_served() {
+    let ports = Ports::new(2);
+    let users = users_resetting_prefetches().await;
+    let (posts_addr, _) = recording(posts_answer).await;
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let augur = Augur::start(
+        &ports,
+        service,
+        &[Dep::new("users", users), Dep::new("posts", posts_addr)],
+        "",
+    )
+    .await;
+    for i in 0..20 {
+        let got = ask(&augur, i % 4, "alice").await;
+        assert_eq!(
+            (got.status, got.text()),
+            (200, expected(i % 4, "alice")),
+            "call {i}"
+        );
+    }
+    let served = augur
+        .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"hit\"}")
+        .await
+        + augur
+            .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"coalesced\"}")
+            .await;
+    assert_eq!(served, 0.0);
+    assert!(
+        augur
+            .metric("augur_speculations_total{dependency=\"users\",outcome=\"failed\"}")
+            .await
+            > 0.0
+    );
+}
+
+/// users answers per tenant (`x-tenant`) and says so with `vary`.
+fn users_by_tenant(req: &Request<Incoming>) -> Response<Body> {
+    let tenant = req
+        .headers()
+        .get("x-tenant")
+        .map_or("none", |v| v.to_str().unwrap())
+        .to_string();
+    let id = req.uri().path().trim_start_matches("/users/").to_string();
+    let mut resp = json(format!("{{\"id\":{id},\"uid\":\"u-{id}-{tenant}\"}}"));
+    resp.headers_mut()
+        .insert("vary", "x-tenant".parse().unwrap());
+    resp
+}
+
+/// A frontend that forwards `x-tenant` as well, and answers with users'
+/// body only.
+async fn tenant_frontend(users: SocketAddr) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/p/").to_string();
+        let mut call = Request::get(format!("http://{users}/users/{id}"));
+        for name in ["traceparent", "x-tenant"] {
+            if let Some(v) = req.headers().get(name) {
+                call = call.header(name, v);
+            }
+        }
+        let resp = client()
+            .request(call.body(Body::default()).unwrap())
+            .await
+            .unwrap();
+        Response::new(Body::from(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vary_header_is_respected_and_configured_key_headers_make_it_speculable() {
+    let ports = Ports::new(1);
+    let users = serve(|req: Request<Incoming>| async move { users_by_tenant(&req) }).await;
+    let service = tenant_frontend(local(ports.deps[0])).await;
+    let augur = Augur::start(
+        &ports,
+        service,
+        &[Dep::new("users", users)],
+        "[speculation]\nkey_headers = [\"X-Tenant\"]",
+    )
+    .await;
+    for i in 0..24u32 {
+        let tenant = ["acme", "globex"][i as usize % 2];
+        let req = Request::get(augur.url(&format!("/p/{}", i % 3)))
+            .header("x-tenant", tenant)
+            .body(Body::default())
+            .unwrap();
+        let got = send(req).await;
+        assert_eq!(
+            got.text(),
+            format!("{{\"id\":{},\"uid\":\"u-{}-{tenant}\"}}", i % 3, i % 3)
+        );
+    }
+    assert!(
+        speculated(&augur).await > 0.0,
+        "x-tenant is part of the key, so vary on it is served"
+    );
+}
