@@ -12,6 +12,7 @@
 //! can check every response body against the truth ([`expected`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -193,153 +194,113 @@ impl Counts {
     }
 }
 
+/// Starts one dependency: it counts each request, waits `latency`, then
+/// answers with `answer`.
+async fn dependency<F, Fut>(
+    index: usize,
+    latency: Duration,
+    counts: &Arc<Counts>,
+    answer: F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let counts = counts.clone();
+    let addr = server::serve(local(0), move |req: Request<Incoming>| {
+        counts.count(index, &req);
+        let answer = answer.clone();
+        async move {
+            tokio::time::sleep(latency).await;
+            answer(req).await
+        }
+    })
+    .await?;
+    Ok(addr)
+}
+
+fn dates(q: Option<&str>) -> (&str, &str) {
+    (
+        query(q, "inDate").unwrap_or(""),
+        query(q, "outDate").unwrap_or(""),
+    )
+}
+
 /// Starts the dependencies; returns their addresses in [`DEPENDENCIES`] order.
 pub async fn start_dependencies(
     l: Latencies,
-    counts: std::sync::Arc<Counts>,
+    counts: Arc<Counts>,
 ) -> anyhow::Result<Vec<SocketAddr>> {
-    let mut addrs = Vec::new();
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(0, &req);
-                async move {
-                    tokio::time::sleep(l.geo).await;
-                    let q = req.uri().query();
-                    match (
-                        query(q, "lat").and_then(|v| v.parse().ok()),
-                        query(q, "lon").and_then(|v| v.parse().ok()),
-                    ) {
-                        (Some(lat), Some(lon)) => json(format!(
-                            "{{\"hotelIds\":[{}]}}",
-                            ids_text(&nearby(lat, lon))
-                        )),
-                        _ => respond(400, "text/plain", "geo needs lat and lon\n"),
-                    }
-                }
+    Ok(vec![
+        dependency(0, l.geo, &counts, |req| async move {
+            let q = req.uri().query();
+            match (
+                query(q, "lat").and_then(|v| v.parse().ok()),
+                query(q, "lon").and_then(|v| v.parse().ok()),
+            ) {
+                (Some(lat), Some(lon)) => json(format!(
+                    "{{\"hotelIds\":[{}]}}",
+                    ids_text(&nearby(lat, lon))
+                )),
+                _ => respond(400, "text/plain", "geo needs lat and lon\n"),
             }
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(1, &req);
-                async move {
-                    tokio::time::sleep(l.rate).await;
-                    let q = req.uri().query();
-                    json(rates_body(
-                        &ids_param(q),
-                        query(q, "inDate").unwrap_or(""),
-                        query(q, "outDate").unwrap_or(""),
-                    ))
-                }
-            }
+        dependency(1, l.rate, &counts, |req| async move {
+            let q = req.uri().query();
+            let (inn, out) = dates(q);
+            json(rates_body(&ids_param(q), inn, out))
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(2, &req);
-                async move {
-                    tokio::time::sleep(l.availability).await;
-                    let q = req.uri().query();
-                    json(availability_body(
-                        &ids_param(q),
-                        query(q, "inDate").unwrap_or(""),
-                        query(q, "outDate").unwrap_or(""),
-                    ))
-                }
-            }
+        dependency(2, l.availability, &counts, |req| async move {
+            let q = req.uri().query();
+            let (inn, out) = dates(q);
+            json(availability_body(&ids_param(q), inn, out))
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(3, &req);
-                async move {
-                    tokio::time::sleep(l.profile).await;
-                    json(profiles_body(&ids_param(req.uri().query())))
-                }
-            }
+        dependency(3, l.profile, &counts, |req| async move {
+            json(profiles_body(&ids_param(req.uri().query())))
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(4, &req);
-                async move {
-                    tokio::time::sleep(l.recommendation).await;
-                    let q = req.uri().query();
-                    let (lat, lon) = (
-                        query(q, "lat").and_then(|v| v.parse().ok()).unwrap_or(0),
-                        query(q, "lon").and_then(|v| v.parse().ok()).unwrap_or(0),
-                    );
-                    json(format!(
-                        "{{\"hotelIds\":[{}]}}",
-                        ids_text(&recommend(query(q, "require").unwrap_or(""), lat, lon))
-                    ))
-                }
-            }
+        dependency(4, l.recommendation, &counts, |req| async move {
+            let q = req.uri().query();
+            let coordinate = |k| query(q, k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let ids = recommend(
+                query(q, "require").unwrap_or(""),
+                coordinate("lat"),
+                coordinate("lon"),
+            );
+            json(format!("{{\"hotelIds\":[{}]}}", ids_text(&ids)))
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(5, &req);
-                async move {
-                    tokio::time::sleep(l.user).await;
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    let name = query(req.uri().query(), "username")
-                        .unwrap_or("")
-                        .to_string();
-                    json(user_body(&name, &auth))
-                }
-            }
+        dependency(5, l.user, &counts, |req| async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            json(user_body(
+                query(req.uri().query(), "username").unwrap_or(""),
+                auth,
+            ))
         })
         .await?,
-    );
-    addrs.push(
-        server::serve(local(0), {
-            let counts = counts.clone();
-            move |req: Request<Incoming>| {
-                counts.count(6, &req);
-                async move {
-                    tokio::time::sleep(l.reservation).await;
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let order: serde_json::Value =
-                        serde_json::from_slice(&body).unwrap_or_default();
-                    json(format!(
-                        "{{\"reserved\":{},\"hotelId\":{}}}",
-                        order["username"].is_string(),
-                        order["hotelId"]
-                    ))
-                }
-            }
+        dependency(6, l.reservation, &counts, |req| async move {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let order: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            json(format!(
+                "{{\"reserved\":{},\"hotelId\":{}}}",
+                order["username"].is_string(),
+                order["hotelId"]
+            ))
         })
         .await?,
-    );
-    Ok(addrs)
+    ])
 }
 
 type Outbound = Client<HttpConnector, Full<Bytes>>;
