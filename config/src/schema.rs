@@ -30,6 +30,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         .into_iter()
         .map(|d| dependency(d, &mut claims))
         .collect();
+    let routes: Vec<_> = root.tables("route").into_iter().map(route).collect();
     root.finish();
 
     Some(Config {
@@ -42,6 +43,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         proxy: proxy?,
         contexts: contexts?,
         dependencies: dependencies.into_iter().collect::<Option<_>>()?,
+        routes: routes.into_iter().collect::<Option<_>>()?,
     })
 }
 
@@ -335,6 +337,36 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         speculate: speculate?,
+    })
+}
+
+fn route(mut s: Section<'_>) -> Option<Route> {
+    let name = s.string("match");
+    let name = s.required("match", name).filter(|m| {
+        let ok = m.split_once(' ').is_some_and(|(method, path)| {
+            !method.is_empty()
+                && method.bytes().all(|b| b.is_ascii_uppercase())
+                && path.starts_with('/')
+        });
+        if !ok {
+            s.problem(
+                "match",
+                format!("invalid route {m:?} (like \"GET /hotels\" or \"GET /users/{{id}}\")"),
+            );
+        }
+        ok
+    });
+    let speculate = or_default!(s, "speculate", boolean; true);
+    let methods = if s.has("methods") {
+        s.string_list("methods").map(Some)
+    } else {
+        Some(None)
+    };
+    s.finish();
+    Some(Route {
+        route: name?,
+        speculate: speculate?,
+        methods: methods?,
     })
 }
 

@@ -18,6 +18,21 @@ pub struct Config {
     pub proxy: Proxy,
     pub contexts: Contexts,
     pub dependencies: Vec<Dependency>,
+    pub routes: Vec<Route>,
+}
+
+/// One `[[route]]`: speculation settings for one inbound route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The route as augur names it: method and path template
+    /// (`GET /users/{id}`).
+    pub route: String,
+    /// Whether calls made for this route may be speculated.
+    pub speculate: bool,
+    /// Methods that may be speculated for this route, instead of
+    /// `speculation.methods` (the way to opt a route into a method with
+    /// side effects).
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[service]`: the ingress listener and the service it fronts.

@@ -41,6 +41,16 @@ pub struct Settings {
     pub confidence: f64,
     pub horizon_us: u64,
     pub methods: Vec<String>,
+    /// Per-route overrides (`[[route]]`), by route name.
+    pub routes: HashMap<String, RouteRule>,
+}
+
+/// A route's own speculation settings.
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    pub speculate: bool,
+    /// Replaces `methods` for this route.
+    pub methods: Option<Vec<String>>,
 }
 
 pub struct Prefetcher {
@@ -83,6 +93,13 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
     let Some((mut live, elapsed)) = shared.contexts.live(trace) else {
         return;
     };
+    let rule = prefetch.settings.routes.get(&live.route);
+    if rule.is_some_and(|r| !r.speculate) {
+        return;
+    }
+    let methods = rule
+        .and_then(|r| r.methods.as_ref())
+        .unwrap_or(&prefetch.settings.methods);
     // Speculative responses that no real call has taken yet count as calls
     // already made, so chains go on without waiting for the service.
     let mut done = prefetch.table.done_for(trace);
@@ -97,9 +114,7 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .read()
             .predict(&live, elapsed, prefetch.settings.horizon_us);
     for p in predictions {
-        if p.probability < prefetch.settings.confidence
-            || !prefetch.settings.methods.contains(&p.method)
-        {
+        if p.probability < prefetch.settings.confidence || !methods.contains(&p.method) {
             continue;
         }
         let Some(dep) = prefetch.dependencies.get(&p.dependency) else {

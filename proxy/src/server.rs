@@ -102,6 +102,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             confidence: spec.confidence,
             horizon_us: u64::try_from(spec.horizon.as_micros()).unwrap_or(u64::MAX),
             methods: spec.methods.clone(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let rule = prefetch::RouteRule {
+                        speculate: r.speculate,
+                        methods: r.methods.clone(),
+                    };
+                    (r.route.clone(), rule)
+                })
+                .collect(),
         },
         Speculations::new(
             config.cache.capacity,

@@ -769,3 +769,22 @@ async fn a_vary_header_is_respected_and_configured_key_headers_make_it_speculabl
         "x-tenant is part of the key, so vary on it is served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_turn_speculation_off() {
+    let rig = rig(
+        "[[route]]\nmatch = \"GET /p/{id}\"\nspeculate = false",
+        users_answer,
+        posts_answer,
+    )
+    .await;
+    for i in 0..20 {
+        assert_eq!(
+            ask(&rig.augur, i % 3, "alice").await.text(),
+            expected(i % 3, "alice")
+        );
+    }
+    assert_eq!(speculated(&rig.augur).await, 0.0);
+    assert!(rig.users.lock().unwrap().iter().all(|s| !s.prefetch));
+    assert!(rig.posts.lock().unwrap().iter().all(|s| !s.prefetch));
+}
