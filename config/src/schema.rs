@@ -384,6 +384,7 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     let min = or_default!(s, "min_instances", count, 0, 1000; 0);
     let max = or_default!(s, "max_instances", count, 1, 1000; 4);
     let keep_alive = or_default!(s, "keep_alive", duration; 60 * SECOND);
+    let start_timeout = or_default!(s, "start_timeout", duration; 30 * SECOND);
     if let (Some(lo), Some(hi)) = (min, max) {
         if lo > hi {
             s.problem(
@@ -402,6 +403,7 @@ fn container(mut s: Section<'_>) -> Option<Container> {
         min_instances: min,
         max_instances: max,
         keep_alive: keep_alive?,
+        start_timeout: start_timeout?,
     })
 }
 

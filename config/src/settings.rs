@@ -185,6 +185,9 @@ pub struct Container {
     pub min_instances: u32,
     pub max_instances: u32,
     pub keep_alive: Duration,
+    /// How long a call waits for a container to start and accept
+    /// connections before it gets 503.
+    pub start_timeout: Duration,
 }
 
 /// Header names whose values are credentials, redacted wherever augur shows

@@ -17,6 +17,7 @@ use pingora::{Error, Result};
 
 use crate::capture::Capture;
 use crate::context::{CallRecord, Json, Recorded, TraceKey, micros, parse_json};
+use crate::resources::pool::ContainerPool;
 use crate::speculation::{Found, Key, Stored};
 use crate::state::{Inflight, Shared};
 use crate::telemetry::{self, MaybeSpan};
@@ -39,6 +40,8 @@ pub mod outcome {
 pub struct Egress {
     pub shared: Arc<Shared>,
     pub target: Target,
+    /// The dependency's containers, when augur runs them.
+    pub pool: Option<Arc<ContainerPool>>,
 }
 
 pub struct CallCtx {
@@ -62,6 +65,10 @@ pub struct CallCtx {
     request_body: Capture,
     /// The JSON response, copied for the learner while it streams.
     response: Capture,
+    /// The container instance the call went to.
+    lease: Option<std::net::SocketAddr>,
+    /// Why no container could take the call.
+    pool_error: Option<String>,
     /// Set when a speculation answered the call: `hit` or `coalesced`.
     served: Option<(&'static str, Option<Json>)>,
     _inflight: Inflight,
@@ -84,6 +91,8 @@ impl ProxyHttp for Egress {
             request_body: Capture::default(),
             response: Capture::default(),
             served: None,
+            lease: None,
+            pool_error: None,
             _inflight: self.shared.inflight_guard(),
         }
     }
@@ -137,8 +146,31 @@ impl ProxyHttp for Egress {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _: &mut Session, _: &mut CallCtx) -> Result<Box<HttpPeer>> {
-        Ok(self.target.peer())
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut CallCtx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = &self.pool else {
+            return Ok(self.target.peer());
+        };
+        if let Some(previous) = ctx.lease.take() {
+            // A retry: the last instance did not take the call.
+            pool.release(previous);
+            pool.failed(previous).await;
+        }
+        match pool.acquire().await {
+            Ok(lease) => {
+                if let Some(waited) = lease.cold_wait {
+                    self.shared
+                        .metrics
+                        .cold_start_wait
+                        .observe(waited.as_secs_f64());
+                }
+                ctx.lease = Some(lease.addr);
+                Ok(self.target.peer_at(lease.addr))
+            }
+            Err(e) => {
+                ctx.pool_error = Some(e.to_string());
+                Error::e_explain(pingora::ErrorType::HTTPStatus(503), e.to_string())
+            }
+        }
     }
 
     async fn upstream_request_filter(
@@ -194,12 +226,34 @@ impl ProxyHttp for Egress {
         &self,
         session: &mut Session,
         e: &Error,
-        _: &mut CallCtx,
+        ctx: &mut CallCtx,
     ) -> FailToProxy {
-        failure::respond(session, e, &self.target).await
+        if let (Some(pool), Some(addr)) = (&self.pool, ctx.lease) {
+            if matches!(e.esource(), pingora::ErrorSource::Upstream) && failure::status_of(e) == 502
+            {
+                // The instance did not answer: replace it.
+                ctx.lease = None;
+                pool.release(addr);
+                pool.failed(addr).await;
+            }
+        }
+        match &ctx.pool_error {
+            Some(reason) => {
+                failure::respond_with(
+                    session,
+                    503,
+                    &format!("augur: {}: {reason}\n", self.target.label),
+                )
+                .await
+            }
+            None => failure::respond(session, e, &self.target).await,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
+        if let (Some(pool), Some(addr)) = (&self.pool, ctx.lease.take()) {
+            pool.release(addr);
+        }
         if !ctx.accepted {
             return;
         }

@@ -89,3 +89,19 @@ pub async fn respond(session: &mut Session, e: &Error, target: &Target) -> FailT
         can_reuse_downstream: false,
     }
 }
+
+/// Writes an error response with a body of the caller's making.
+pub async fn respond_with(session: &mut Session, code: u16, text: &str) -> FailToProxy {
+    if session.response_written().is_none() {
+        if let Err(write) = session
+            .respond_error_with_body(code, Bytes::from(text.to_string()))
+            .await
+        {
+            tracing::debug!("cannot send the error response: {write}");
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

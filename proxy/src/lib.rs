@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod offline;
 pub mod prefetch;
 pub mod request;
+pub mod resources;
 pub mod server;
 pub mod shutdown;
 pub mod speculation;

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub contexts_open: IntGauge,
     pub contexts_untracked: IntCounterVec,
     pub contexts_expired: prometheus::IntCounter,
+    pub container_starts: IntCounterVec,
+    pub cold_start_wait: prometheus::Histogram,
+    pub containers: prometheus::IntGaugeVec,
     pub speculation_held_bytes: IntGauge,
     pub speculation_inflight: IntGauge,
     pub speculation_traces: IntGauge,
@@ -69,6 +72,22 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let cold_start_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "augur_cold_start_wait_seconds",
+                "How long calls waited for a container to start",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(cold_start_wait.clone()))?;
+        let containers = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "augur_containers",
+                "Containers augur runs, by dependency and state",
+            ),
+            &["dependency", "state"],
+        )?;
+        registry.register(Box::new(containers.clone()))?;
         let speculation_held_bytes = gauge(
             "augur_speculation_held_bytes",
             "Bytes of speculative responses held for their real calls",
@@ -129,6 +148,13 @@ impl Metrics {
             )?,
             contexts_open,
             contexts_expired,
+            container_starts: counter(
+                "augur_container_starts_total",
+                "Containers started, by dependency and reason (cold: a call waited; prestart: ahead of a predicted call)",
+                &["dependency", "reason"],
+            )?,
+            cold_start_wait,
+            containers,
             speculation_held_bytes,
             speculation_inflight,
             speculation_traces,
@@ -177,6 +203,15 @@ impl Metrics {
         self.speculation_held_bytes.set(table.held_bytes() as i64);
         self.speculation_inflight.set(table.inflight() as i64);
         self.speculation_traces.set(table.traces() as i64);
+        for pool in &shared.pools {
+            let (ready, starting) = pool.counts();
+            self.containers
+                .with_label_values(&[pool.dependency(), "ready"])
+                .set(ready as i64);
+            self.containers
+                .with_label_values(&[pool.dependency(), "starting"])
+                .set(i64::from(starting));
+        }
     }
 
     /// Prometheus text exposition format.

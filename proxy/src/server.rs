@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use async_trait::async_trait;
 use augur_config::{Config, PredictorKind, Target as DependencyTarget};
 use augur_predictor::secret::SecretHasher;
@@ -27,6 +27,9 @@ use crate::ingress::Ingress;
 use crate::learning::Learning;
 use crate::metrics::Metrics;
 use crate::prefetch::{self, Prefetcher};
+use crate::resources::Spec;
+use crate::resources::docker::DockerBackend;
+use crate::resources::pool::{self, ContainerPool};
 use crate::shutdown::Drain;
 use crate::speculation::Speculations;
 use crate::state::{Lifecycle, Shared};
@@ -45,36 +48,71 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         service.connect_timeout,
         service.timeout,
     )?;
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let docker = Arc::new(DockerBackend::new());
     let mut egress_targets = Vec::new();
     let mut speculated = HashMap::new();
-    for (i, dep) in config.dependencies.iter().enumerate() {
-        let DependencyTarget::Static(upstream) = &dep.target else {
-            bail!(
-                "dependency[{i}] {:?}: container-managed dependencies need the resource manager, which this build does not have yet; give a static upstream",
-                dep.name
-            );
+    let mut pools = Vec::new();
+    for dep in &config.dependencies {
+        let (target, pool) = match &dep.target {
+            DependencyTarget::Static(upstream) => {
+                let target = Target::new(
+                    "dependency",
+                    &dep.name,
+                    upstream,
+                    dep.protocol,
+                    dep.connect_timeout,
+                    dep.timeout,
+                )?;
+                speculated.insert(
+                    dep.name.clone(),
+                    prefetch::Dependency {
+                        addr: target.addr,
+                        timeout: target.timeout,
+                        speculate: dep.speculate,
+                    },
+                );
+                (target, None)
+            }
+            // Speculation needs a fixed address: container dependencies are
+            // proxied and started on demand, not speculated yet.
+            DependencyTarget::Container(c) => {
+                let target = Target::dynamic(
+                    "dependency",
+                    &dep.name,
+                    dep.protocol,
+                    dep.connect_timeout,
+                    dep.timeout,
+                );
+                let spec = Spec {
+                    service: service.name.clone(),
+                    dependency: dep.name.clone(),
+                    image: c.image.clone(),
+                    args: c.args.clone(),
+                    port: c.port,
+                };
+                let limits = pool::Limits {
+                    min_instances: c.min_instances as usize,
+                    max_instances: c.max_instances as usize,
+                    keep_alive: c.keep_alive,
+                    start_timeout: c.start_timeout,
+                };
+                let cold = metrics
+                    .container_starts
+                    .with_label_values(&[dep.name.as_str(), "cold"]);
+                let pool = ContainerPool::new(spec, limits, docker.clone(), cold);
+                pools.push(pool.clone());
+                (target, Some(pool))
+            }
         };
-        let target = Target::new(
-            "dependency",
-            &dep.name,
-            upstream,
-            dep.protocol,
-            dep.connect_timeout,
-            dep.timeout,
-        )?;
-        speculated.insert(
-            dep.name.clone(),
-            prefetch::Dependency {
-                addr: target.addr,
-                timeout: target.timeout,
-                speculate: dep.speculate,
-            },
-        );
-        egress_targets.push((dep.listen, target));
+        egress_targets.push((dep.listen, target, pool));
+    }
+    if !pools.is_empty() {
+        remove_leftovers(&service.name);
     }
 
     let mut listeners = vec![service.listen];
-    listeners.extend(egress_targets.iter().map(|(addr, _)| *addr));
+    listeners.extend(egress_targets.iter().map(|(addr, _, _)| *addr));
     check_bindable(&config, &listeners)?;
 
     let telemetry = match &config.telemetry.otlp_endpoint {
@@ -87,7 +125,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_calls: config.contexts.max_calls,
         history: config.contexts.history,
     });
-    let metrics = Metrics::new().context("cannot register metrics")?;
     let learning = Learning::start(
         learner(&config),
         config.predictor.trace_log.as_deref(),
@@ -125,6 +162,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         contexts,
         learning,
         prefetch,
+        service: service.name.clone(),
+        pools,
         metrics,
         telemetry,
         hasher: SecretHasher::new(),
@@ -144,11 +183,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         target: ingress_target,
     };
     server.add_service(proxy_service(&conf, "ingress", service.listen, ingress));
-    for (listen, target) in egress_targets {
+    for (listen, target, pool) in egress_targets {
         let name = format!("egress {}", target.name);
         let egress = Egress {
             shared: shared.clone(),
             target,
+            pool,
         };
         server.add_service(proxy_service(&conf, &name, listen, egress));
     }
@@ -265,6 +305,40 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Removes containers a previous augur of this service left behind.
+fn remove_leftovers(service: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else { return };
+    match runtime.block_on(DockerBackend::new().remove_owned(service)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} containers left by an earlier augur of {service:?}"),
+        Err(e) => tracing::warn!("cannot look for leftover containers: {e}"),
+    }
+}
+
+/// Stops every container this service runs (shutdown).
+pub fn stop_containers(service: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else { return };
+    let removal = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            DockerBackend::new().remove_owned(service),
+        )
+        .await
+    });
+    match removal {
+        Ok(Ok(n)) if n > 0 => tracing::info!("stopped {n} containers"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("stopping containers: {e}"),
+        Err(_) => tracing::warn!("stopping containers took over 5s; some may be left"),
+    }
+}
+
 /// Expires abandoned contexts once a second.
 struct Sweeper(Arc<Shared>);
 
@@ -281,6 +355,9 @@ impl BackgroundService for Sweeper {
                     }
                     if !expired.is_empty() {
                         self.0.metrics.contexts_expired.inc_by(expired.len() as u64);
+                    }
+                    for pool in &self.0.pools {
+                        pool.reap().await;
                     }
                     self.0.metrics.contexts_open.set(self.0.contexts.open_count() as i64);
                 }

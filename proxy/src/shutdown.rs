@@ -58,6 +58,9 @@ fn drain(shared: &Shared, timeout: Duration) {
     if left > 0 {
         tracing::warn!("{left} requests still in flight at the shutdown deadline");
     }
+    if !shared.pools.is_empty() {
+        crate::server::stop_containers(&shared.service);
+    }
     let remaining = timeout.saturating_sub(started.elapsed());
     shared
         .telemetry

@@ -19,6 +19,10 @@ pub struct Shared {
     pub contexts: ContextTable,
     pub learning: Learning,
     pub prefetch: Prefetcher,
+    /// `service.name`, which labels the containers augur runs.
+    pub service: String,
+    /// Container pools of the dependencies augur runs.
+    pub pools: Vec<Arc<crate::resources::pool::ContainerPool>>,
     pub metrics: Metrics,
     pub telemetry: Telemetry,
     /// Keys the hashes that stand for credentials.

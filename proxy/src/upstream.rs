@@ -40,6 +40,24 @@ impl Target {
     ) -> anyhow::Result<Self> {
         let addr = resolve(upstream)
             .with_context(|| format!("{kind} {name:?}: cannot resolve upstream {upstream}"))?;
+        Ok(Self::with_addr(
+            kind,
+            name,
+            addr,
+            protocol,
+            connect_timeout,
+            timeout,
+        ))
+    }
+
+    fn with_addr(
+        kind: &str,
+        name: &str,
+        addr: SocketAddr,
+        protocol: Protocol,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Self {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(connect_timeout);
         peer.options.total_connection_timeout = Some(connect_timeout);
@@ -50,17 +68,39 @@ impl Target {
             peer.options.alpn = ALPN::H2;
             peer.options.max_h2_streams = H2_STREAMS;
         }
-        Ok(Self {
+        Self {
             label: format!("{kind} {name:?}").into(),
             name: name.into(),
             addr,
             timeout,
             peer,
-        })
+        }
     }
 
     pub fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())
+    }
+
+    /// A target whose address is only known per call (a container).
+    pub fn dynamic(
+        kind: &str,
+        name: &str,
+        protocol: Protocol,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut target =
+            Self::with_addr(kind, name, placeholder, protocol, connect_timeout, timeout);
+        target.label = format!("{kind} {name:?}").into();
+        target
+    }
+
+    /// The same connection settings, to another address.
+    pub fn peer_at(&self, addr: SocketAddr) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options = self.peer.options.clone();
+        Box::new(peer)
     }
 }
 

@@ -258,13 +258,18 @@ pub fn config_text(ports: &Ports, service: SocketAddr, deps: &[Dep], extra: &str
         format!("[proxy]\nthreads = 1\n{extra}")
     };
     let mut text = format!(
-        "[service]\nname = \"svc\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"{service}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{extra}\n",
-        ports.ingress, ports.admin
+        "[service]\nname = \"svc-{}\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"{service}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{extra}\n",
+        ports.ingress, ports.ingress, ports.admin
     );
     for (dep, port) in deps.iter().zip(&ports.deps) {
+        let upstream = if dep.upstream.is_empty() {
+            String::new()
+        } else {
+            format!("upstream = \"{}\"\n", dep.upstream)
+        };
         text.push_str(&format!(
-            "\n[[dependency]]\nname = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n{}\n",
-            dep.name, dep.upstream, dep.extra
+            "\n[[dependency]]\nname = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{upstream}{}\n",
+            dep.name, dep.extra
         ));
     }
     text
