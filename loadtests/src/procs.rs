@@ -43,9 +43,22 @@ impl Drop for Proc {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago and that this process
+/// has not handed out before (binding port 0 twice in a row can return the
+/// same port once the first listener is gone).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port found")
 }
 
 pub fn local(port: u16) -> SocketAddr {

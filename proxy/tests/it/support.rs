@@ -19,13 +19,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub type Body = Full<Bytes>;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test of this run
+/// was given, from below the kernel's ephemeral range (32768 and up) where
+/// Docker publishes container ports and outgoing connections take theirs.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn local(port: u16) -> SocketAddr {
