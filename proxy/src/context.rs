@@ -275,7 +275,12 @@ impl ContextTable {
             return Recorded::NoContext;
         };
         if ctx.calls.len() < self.limits.max_calls {
-            ctx.calls.push(call);
+            // Calls are recorded as they end; keep them in the order they
+            // started, which is what the learner reads.
+            let at = ctx
+                .calls
+                .partition_point(|c| c.start_offset_us <= call.start_offset_us);
+            ctx.calls.insert(at, call);
         } else {
             ctx.calls_dropped = ctx.calls_dropped.saturating_add(1);
         }
@@ -469,6 +474,26 @@ mod tests {
         assert_eq!(recent.len(), 2);
         assert_eq!(recent[0].status, 500);
         assert_eq!(t.open_count(), 0);
+    }
+
+    #[test]
+    fn calls_are_kept_in_the_order_they_started() {
+        let t = ContextTable::new(limits());
+        t.open(1, inbound()).unwrap();
+        let at = |dep: &str, start: u64| CallRecord {
+            start_offset_us: start,
+            ..call(dep)
+        };
+        t.record(1, at("second", 20));
+        t.record(1, at("first", 10));
+        let closed = t.close(1, 200).unwrap();
+        let deps: Vec<&str> = closed
+            .context
+            .calls
+            .iter()
+            .map(|c| &*c.dependency)
+            .collect();
+        assert_eq!(deps, ["first", "second"]);
     }
 
     #[test]
