@@ -2,6 +2,7 @@
 //! that caused it, by trace id, and what is shown is free of credentials.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -59,7 +60,11 @@ async fn calls_join_the_right_context_under_64_concurrent_requests() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), format!("/users/{i}|/posts/{i}?v={i}"));
     }
-    let contexts = augur.contexts(500).await;
+    let contexts = eventually(Duration::from_secs(5), "64 closed contexts", || async {
+        let c = augur.contexts(500).await;
+        (c.as_array().unwrap().len() == 64).then_some(c)
+    })
+    .await;
     let contexts = contexts.as_array().unwrap();
     assert_eq!(contexts.len(), 64);
     let mut seen = std::collections::HashSet::new();
@@ -115,6 +120,21 @@ async fn calls_without_a_context_bypass_and_metrics_count_everything() {
         .unwrap();
     assert_eq!(send(stranger).await.status, 200);
 
+    // Metrics are counted as each call's logging ends, just after its
+    // response: wait until the last ones are in.
+    eventually(Duration::from_secs(5), "every call counted", || async {
+        let n = augur
+            .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"bypass\"}")
+            .await
+            + augur
+                .metric("augur_dependency_calls_total{dependency=\"users\",outcome=\"miss\"}")
+                .await
+            + augur
+                .metric("augur_dependency_calls_total{dependency=\"posts\",outcome=\"miss\"}")
+                .await;
+        (n >= 14.0).then_some(())
+    })
+    .await;
     let m = |s: &'static str| augur.metric(s);
     assert_eq!(
         m("augur_inbound_requests_total{route=\"GET /r/{id}\"}").await,
@@ -149,7 +169,11 @@ async fn calls_without_a_context_bypass_and_metrics_count_everything() {
         5.0
     );
     // The bypassing calls were recorded in no context.
-    let contexts = augur.contexts(100).await;
+    let contexts = eventually(Duration::from_secs(5), "5 closed contexts", || async {
+        let c = augur.contexts(100).await;
+        (c.as_array().unwrap().len() == 5).then_some(c)
+    })
+    .await;
     let calls: usize = contexts
         .as_array()
         .unwrap()
@@ -177,7 +201,13 @@ async fn credentials_never_appear_in_debug_contexts() {
         .body(Body::default())
         .unwrap();
     assert_eq!(send(req).await.status, 200);
-    let raw = augur.admin_get("/debug/contexts?limit=10").await.text();
+    // The context closes once its last call is recorded, which may be just
+    // after the client has its answer.
+    let raw = eventually(Duration::from_secs(5), "the closed context", || async {
+        let raw = augur.admin_get("/debug/contexts?limit=10").await.text();
+        raw.contains("plain-value").then_some(raw)
+    })
+    .await;
     assert!(raw.contains("plain-value"), "headers are recorded at all");
     for secret in secrets {
         assert!(

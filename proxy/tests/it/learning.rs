@@ -106,7 +106,7 @@ async fn contexts_reach_the_learner_and_the_trace_log() {
         .unwrap();
     let best = &user_slot["rules"][0];
     assert!(best["source"].as_str().unwrap().contains("/uid"), "{best}");
-    assert_eq!(best["trusted"], true);
+    assert_eq!(best["trusted"], true, "{user_slot}");
 
     // The trace log: one versioned line per context, credentials hashed.
     let text = eventually(Duration::from_secs(5), "10 trace lines", || {

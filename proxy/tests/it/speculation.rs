@@ -547,7 +547,7 @@ async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing()
     );
     assert!(speculated(&augur).await > 0.0, "speculation resumed");
     // Nothing is left behind once the requests are done.
-    let drained = eventually(Duration::from_secs(5), "state drained", || async {
+    let drained = eventually(Duration::from_secs(10), "state drained", || async {
         let m = |s: &'static str| augur.metric(s);
         let left = [
             m("augur_contexts_open").await,
