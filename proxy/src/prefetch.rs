@@ -24,6 +24,10 @@ use crate::traceparent::{TraceParent, fresh_id64};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
+/// How far ahead a predicted call to a container dependency starts its
+/// container.
+const PRESTART_HORIZON_US: u64 = 30_000_000;
+
 /// The largest speculative response kept; larger ones are not served.
 const MAX_RESPONSE: usize = 1 << 20;
 
@@ -107,14 +111,33 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
     for (_, stored) in &done {
         live.calls.push(virtual_call(stored));
     }
-    let predictions =
-        shared
-            .learning
-            .learner
-            .read()
-            .predict(&live, elapsed, prefetch.settings.horizon_us);
+    // Containers take a while to start: look further ahead for them.
+    let horizon = prefetch.settings.horizon_us;
+    let ahead = if shared.pools.is_empty() {
+        horizon
+    } else {
+        horizon.max(PRESTART_HORIZON_US)
+    };
+    let predictions = shared
+        .learning
+        .learner
+        .read()
+        .predict(&live, elapsed, ahead);
     for p in predictions {
-        if p.probability < prefetch.settings.confidence || !methods.contains(&p.method) {
+        if p.probability < prefetch.settings.confidence {
+            continue;
+        }
+        // A container dependency with nothing running gets one started now,
+        // whatever the method: starting it sends the call nothing.
+        if let Some(pool) = shared
+            .pools
+            .iter()
+            .find(|pool| pool.dependency() == p.dependency)
+        {
+            pool.prestart();
+            continue;
+        }
+        if !methods.contains(&p.method) || p.expected_start_us > elapsed.saturating_add(horizon) {
             continue;
         }
         let Some(dep) = prefetch.dependencies.get(&p.dependency) else {

@@ -96,11 +96,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     max_instances: c.max_instances as usize,
                     keep_alive: c.keep_alive,
                     start_timeout: c.start_timeout,
+                    prestart_grace: config.speculation.horizon + Duration::from_secs(2),
                 };
-                let cold = metrics
-                    .container_starts
-                    .with_label_values(&[dep.name.as_str(), "cold"]);
-                let pool = ContainerPool::new(spec, limits, docker.clone(), cold);
+                let name = dep.name.as_str();
+                let counters = pool::PoolMetrics {
+                    cold_starts: metrics.container_starts.with_label_values(&[name, "cold"]),
+                    prestarts: metrics
+                        .container_starts
+                        .with_label_values(&[name, "prestart"]),
+                    wasted_prestarts: metrics.prestarts_wasted.with_label_values(&[name]),
+                };
+                let pool = ContainerPool::new(spec, limits, docker.clone(), counters);
                 pools.push(pool.clone());
                 (target, Some(pool))
             }

@@ -28,6 +28,9 @@ pub struct Limits {
     pub keep_alive: Duration,
     /// How long a call waits for a cold start.
     pub start_timeout: Duration,
+    /// How long a prestarted instance may wait for its call before it is
+    /// stopped as waste (the speculation horizon plus grace).
+    pub prestart_grace: Duration,
 }
 
 struct Instance {
@@ -35,6 +38,8 @@ struct Instance {
     addr: SocketAddr,
     inflight: usize,
     last_used: Instant,
+    /// Started ahead of a predicted call, and not used by a call yet.
+    unused_prestart: bool,
 }
 
 type StartWatch = watch::Receiver<Option<Result<(), PoolError>>>;
@@ -53,6 +58,17 @@ pub struct ContainerPool {
     state: Mutex<State>,
     /// Counts cold starts (`augur_container_starts_total{reason="cold"}`).
     cold_starts: prometheus::IntCounter,
+    /// Counts prestarts (`augur_container_starts_total{reason="prestart"}`).
+    prestarts: prometheus::IntCounter,
+    /// Counts prestarted instances stopped unused.
+    wasted_prestarts: prometheus::IntCounter,
+}
+
+/// Metrics a pool keeps.
+pub struct PoolMetrics {
+    pub cold_starts: prometheus::IntCounter,
+    pub prestarts: prometheus::IntCounter,
+    pub wasted_prestarts: prometheus::IntCounter,
 }
 
 /// An instance a call may use; give it back with [`ContainerPool::release`].
@@ -68,15 +84,31 @@ impl ContainerPool {
         spec: Spec,
         limits: Limits,
         backend: Arc<dyn Backend>,
-        cold_starts: prometheus::IntCounter,
+        metrics: PoolMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             spec,
             limits,
             backend,
             state: Mutex::new(State::default()),
-            cold_starts,
+            cold_starts: metrics.cold_starts,
+            prestarts: metrics.prestarts,
+            wasted_prestarts: metrics.wasted_prestarts,
         })
+    }
+
+    /// Starts an instance ahead of a predicted call, unless one is ready or
+    /// starting. Returns whether it did.
+    pub fn prestart(self: &Arc<Self>) -> bool {
+        let mut state = self.state.lock();
+        if state.stopping || !state.ready.is_empty() || state.starting.is_some() {
+            return false;
+        }
+        let (tx, rx) = watch::channel(None);
+        state.starting = Some(rx);
+        self.prestarts.inc();
+        tokio::spawn(self.clone().start(tx, true));
+        true
     }
 
     pub fn dependency(&self) -> &str {
@@ -94,6 +126,7 @@ impl ContainerPool {
                 let mut state = self.state.lock();
                 if let Some(instance) = state.ready.iter_mut().min_by_key(|i| i.inflight) {
                     instance.inflight += 1;
+                    instance.unused_prestart = false;
                     instance.last_used = Instant::now();
                     return Ok(Lease {
                         addr: instance.addr,
@@ -106,7 +139,7 @@ impl ContainerPool {
                         let (tx, rx) = watch::channel(None);
                         state.starting = Some(rx.clone());
                         self.cold_starts.inc();
-                        tokio::spawn(self.clone().start(tx));
+                        tokio::spawn(self.clone().start(tx, false));
                         rx
                     }
                 }
@@ -126,7 +159,11 @@ impl ContainerPool {
     }
 
     /// Starts one instance and waits until it accepts connections.
-    async fn start(self: Arc<Self>, tx: watch::Sender<Option<Result<(), PoolError>>>) {
+    async fn start(
+        self: Arc<Self>,
+        tx: watch::Sender<Option<Result<(), PoolError>>>,
+        prestart: bool,
+    ) {
         let result = match self.backend.start(&self.spec).await {
             Ok(started) => match self.ready(&started).await {
                 Ok(()) => {
@@ -136,6 +173,7 @@ impl ContainerPool {
                         addr: started.addr,
                         inflight: 0,
                         last_used: Instant::now(),
+                        unused_prestart: prestart,
                     });
                     Ok(())
                 }
@@ -195,7 +233,8 @@ impl ContainerPool {
         }
     }
 
-    /// Stops instances idle for `keep_alive`, keeping `min_instances`.
+    /// Stops instances idle for `keep_alive`, and prestarted ones no call
+    /// used within `prestart_grace`, keeping `min_instances`.
     pub async fn reap(&self) -> usize {
         let idle: Vec<Instance> = {
             let mut state = self.state.lock();
@@ -203,11 +242,18 @@ impl ContainerPool {
             let mut out = Vec::new();
             while state.ready.len() > self.limits.min_instances {
                 let Some(at) = state.ready.iter().position(|i| {
-                    i.inflight == 0 && now.duration_since(i.last_used) >= self.limits.keep_alive
+                    let idle = now.duration_since(i.last_used);
+                    i.inflight == 0
+                        && (idle >= self.limits.keep_alive
+                            || (i.unused_prestart && idle >= self.limits.prestart_grace))
                 }) else {
                     break;
                 };
-                out.push(state.ready.remove(at));
+                let instance = state.ready.remove(at);
+                if instance.unused_prestart {
+                    self.wasted_prestarts.inc();
+                }
+                out.push(instance);
             }
             out
         };

@@ -198,3 +198,59 @@ async fn augur_leaves_no_orphans_and_removes_earlier_leftovers() {
         "augur stopped what it started"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predicted_call_finds_its_container_started_ahead() {
+    require_image();
+    let ports = Ports::new(1);
+    let service_name = format!("svc-{}", ports.ingress);
+    let egress = local(ports.deps[0]);
+    // The service works 1.5 s before it calls its container dependency.
+    let service = serve(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            let id = req.uri().path().trim_start_matches("/r/").to_string();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let call = hyper::Request::get(format!("http://{egress}/x/{id}"))
+                .header("traceparent", req.headers()["traceparent"].clone())
+                .body(Body::default())
+                .unwrap();
+            let resp = client().request(call).await.unwrap();
+            hyper::Response::builder()
+                .status(resp.status())
+                .body(Body::from("ok"))
+                .unwrap()
+        },
+    )
+    .await;
+    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"3s\"";
+    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    for i in 0..4 {
+        assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.status, 200);
+    }
+    let cold_waits = augur.metric("augur_cold_start_wait_seconds_count").await;
+    assert_eq!(cold_waits, 1.0, "only the first call waited");
+    eventually(
+        Duration::from_secs(10),
+        "the idle container stopped",
+        || {
+            let s = service_name.clone();
+            async move { containers(&s).is_empty().then_some(()) }
+        },
+    )
+    .await;
+    // The next request: augur starts the container when the request
+    // arrives, so the call 1.5 s later finds it ready.
+    assert_eq!(get(&augur.url("/r/9")).await.status, 200);
+    assert_eq!(
+        augur
+            .metric("augur_container_starts_total{dependency=\"fast\",reason=\"prestart\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        augur.metric("augur_cold_start_wait_seconds_count").await,
+        cold_waits,
+        "the call did not wait"
+    );
+    remove(&containers(&service_name));
+}
