@@ -372,48 +372,29 @@ async fn handle(
     let q = req.uri().query().map(str::to_string);
     let q = q.as_deref();
     let p = |k: &str| query(q, k).unwrap_or("").to_string();
+    let get = |url: String| call(client, req, "GET", url, None);
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/hotels") => {
             let (inn, out) = (p("inDate"), p("outDate"));
-            let geo = call(
-                client,
-                req,
-                "GET",
-                format!("http://{}/nearby?lat={}&lon={}", d(0), p("lat"), p("lon")),
-                None,
-            )
+            let geo = get(format!(
+                "http://{}/nearby?lat={}&lon={}",
+                d(0),
+                p("lat"),
+                p("lon")
+            ))
             .await?;
             let ids = ids_text(&ids_in(&geo, "hotelIds"));
-            let rates = call(
-                client,
-                req,
-                "GET",
-                format!(
-                    "http://{}/rates?hotelIds={ids}&inDate={inn}&outDate={out}",
-                    d(1)
-                ),
-                None,
-            )
+            let rates = get(format!(
+                "http://{}/rates?hotelIds={ids}&inDate={inn}&outDate={out}",
+                d(1)
+            ))
             .await?;
-            let avail = call(
-                client,
-                req,
-                "GET",
-                format!(
-                    "http://{}/availability?hotelIds={ids}&inDate={inn}&outDate={out}",
-                    d(2)
-                ),
-                None,
-            )
+            let avail = get(format!(
+                "http://{}/availability?hotelIds={ids}&inDate={inn}&outDate={out}",
+                d(2)
+            ))
             .await?;
-            let profiles = call(
-                client,
-                req,
-                "GET",
-                format!("http://{}/profiles?hotelIds={ids}", d(3)),
-                None,
-            )
-            .await?;
+            let profiles = get(format!("http://{}/profiles?hotelIds={ids}", d(3))).await?;
             Ok(format!(
                 "{{\"search\":{},\"rates\":{},\"availability\":{},\"profiles\":{}}}",
                 text(&geo),
@@ -423,29 +404,16 @@ async fn handle(
             ))
         }
         ("GET", "/recommendations") => {
-            let rec = call(
-                client,
-                req,
-                "GET",
-                format!(
-                    "http://{}/recommend?require={}&lat={}&lon={}",
-                    d(4),
-                    p("require"),
-                    p("lat"),
-                    p("lon")
-                ),
-                None,
-            )
+            let rec = get(format!(
+                "http://{}/recommend?require={}&lat={}&lon={}",
+                d(4),
+                p("require"),
+                p("lat"),
+                p("lon")
+            ))
             .await?;
             let ids = ids_text(&ids_in(&rec, "hotelIds"));
-            let profiles = call(
-                client,
-                req,
-                "GET",
-                format!("http://{}/profiles?hotelIds={ids}", d(3)),
-                None,
-            )
-            .await?;
+            let profiles = get(format!("http://{}/profiles?hotelIds={ids}", d(3))).await?;
             Ok(format!(
                 "{{\"recommended\":{},\"profiles\":{}}}",
                 text(&rec),
@@ -453,25 +421,11 @@ async fn handle(
             ))
         }
         ("GET", "/user") => {
-            let user = call(
-                client,
-                req,
-                "GET",
-                format!("http://{}/check?username={}", d(5), p("username")),
-                None,
-            )
-            .await?;
+            let user = get(format!("http://{}/check?username={}", d(5), p("username"))).await?;
             Ok(format!("{{\"user\":{}}}", text(&user)))
         }
         ("POST", "/reservation") => {
-            let user = call(
-                client,
-                req,
-                "GET",
-                format!("http://{}/check?username={}", d(5), p("username")),
-                None,
-            )
-            .await?;
+            let user = get(format!("http://{}/check?username={}", d(5), p("username"))).await?;
             let order = format!(
                 "{{\"hotelId\":{},\"inDate\":\"{}\",\"outDate\":\"{}\",\"username\":\"{}\"}}",
                 p("hotelId"),

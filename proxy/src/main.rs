@@ -97,22 +97,41 @@ fn main() -> ExitCode {
             horizon,
             min_observations,
         }),
-        Command::ExportSequences { traces } => match augur_proxy::offline::export(&traces) {
-            Ok(data) => match serde_json::to_string(&data) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("augur export-sequences: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("augur export-sequences: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Command::ExportSequences { traces } => print_json(
+            "export-sequences",
+            augur_proxy::offline::export(&traces),
+            false,
+        ),
+    }
+}
+
+/// Prints a command's result as JSON (exit 0), or its error (exit 2).
+fn print_json<T: serde::Serialize>(
+    command: &str,
+    result: anyhow::Result<T>,
+    pretty: bool,
+) -> ExitCode {
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("augur {command}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if pretty {
+        serde_json::to_string_pretty(&value)
+    } else {
+        serde_json::to_string(&value)
+    };
+    match text {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("augur {command}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -138,22 +157,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn eval(args: augur_proxy::offline::EvalArgs) -> ExitCode {
-    match augur_proxy::offline::run(&args) {
-        Ok(report) => match serde_json::to_string_pretty(&report) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("augur eval: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("augur eval: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    print_json("eval", augur_proxy::offline::run(&args), true)
 }
 
 fn check_config(files: &[PathBuf]) -> ExitCode {
