@@ -22,6 +22,23 @@ struct Seen {
     prefetch: bool,
 }
 
+impl Seen {
+    fn of(req: &Request<Incoming>) -> Self {
+        Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            auth: req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string()),
+            prefetch: req
+                .headers()
+                .get("sec-purpose")
+                .is_some_and(|v| v == "prefetch"),
+        }
+    }
+}
+
 type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A dependency that records every request and answers with `answer`,
@@ -35,18 +52,7 @@ where
     let addr = serve(move |req: Request<Incoming>| {
         let (answer, sink) = (answer.clone(), sink.clone());
         async move {
-            let seen = Seen {
-                method: req.method().to_string(),
-                uri: req.uri().to_string(),
-                auth: req
-                    .headers()
-                    .get("authorization")
-                    .map(|v| v.to_str().unwrap().to_string()),
-                prefetch: req
-                    .headers()
-                    .get("sec-purpose")
-                    .is_some_and(|v| v == "prefetch"),
-            };
+            let seen = Seen::of(&req);
             sink.lock().unwrap().push(seen.clone());
             match answer(&seen) {
                 Some(resp) => resp,
@@ -450,15 +456,7 @@ async fn unusable_speculations_are_never_served_and_cost_the_real_call_nothing()
 async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing() {
     let ports = Ports::new(2);
     let users = Killable::start(local(0), |req: Request<Incoming>| async move {
-        let seen = Seen {
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            auth: req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_string()),
-            prefetch: false,
-        };
+        let seen = Seen::of(&req);
         // Slow enough that speculations are in flight when it dies.
         tokio::time::sleep(Duration::from_millis(3)).await;
         users_answer(&seen).unwrap()
@@ -520,15 +518,7 @@ async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing()
     }
     // users comes back on the same address: augur recovers by itself.
     let _users = Killable::start(users_addr, |req: Request<Incoming>| async move {
-        let seen = Seen {
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            auth: req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_string()),
-            prefetch: false,
-        };
+        let seen = Seen::of(&req);
         users_answer(&seen).unwrap()
     })
     .await;
