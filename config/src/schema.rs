@@ -25,12 +25,30 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
     let cache = cache(root.table_or_empty("cache"));
     let proxy = proxy(root.table_or_empty("proxy"));
     let contexts = contexts(root.table_or_empty("contexts"));
+    let containers = containers(root.table_or_empty("containers"));
     let dependencies: Vec<_> = root
         .tables("dependency")
         .into_iter()
         .map(|d| dependency(d, &mut claims))
         .collect();
     let routes: Vec<_> = root.tables("route").into_iter().map(route).collect();
+    if let Some(c) = &containers {
+        if c.max_memory.is_some() {
+            for d in dependencies.iter().flatten() {
+                if let Target::Container(ct) = &d.target {
+                    if ct.memory.is_none() {
+                        root.problem(
+                            "containers.max_memory",
+                            format!(
+                                "is set, so dependency {:?} needs container.memory (what it may use counts against the limit)",
+                                d.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
     root.finish();
 
     Some(Config {
@@ -42,6 +60,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         cache: cache?,
         proxy: proxy?,
         contexts: contexts?,
+        containers: containers?,
         dependencies: dependencies.into_iter().collect::<Option<_>>()?,
         routes: routes.into_iter().collect::<Option<_>>()?,
     })
@@ -383,8 +402,59 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     let port = s.required("port", port);
     let min = or_default!(s, "min_instances", count, 0, 1000; 0);
     let max = or_default!(s, "max_instances", count, 1, 1000; 4);
-    let keep_alive = or_default!(s, "keep_alive", duration; 60 * SECOND);
+    let keep_alive = if s.has("keep_alive") {
+        s.parsed("keep_alive", "duration (or \"adaptive\")", |raw| {
+            if raw == "adaptive" {
+                Some(KeepAlive::Adaptive)
+            } else {
+                humantime::parse_duration(raw).ok().map(KeepAlive::Fixed)
+            }
+        })
+    } else {
+        Some(KeepAlive::Fixed(60 * SECOND))
+    };
     let start_timeout = or_default!(s, "start_timeout", duration; 30 * SECOND);
+    let target_inflight = or_default!(s, "target_inflight", count, 1, 100_000; 8);
+    let readiness =
+        or_default!(s, "readiness", string; "http".to_string()).and_then(|r| match r.as_str() {
+            "http" => Some(Readiness::Http),
+            "tcp" => Some(Readiness::Tcp),
+            _ => {
+                s.problem("readiness", format!("unknown probe {r:?} (http or tcp)"));
+                None
+            }
+        });
+    let readiness_path = or_default!(s, "readiness_path", string; "/".to_string()).filter(|p| {
+        let ok = p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            s.problem(
+                "readiness_path",
+                format!("invalid path {p:?} (like \"/healthz\")"),
+            );
+        }
+        ok
+    });
+    let cpus = if s.has("cpus") {
+        s.number("cpus", 0.01, 1024.0).map(Some)
+    } else {
+        Some(None)
+    };
+    let memory = if s.has("memory") {
+        s.size("memory")
+            .filter(|m| {
+                // Docker refuses less than 6 MiB.
+                let ok = *m >= 6 * 1024 * 1024;
+                if !ok {
+                    s.problem("memory", "must be at least 6MiB (Docker's minimum)");
+                }
+                ok
+            })
+            .map(Some)
+    } else {
+        Some(None)
+    };
+    let criticality = or_default!(s, "criticality", number, 0.0, 1.0; 1.0);
+    let prestart = or_default!(s, "prestart", boolean; true);
     if let (Some(lo), Some(hi)) = (min, max) {
         if lo > hi {
             s.problem(
@@ -404,6 +474,33 @@ fn container(mut s: Section<'_>) -> Option<Container> {
         max_instances: max,
         keep_alive: keep_alive?,
         start_timeout: start_timeout?,
+        target_inflight: target_inflight?,
+        readiness: readiness?,
+        readiness_path: readiness_path?,
+        cpus: cpus?,
+        memory: memory?,
+        criticality: criticality?,
+        prestart: prestart?,
+    })
+}
+
+/// `[containers]`: limits over every container augur runs.
+fn containers(mut s: Section<'_>) -> Option<Containers> {
+    let max_containers = or_default!(s, "max_containers", count, 1, 10_000; 32);
+    let max_memory = if s.has("max_memory") {
+        s.size("max_memory").map(Some)
+    } else {
+        Some(None)
+    };
+    let stats_interval = or_default!(s, "stats_interval", duration; 5 * SECOND);
+    if stats_interval.is_some_and(|d| d < Duration::from_millis(100)) {
+        s.problem("stats_interval", "must be at least 100ms");
+    }
+    s.finish();
+    Some(Containers {
+        max_containers: max_containers? as usize,
+        max_memory: max_memory?,
+        stats_interval: stats_interval.filter(|d| *d >= Duration::from_millis(100))?,
     })
 }
 

@@ -17,6 +17,7 @@ pub struct Config {
     pub cache: Cache,
     pub proxy: Proxy,
     pub contexts: Contexts,
+    pub containers: Containers,
     pub dependencies: Vec<Dependency>,
     pub routes: Vec<Route>,
 }
@@ -184,10 +185,51 @@ pub struct Container {
     pub port: u16,
     pub min_instances: u32,
     pub max_instances: u32,
-    pub keep_alive: Duration,
+    pub keep_alive: KeepAlive,
     /// How long a call waits for a container to start and accept
     /// connections before it gets 503.
     pub start_timeout: Duration,
+    /// Calls in flight per instance above which another instance starts.
+    pub target_inflight: u32,
+    pub readiness: Readiness,
+    /// The path an HTTP readiness probe asks for.
+    pub readiness_path: String,
+    /// CPU limit, in cores.
+    pub cpus: Option<f64>,
+    /// Memory limit, in bytes.
+    pub memory: Option<u64>,
+    /// How much this dependency matters when capacity is short (0 to 1):
+    /// prestarts rank by prediction probability × criticality.
+    pub criticality: f64,
+    /// Whether a predicted call starts a container ahead of need.
+    pub prestart: bool,
+}
+
+/// How long an idle instance is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepAlive {
+    Fixed(Duration),
+    /// Learned from the dependency's idle gaps (hybrid histogram policy).
+    Adaptive,
+}
+
+/// When a started container counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It answers an HTTP request (any status).
+    Http,
+    /// It accepts a TCP connection.
+    Tcp,
+}
+
+/// `[containers]`: limits over all the containers augur runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Containers {
+    pub max_containers: usize,
+    /// Total of the containers' `memory` limits, when set.
+    pub max_memory: Option<u64>,
+    /// How often Docker stats are read for running containers.
+    pub stats_interval: Duration,
 }
 
 /// Header names whose values are credentials, redacted wherever augur shows

@@ -102,3 +102,38 @@ fn host_names_are_valid_upstreams() {
     assert_eq!(c.service.upstream.host, "app.internal");
     assert_eq!(c.service.upstream.port, 8080);
 }
+
+#[test]
+fn container_keys_have_defaults_and_adaptive_keep_alive_parses() {
+    let text = format!(
+        "{MINIMAL}\n[containers]\nmax_containers = 3\nstats_interval = \"1s\"\n\n[[dependency]]\nname = \"a\"\nlisten = \"127.0.0.1:15101\"\n[dependency.container]\nimage = \"x\"\nport = 80\n\n[[dependency]]\nname = \"b\"\nlisten = \"127.0.0.1:15102\"\n[dependency.container]\nimage = \"x\"\nport = 80\nkeep_alive = \"adaptive\"\nreadiness = \"tcp\"\ncpus = 0.5\nmemory = \"64MiB\"\ncriticality = 0.3\nprestart = false\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.containers.max_containers, 3);
+    assert_eq!(c.containers.max_memory, None);
+    let Target::Container(a) = &c.dependencies[0].target else {
+        panic!("a container")
+    };
+    assert_eq!(a.keep_alive, KeepAlive::Fixed(Duration::from_secs(60)));
+    assert_eq!(
+        (a.readiness, a.readiness_path.as_str()),
+        (Readiness::Http, "/")
+    );
+    assert_eq!(
+        (a.target_inflight, a.criticality, a.prestart),
+        (8, 1.0, true)
+    );
+    let Target::Container(b) = &c.dependencies[1].target else {
+        panic!("a container")
+    };
+    assert_eq!(b.keep_alive, KeepAlive::Adaptive);
+    assert_eq!(b.readiness, Readiness::Tcp);
+    assert_eq!((b.cpus, b.memory), (Some(0.5), Some(64 << 20)));
+    assert_eq!((b.criticality, b.prestart), (0.3, false));
+    let bad = format!("{MINIMAL}\n[containers]\nstats_interval = \"10ms\"\n");
+    let problems = parse(&bad).unwrap_err().to_string();
+    assert!(
+        problems.contains("containers.stats_interval: must be at least 100ms"),
+        "{problems}"
+    );
+}

@@ -59,31 +59,51 @@ fn id_after(text: &str, prefix: &str) -> Option<u64> {
 /// Starts `users` and `posts` with the given latencies; returns their
 /// addresses.
 pub async fn start_dependencies(latency: Duration) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let users = server::serve(local(0), move |req: Request<Incoming>| async move {
+    let users = serve_users(local(0), latency).await?;
+    let posts = serve_posts(local(0), latency).await?;
+    Ok((users, posts))
+}
+
+/// The `users` service: `GET /users/{id}`.
+pub async fn serve_users(listen: SocketAddr, latency: Duration) -> std::io::Result<SocketAddr> {
+    server::serve(listen, move |req: Request<Incoming>| async move {
         tokio::time::sleep(latency).await;
         match id_after(req.uri().path(), "/users/") {
             Some(id) => respond(200, "application/json", user_body(id)),
             None => respond(404, "text/plain", "no such user\n"),
         }
     })
-    .await?;
-    let posts = server::serve(local(0), move |req: Request<Incoming>| async move {
+    .await
+}
+
+/// The `posts` service: `GET /posts?feed=f{id}`.
+pub async fn serve_posts(listen: SocketAddr, latency: Duration) -> std::io::Result<SocketAddr> {
+    server::serve(listen, move |req: Request<Incoming>| async move {
         tokio::time::sleep(latency).await;
         match req.uri().query().and_then(|q| id_after(q, "feed=f")) {
             Some(feed) => respond(200, "application/json", posts_body(feed)),
             None => respond(400, "text/plain", "posts needs ?feed=fID\n"),
         }
     })
-    .await?;
-    Ok((users, posts))
+    .await
 }
 
 /// Starts the frontend on a free port, calling its dependencies at the
 /// given addresses (augur's egress listeners).
 pub async fn start_frontend(users: SocketAddr, posts: SocketAddr) -> anyhow::Result<SocketAddr> {
+    serve_frontend(local(0), users, posts).await
+}
+
+/// The frontend: `GET /profile/{id}` calls users, then posts with the feed
+/// users named.
+pub async fn serve_frontend(
+    listen: SocketAddr,
+    users: SocketAddr,
+    posts: SocketAddr,
+) -> anyhow::Result<SocketAddr> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    server::serve(local(0), move |req: Request<Incoming>| {
+    server::serve(listen, move |req: Request<Incoming>| {
         let client = client.clone();
         async move {
             let Some(id) = id_after(req.uri().path(), "/profile/") else {

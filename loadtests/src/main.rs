@@ -85,7 +85,59 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1024)]
         body_bytes: usize,
+        /// Wait this long before listening (an application's start-up).
+        #[arg(long, default_value = "0s", value_parser = humantime_duration)]
+        startup: Duration,
+        /// Take this long to answer each request.
+        #[arg(long, default_value = "0s", value_parser = humantime_duration)]
+        latency: Duration,
     },
+    /// Serve one role of the tour's application (the docker-compose demo).
+    Serve {
+        #[command(subcommand)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// `GET /profile/{id}`: calls users, then posts.
+    Frontend {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where to call users (augur's egress listener).
+        #[arg(long)]
+        users: SocketAddr,
+        /// Where to call posts (augur's egress listener).
+        #[arg(long)]
+        posts: SocketAddr,
+    },
+    /// `GET /users/{id}`.
+    Users {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "2ms", value_parser = humantime_duration)]
+        latency: Duration,
+    },
+    /// `GET /posts?feed=f{id}`.
+    Posts {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "2ms", value_parser = humantime_duration)]
+        latency: Duration,
+    },
+}
+
+/// Runs until SIGTERM or SIGINT: a server in a container is PID 1, which
+/// the kernel does not stop for an unhandled SIGTERM.
+async fn until_stopped() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -171,15 +223,38 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::ServeFast { listen, body_bytes } => {
+            Command::ServeFast {
+                listen,
+                body_bytes,
+                startup,
+                latency,
+            } => {
+                tokio::time::sleep(startup).await;
                 let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
                 server::serve(listen, move |_req| {
                     let body = body.clone();
-                    async move { server::respond(200, "application/octet-stream", body) }
+                    async move {
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
+                        server::respond(200, "application/octet-stream", body)
+                    }
                 })
                 .await?;
-                std::future::pending::<()>().await;
-                Ok(())
+                until_stopped().await
+            }
+            Command::Serve { role } => {
+                let at = match role {
+                    Role::Frontend {
+                        listen,
+                        users,
+                        posts,
+                    } => demo::serve_frontend(listen, users, posts).await?,
+                    Role::Users { listen, latency } => demo::serve_users(listen, latency).await?,
+                    Role::Posts { listen, latency } => demo::serve_posts(listen, latency).await?,
+                };
+                eprintln!("serving on {at}");
+                until_stopped().await
             }
         }
     })

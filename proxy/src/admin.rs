@@ -38,6 +38,19 @@ impl ServeHttp for Admin {
                     self.shared.metrics.render(),
                 )
             }
+            "/debug/containers" => {
+                let (containers, memory) = self.shared.capacity.used();
+                let pools: Vec<_> = self.shared.pools.iter().map(|p| p.snapshot()).collect();
+                json(&serde_json::json!({
+                    "capacity": {
+                        "containers": containers,
+                        "max_containers": self.shared.capacity.max_containers(),
+                        "memory_bytes": memory,
+                        "max_memory_bytes": self.shared.capacity.max_memory(),
+                    },
+                    "dependencies": pools,
+                }))
+            }
             "/debug/model" => json(&self.shared.learning.learner.read().describe()),
             "/debug/speculations" => match limit(&query) {
                 Ok(n) => {
@@ -58,7 +71,7 @@ impl ServeHttp for Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/model /debug/speculations?limit=N\n",
+                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/containers /debug/model /debug/speculations?limit=N\n",
             ),
         }
     }

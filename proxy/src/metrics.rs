@@ -33,6 +33,11 @@ pub struct Metrics {
     pub contexts_untracked: IntCounterVec,
     pub contexts_expired: prometheus::IntCounter,
     pub container_starts: IntCounterVec,
+    pub container_starts_denied: IntCounterVec,
+    pub container_evictions: IntCounterVec,
+    pub container_seconds: prometheus::CounterVec,
+    pub container_cpu: prometheus::GaugeVec,
+    pub container_memory: prometheus::GaugeVec,
     pub prestarts_wasted: IntCounterVec,
     pub cold_start_wait: prometheus::Histogram,
     pub containers: prometheus::IntGaugeVec,
@@ -89,6 +94,28 @@ impl Metrics {
             &["dependency", "state"],
         )?;
         registry.register(Box::new(containers.clone()))?;
+        let container_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "augur_container_seconds_total",
+                "Seconds containers have run (what they cost), by dependency",
+            ),
+            &["dependency"],
+        )?;
+        registry.register(Box::new(container_seconds.clone()))?;
+        let float_gauge =
+            |name: &str, help: &str| -> Result<prometheus::GaugeVec, prometheus::Error> {
+                let g = prometheus::GaugeVec::new(Opts::new(name, help), &["dependency"])?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let container_cpu = float_gauge(
+            "augur_container_cpu_cores",
+            "CPU the dependency's containers use, in cores (Docker stats)",
+        )?;
+        let container_memory = float_gauge(
+            "augur_container_memory_bytes",
+            "Memory the dependency's containers use, in bytes (Docker stats)",
+        )?;
         let speculation_held_bytes = gauge(
             "augur_speculation_held_bytes",
             "Bytes of speculative responses held for their real calls",
@@ -151,9 +178,22 @@ impl Metrics {
             contexts_expired,
             container_starts: counter(
                 "augur_container_starts_total",
-                "Containers started, by dependency and reason (cold: a call waited; prestart: ahead of a predicted call)",
+                "Containers started, by dependency and reason (cold: a call waited; prestart: ahead of a predicted call; prewarm: adaptive keep-alive expects a call; scale: every instance was busy)",
                 &["dependency", "reason"],
             )?,
+            container_starts_denied: counter(
+                "augur_container_starts_denied_total",
+                "Starts given up for want of capacity, by dependency and reason",
+                &["dependency", "reason"],
+            )?,
+            container_evictions: counter(
+                "augur_container_evictions_total",
+                "Idle containers stopped to make room for work worth more",
+                &["dependency"],
+            )?,
+            container_seconds,
+            container_cpu,
+            container_memory,
             prestarts_wasted: counter(
                 "augur_container_prestarts_wasted_total",
                 "Containers started ahead of a predicted call that no call used in time",
@@ -210,13 +250,28 @@ impl Metrics {
         self.speculation_inflight.set(table.inflight() as i64);
         self.speculation_traces.set(table.traces() as i64);
         for pool in &shared.pools {
-            let (ready, starting) = pool.counts();
-            self.containers
-                .with_label_values(&[pool.dependency(), "ready"])
-                .set(ready as i64);
-            self.containers
-                .with_label_values(&[pool.dependency(), "starting"])
-                .set(i64::from(starting));
+            let dep = pool.dependency();
+            let snap = pool.snapshot();
+            let idle = snap.instances.iter().filter(|i| i.inflight == 0).count();
+            for (state, n) in [
+                ("starting", snap.starting),
+                ("busy", snap.ready - idle),
+                ("idle", idle),
+            ] {
+                self.containers
+                    .with_label_values(&[dep, state])
+                    .set(n as i64);
+            }
+            let seconds = self.container_seconds.with_label_values(&[dep]);
+            let total = pool.container_seconds();
+            if total > seconds.get() {
+                seconds.inc_by(total - seconds.get());
+            }
+            let (cpu, memory) = pool.usage();
+            self.container_cpu.with_label_values(&[dep]).set(cpu);
+            self.container_memory
+                .with_label_values(&[dep])
+                .set(memory as f64);
         }
     }
 

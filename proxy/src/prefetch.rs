@@ -134,7 +134,8 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .iter()
             .find(|pool| pool.dependency() == p.dependency)
         {
-            pool.prestart();
+            let due = p.expected_start_us.saturating_sub(elapsed);
+            pool.prestart_for(p.probability, Duration::from_micros(due));
             continue;
         }
         if !methods.contains(&p.method) || p.expected_start_us > elapsed.saturating_add(horizon) {

@@ -1,9 +1,13 @@
 //! The resource manager: dependencies that run as containers augur starts
 //! and stops. `docker.rs` is the only place that talks to Docker; `pool.rs`
 //! keeps each dependency's instances: cold starts shared by every waiting
-//! call, readiness, least-in-flight balancing, keep-alive reclamation.
+//! call, readiness, least-in-flight balancing, scaling, keep-alive
+//! reclamation (`keepalive.rs` learns it); `capacity.rs` holds the global
+//! limit and decides what gets room when it is short.
 
+pub mod capacity;
 pub mod docker;
+pub mod keepalive;
 pub mod pool;
 
 use std::collections::HashMap;
@@ -26,6 +30,10 @@ pub struct Spec {
     pub args: Vec<String>,
     /// The port the container listens on.
     pub port: u16,
+    /// CPU limit, in cores.
+    pub cpus: Option<f64>,
+    /// Memory limit, in bytes.
+    pub memory: Option<u64>,
 }
 
 impl Spec {
@@ -43,6 +51,14 @@ impl Spec {
 pub struct Started {
     pub id: String,
     pub addr: SocketAddr,
+}
+
+/// What a running container uses, from Docker stats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// CPU, in cores (1.0 is one core busy).
+    pub cpu_cores: f64,
+    pub memory_bytes: u64,
 }
 
 /// Why a container operation failed: which operation, and Docker's word.
@@ -63,4 +79,6 @@ pub trait Backend: Send + Sync {
     async fn stop(&self, id: &str) -> Result<(), ResourceError>;
     /// Containers labelled for `service`, running or not.
     async fn owned(&self, service: &str) -> Result<Vec<String>, ResourceError>;
+    /// What a running container uses now.
+    async fn stats(&self, id: &str) -> Result<Usage, ResourceError>;
 }

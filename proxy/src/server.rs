@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use augur_config::{Config, PredictorKind, Target as DependencyTarget};
+use augur_config::{Config, KeepAlive, PredictorKind, Readiness, Target as DependencyTarget};
 use augur_predictor::secret::SecretHasher;
 use augur_predictor::{Learner, Settings as LearnerSettings};
 use pingora::apps::http_app::HttpServer;
@@ -28,6 +28,7 @@ use crate::learning::Learning;
 use crate::metrics::Metrics;
 use crate::prefetch::{self, Prefetcher};
 use crate::resources::Spec;
+use crate::resources::capacity::Capacity;
 use crate::resources::docker::DockerBackend;
 use crate::resources::pool::{self, ContainerPool};
 use crate::shutdown::Drain;
@@ -53,6 +54,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut egress_targets = Vec::new();
     let mut speculated = HashMap::new();
     let mut pools = Vec::new();
+    let capacity = Capacity::new(
+        config.containers.max_containers,
+        config.containers.max_memory,
+    );
     for dep in &config.dependencies {
         let (target, pool) = match &dep.target {
             DependencyTarget::Static(upstream) => {
@@ -90,23 +95,39 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     image: c.image.clone(),
                     args: c.args.clone(),
                     port: c.port,
+                    cpus: c.cpus,
+                    memory: c.memory,
                 };
                 let limits = pool::Limits {
                     min_instances: c.min_instances as usize,
                     max_instances: c.max_instances as usize,
-                    keep_alive: c.keep_alive,
+                    keep_alive: match c.keep_alive {
+                        KeepAlive::Fixed(d) => pool::KeepAlive::Fixed(d),
+                        KeepAlive::Adaptive => pool::KeepAlive::Adaptive {
+                            fallback: ADAPTIVE_FALLBACK,
+                        },
+                    },
                     start_timeout: c.start_timeout,
-                    prestart_grace: config.speculation.horizon + Duration::from_secs(2),
+                    prestart_grace: config.speculation.horizon + PRESTART_GRACE,
+                    target_inflight: c.target_inflight as usize,
+                    probe: match c.readiness {
+                        Readiness::Http => pool::Probe::Http(c.readiness_path.clone()),
+                        Readiness::Tcp => pool::Probe::Tcp,
+                    },
+                    memory: c.memory,
+                    cpus: c.cpus,
+                    criticality: c.criticality,
+                    prestart: c.prestart,
                 };
                 let name = dep.name.as_str();
                 let counters = pool::PoolMetrics {
-                    cold_starts: metrics.container_starts.with_label_values(&[name, "cold"]),
-                    prestarts: metrics
-                        .container_starts
-                        .with_label_values(&[name, "prestart"]),
+                    starts: metrics.container_starts.clone(),
+                    denied: metrics.container_starts_denied.clone(),
                     wasted_prestarts: metrics.prestarts_wasted.with_label_values(&[name]),
+                    evictions: metrics.container_evictions.with_label_values(&[name]),
                 };
-                let pool = ContainerPool::new(spec, limits, docker.clone(), counters);
+                let pool =
+                    ContainerPool::new(spec, limits, docker.clone(), capacity.clone(), counters);
                 pools.push(pool.clone());
                 (target, Some(pool))
             }
@@ -170,6 +191,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         prefetch,
         service: service.name.clone(),
         pools,
+        capacity,
         metrics,
         telemetry,
         hasher: SecretHasher::new(),
@@ -210,6 +232,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut sweeper = background_service("contexts", Sweeper(shared.clone()));
     sweeper.threads = Some(1);
     server.add_service(sweeper);
+    if !shared.pools.is_empty() {
+        let keeper = Keeper {
+            shared: shared.clone(),
+            stats_interval: config.containers.stats_interval,
+        };
+        let mut keeper = background_service("containers", keeper);
+        keeper.threads = Some(1);
+        server.add_service(keeper);
+    }
 
     tracing::info!(
         "augur {}: ingress {} -> {}, {} dependencies, admin {}",
@@ -362,13 +393,54 @@ impl BackgroundService for Sweeper {
                     if !expired.is_empty() {
                         self.0.metrics.contexts_expired.inc_by(expired.len() as u64);
                     }
-                    for pool in &self.0.pools {
-                        pool.reap().await;
-                    }
                     self.0.metrics.contexts_open.set(self.0.contexts.open_count() as i64);
                 }
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Keep-alive of an adaptive pool until it has seen enough idle gaps.
+const ADAPTIVE_FALLBACK: Duration = Duration::from_secs(60);
+/// How long a prestarted container may wait past the horizon for its call.
+const PRESTART_GRACE: Duration = Duration::from_secs(2);
+
+/// Container upkeep: keep-alive, pre-warm and waste every 100 ms, Docker
+/// stats every `stats_interval`.
+struct Keeper {
+    shared: Arc<Shared>,
+    stats_interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Keeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pools = self.shared.pools.clone();
+        let interval = self.stats_interval;
+        // Stats take a second each (Docker samples twice): their own task.
+        let stats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for pool in &pools {
+                    pool.poll_stats().await;
+                }
+            }
+        });
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for pool in &self.shared.pools {
+                        pool.maintain().await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        stats.abort();
     }
 }

@@ -23,6 +23,8 @@ pub struct Shared {
     pub service: String,
     /// Container pools of the dependencies augur runs.
     pub pools: Vec<Arc<crate::resources::pool::ContainerPool>>,
+    /// The limit over all of them.
+    pub capacity: Arc<crate::resources::capacity::Capacity>,
     pub metrics: Metrics,
     pub telemetry: Telemetry,
     /// Keys the hashes that stand for credentials.

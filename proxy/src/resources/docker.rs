@@ -9,10 +9,11 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    StartContainerOptions, StatsOptions, StopContainerOptions,
 };
+use futures_util::StreamExt as _;
 
-use super::{Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started};
+use super::{Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage};
 
 /// The local Docker Engine. It connects on first use and again after a
 /// failure, so a daemon that is down at start-up or restarts later only
@@ -111,6 +112,58 @@ impl Backend for DockerBackend {
         }
         Ok(list?.into_iter().filter_map(|c| c.id).collect())
     }
+
+    async fn stats(&self, id: &str) -> Result<Usage, ResourceError> {
+        let docker = self.client().await?;
+        let short: String = id.chars().take(12).collect();
+        // Not one-shot: Docker samples twice, so the CPU delta is real.
+        let mut stream = docker.stats(
+            id,
+            Some(StatsOptions {
+                stream: false,
+                one_shot: false,
+            }),
+        );
+        let stats = match stream.next().await {
+            Some(Ok(stats)) => stats,
+            Some(Err(e)) => return Err(fail("stats", short)(e)),
+            None => {
+                return Err(ResourceError {
+                    operation: "stats",
+                    subject: short,
+                    reason: "no answer".into(),
+                });
+            }
+        };
+        let total = |c: &Option<bollard::models::ContainerCpuStats>| {
+            let c = c.as_ref()?;
+            Some((
+                c.cpu_usage.as_ref()?.total_usage?,
+                c.system_cpu_usage?,
+                c.online_cpus,
+            ))
+        };
+        let cpu_cores = match (total(&stats.cpu_stats), total(&stats.precpu_stats)) {
+            (Some((cpu, system, cpus)), Some((pre_cpu, pre_system, _))) if system > pre_system => {
+                let share = cpu.saturating_sub(pre_cpu) as f64 / (system - pre_system) as f64;
+                share * f64::from(cpus.unwrap_or(1))
+            }
+            _ => 0.0,
+        };
+        // Page cache the kernel can drop does not count (as `docker stats`).
+        let memory_bytes = stats.memory_stats.map_or(0, |m| {
+            let cache = m.stats.as_ref().and_then(|s| {
+                s.get("inactive_file")
+                    .or_else(|| s.get("total_inactive_file"))
+                    .copied()
+            });
+            m.usage.unwrap_or(0).saturating_sub(cache.unwrap_or(0))
+        });
+        Ok(Usage {
+            cpu_cores,
+            memory_bytes,
+        })
+    }
 }
 
 async fn start(docker: &Docker, spec: &Spec) -> Result<Started, ResourceError> {
@@ -132,6 +185,8 @@ async fn start(docker: &Docker, spec: &Spec) -> Result<Started, ResourceError> {
             exposed_ports: Some(vec![port.clone()]),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+                memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

@@ -64,7 +64,11 @@ async fn start(deps: &[Dep]) -> (Augur, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_calls_share_one_cold_start() {
-    let (augur, service) = start(&[container_dep("fast", FAST)]).await;
+    // Twenty calls on one instance would pass the default scale-up target
+    // (8 in flight); this test is about the cold start alone.
+    let dep = format!("{FAST}\ntarget_inflight = 20");
+    let dep: &'static str = Box::leak(dep.into_boxed_str());
+    let (augur, service) = start(&[container_dep("fast", dep)]).await;
     assert!(
         containers(&service).is_empty(),
         "nothing runs before the first call"
@@ -253,4 +257,279 @@ async fn a_predicted_call_finds_its_container_started_ahead() {
         "the call did not wait"
     );
     remove(&containers(&service_name));
+}
+
+/// A service that, for `/r/{id}`, works `work` and then calls its container
+/// dependency (through `egress`) only while `calls` is set.
+async fn calling_service(
+    egress: std::net::SocketAddr,
+    work: Duration,
+    calls: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    serve(move |req: hyper::Request<hyper::body::Incoming>| {
+        let calls = calls.clone();
+        async move {
+            let id = req.uri().path().trim_start_matches("/r/").to_string();
+            tokio::time::sleep(work).await;
+            if !calls.load(std::sync::atomic::Ordering::SeqCst) {
+                return hyper::Response::new(Body::from("skipped"));
+            }
+            let call = hyper::Request::get(format!("http://{egress}/x/{id}"))
+                .header("traceparent", req.headers()["traceparent"].clone())
+                .body(Body::default())
+                .unwrap();
+            let resp = client().request(call).await.unwrap();
+            hyper::Response::builder()
+                .status(resp.status())
+                .body(Body::from("ok"))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+async fn until_no_containers(service: &str) {
+    eventually(Duration::from_secs(15), "no container runs", || {
+        let s = service.to_string();
+        async move { containers(&s).is_empty().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_prestart_is_reclaimed_and_counted_as_waste() {
+    require_image();
+    let ports = Ports::new(1);
+    let service_name = format!("svc-{}", ports.ingress);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let service = calling_service(
+        local(ports.deps[0]),
+        Duration::from_millis(100),
+        calls.clone(),
+    )
+    .await;
+    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"1s\"";
+    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    for i in 0..4 {
+        assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.status, 200);
+    }
+    until_no_containers(&service_name).await;
+    // The service changes: it no longer calls. augur still predicts the
+    // call, prestarts, and the container waits in vain.
+    calls.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(&augur.url("/r/9")).await.text(), "skipped");
+    eventually(Duration::from_secs(10), "a prestart began", || async {
+        let n = augur
+            .metric("augur_container_starts_total{dependency=\"fast\",reason=\"prestart\"}")
+            .await;
+        (n == 1.0).then_some(())
+    })
+    .await;
+    until_no_containers(&service_name).await;
+    assert_eq!(
+        augur
+            .metric("augur_container_prestarts_wasted_total{dependency=\"fast\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        augur
+            .metric("augur_container_seconds_total{dependency=\"fast\"}")
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
+    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"400ms\"]\nport = 8080\nmax_instances = 2\ntarget_inflight = 1\nkeep_alive = \"60s\"";
+    let (augur, service) = start(&[container_dep("slow", dep)]).await;
+    let burst = |n: usize| {
+        let url = augur.dep_url(0, "/x");
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { get(&url).await.status })
+            })
+            .collect();
+        async move {
+            for c in calls {
+                assert_eq!(c.await.unwrap(), 200);
+            }
+        }
+    };
+    // Six calls at once: one cold start, then every call beyond the first
+    // finds the instance busy.
+    burst(6).await;
+    eventually(Duration::from_secs(15), "a second instance", || {
+        let s = service.clone();
+        async move { (containers(&s).len() == 2).then_some(()) }
+    })
+    .await;
+    burst(12).await;
+    assert_eq!(containers(&service).len(), 2, "never above max_instances");
+    assert!(
+        augur
+            .metric("augur_container_starts_total{dependency=\"slow\",reason=\"scale\"}")
+            .await
+            >= 1.0
+    );
+    // Ten calls in flight over two ready instances: five each.
+    let url = augur.dep_url(0, "/x");
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let debug: serde_json::Value =
+        serde_json::from_slice(&augur.admin_get("/debug/containers").await.body).unwrap();
+    let inflight: Vec<u64> = debug["dependencies"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["inflight"].as_u64().unwrap())
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    assert_eq!(inflight.len(), 2, "{debug}");
+    assert_eq!(inflight.iter().sum::<u64>(), 10, "{debug}");
+    assert!(inflight.iter().all(|n| *n == 5), "balanced: {inflight:?}");
+    remove(&containers(&service));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_capacity_a_real_call_displaces_an_idle_container_or_gets_a_clear_503() {
+    let slow = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"3s\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"";
+    let fast = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"\nstart_timeout = \"2s\"";
+    require_image();
+    let ports = Ports::new(2);
+    let service = format!("svc-{}", ports.ingress);
+    let upstream = echo_server().await;
+    let augur = Augur::start(
+        &ports,
+        upstream,
+        &[container_dep("slow", slow), container_dep("fast", fast)],
+        "[containers]\nmax_containers = 1\nmax_memory = \"100MiB\"\n",
+    )
+    .await;
+    // slow runs and is idle after its call.
+    let got = get(&augur.dep_url(0, "/x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(containers(&service).len(), 1);
+    // A real call for fast: the idle slow container makes room.
+    assert_eq!(get(&augur.dep_url(1, "/x")).await.status, 200);
+    assert_eq!(containers(&service).len(), 1, "never above the limit");
+    assert_eq!(
+        augur
+            .metric("augur_container_evictions_total{dependency=\"slow\"}")
+            .await,
+        1.0
+    );
+    // Now slow takes the room back and is busy for 3 s: a call for fast
+    // cannot displace a container with a call in flight, waits its
+    // start_timeout (2 s) and gets a 503 that says why.
+    let url = augur.dep_url(0, "/x");
+    let busy = tokio::spawn(async move { get(&url).await.status });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = get(&augur.dep_url(1, "/x")).await;
+    assert_eq!(got.status, 503);
+    assert!(got.text().contains("at capacity"), "{}", got.text());
+    assert_eq!(busy.await.unwrap(), 200);
+    assert!(containers(&service).len() <= 1);
+    let debug: serde_json::Value =
+        serde_json::from_slice(&augur.admin_get("/debug/containers").await.body).unwrap();
+    assert_eq!(debug["capacity"]["max_containers"], 1, "{debug}");
+    remove(&containers(&service));
+}
+
+/// Forwards a Unix socket to the Docker engine's, so a test can take "the
+/// daemon" away and bring it back without touching the real one.
+struct DockerRelay {
+    path: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DockerRelay {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "augur-docker-{}-{}.sock",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        Self { path, task: None }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn up(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut engine).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for DockerRelay {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_down_fails_container_calls_clearly_and_augur_recovers_when_it_returns() {
+    require_image();
+    let mut relay = DockerRelay::new();
+    let ports = Ports::new(2);
+    let service = format!("svc-{}", ports.ingress);
+    let upstream = echo_server().await;
+    let host = relay.host();
+    let mut augur = Augur::start_with_env(
+        &ports,
+        upstream,
+        &[container_dep("fast", FAST), Dep::new("users", upstream)],
+        "",
+        &[("DOCKER_HOST", &host)],
+    )
+    .await;
+    // No daemon: a clear 503, quickly; the static dependency still works.
+    let began = Instant::now();
+    let got = get(&augur.dep_url(0, "/x")).await;
+    assert_eq!(got.status, 503);
+    assert!(
+        got.text().contains("docker connect") || got.text().contains("retrying"),
+        "{}",
+        got.text()
+    );
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert_eq!(get(&augur.dep_url(1, "/y")).await.status, 200);
+    // The daemon comes back: within the back-off, calls succeed again.
+    relay.up();
+    eventually(Duration::from_secs(20), "container calls succeed", || {
+        let url = augur.dep_url(0, "/x");
+        async move { (get(&url).await.status == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(containers(&service).len(), 1);
+    // augur stops it through the relay on shutdown.
+    augur.signal("TERM");
+    let status = tokio::task::block_in_place(|| augur.wait(Duration::from_secs(10)));
+    assert!(status.is_some_and(|s| s.success()));
+    assert!(containers(&service).is_empty(), "{}", augur.log_text());
 }

@@ -296,6 +296,17 @@ pub fn augur_command() -> Command {
 impl Augur {
     /// Starts augur and waits (at most 10 s) until `/readyz` says ready.
     pub async fn start(ports: &Ports, service: SocketAddr, deps: &[Dep], extra: &str) -> Augur {
+        Self::start_with_env(ports, service, deps, extra, &[]).await
+    }
+
+    /// As [`Augur::start`], with more environment variables.
+    pub async fn start_with_env(
+        ports: &Ports,
+        service: SocketAddr,
+        deps: &[Dep],
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Augur {
         let path = write_config(&config_text(ports, service, deps, extra));
         let log = path.with_extension("log");
         let child = augur_command()
@@ -303,6 +314,7 @@ impl Augur {
             .arg(&path)
             .env("RUST_LOG", "warn")
             .env("ORT_DYLIB_PATH", ort_dylib())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
