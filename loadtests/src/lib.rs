@@ -3,9 +3,11 @@
 //! nginx, haproxy, the demo services) on 127.0.0.1 and measures them.
 //!
 //! Start with `main.rs` for the commands; `demo.rs` is the end-to-end demo,
-//! `bench.rs` the pass-through benchmark, `load.rs` the load generator.
+//! `bench.rs` the pass-through benchmark, `containers_bench.rs` the
+//! container-policy benchmark, `load.rs` the load generator.
 
 pub mod bench;
+pub mod containers_bench;
 pub mod demo;
 pub mod hotel;
 pub mod hotel_demo;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use augur_loadtests::{bench, demo, server};
+use augur_loadtests::{bench, containers_bench, demo, server};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -75,6 +75,45 @@ enum Command {
         /// Measure only direct and augur.
         #[arg(long)]
         skip_peers: bool,
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The container benchmark: a bursty workload over scale-to-zero
+    /// container dependencies under four policies (scale to zero, fixed
+    /// keep-alive, adaptive keep-alive, prestart). Prints a Markdown table.
+    BenchContainers {
+        #[arg(long)]
+        augur: Option<PathBuf>,
+        /// Bursts measured per policy.
+        #[arg(long, default_value_t = 10)]
+        bursts: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup_bursts: usize,
+        #[arg(long, default_value_t = 6)]
+        burst_size: usize,
+        #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
+        spacing: Duration,
+        /// Shortest idle gap between bursts.
+        #[arg(long, default_value = "8s", value_parser = humantime_duration)]
+        gap_min: Duration,
+        /// Longest idle gap between bursts.
+        #[arg(long, default_value = "14s", value_parser = humantime_duration)]
+        gap_max: Duration,
+        #[arg(long, default_value = "1500ms", value_parser = humantime_duration)]
+        catalog: Duration,
+        /// The containers' application start-up.
+        #[arg(long, default_value = "800ms", value_parser = humantime_duration)]
+        startup: Duration,
+        #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+        fixed_keep_alive: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+        prestart_keep_alive: Duration,
+        /// Only the policies whose names start with these (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -214,6 +253,44 @@ fn main() -> anyhow::Result<()> {
                     rates,
                     body_bytes,
                     skip_peers,
+                })
+                .await?;
+                println!("{table}");
+                if let Some(path) = out {
+                    std::fs::write(&path, &table)
+                        .with_context(|| format!("write {}", path.display()))?;
+                }
+                Ok(())
+            }
+            Command::BenchContainers {
+                augur,
+                bursts,
+                warmup_bursts,
+                burst_size,
+                spacing,
+                gap_min,
+                gap_max,
+                catalog,
+                startup,
+                fixed_keep_alive,
+                prestart_keep_alive,
+                only,
+                seed,
+                out,
+            } => {
+                let table = containers_bench::run(containers_bench::Options {
+                    augur,
+                    bursts,
+                    warmup_bursts,
+                    burst_size,
+                    spacing,
+                    gap: (gap_min, gap_max),
+                    catalog,
+                    startup,
+                    fixed_keep_alive,
+                    prestart_keep_alive,
+                    only,
+                    seed,
                 })
                 .await?;
                 println!("{table}");

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::context::{Json, TraceKey};
+use crate::resources::pool::ContainerPool;
 use crate::speculation::{Info, Key, Speculations, Stored};
 use crate::state::Shared;
 use crate::traceparent::{TraceParent, fresh_id64};
@@ -32,11 +33,20 @@ const PRESTART_HORIZON_US: u64 = 30_000_000;
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// Where and how a dependency may be speculated on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Dependency {
-    pub addr: SocketAddr,
+    pub at: Upstream,
     pub timeout: Duration,
     pub speculate: bool,
+}
+
+/// Where a speculative request goes.
+#[derive(Clone)]
+pub enum Upstream {
+    Static(SocketAddr),
+    /// A ready instance of the pool, if there is one: a speculation never
+    /// waits for a cold start (the prestart covers that).
+    Containers(Arc<ContainerPool>),
 }
 
 #[derive(Debug, Clone)]
@@ -127,26 +137,29 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
         if p.probability < prefetch.settings.confidence {
             continue;
         }
-        // A container dependency with nothing running gets one started now,
-        // whatever the method: starting it sends the call nothing.
-        if let Some(pool) = shared
-            .pools
-            .iter()
-            .find(|pool| pool.dependency() == p.dependency)
-        {
+        let Some(dep) = prefetch.dependencies.get(&p.dependency) else {
+            continue;
+        };
+        // A container dependency with nothing running gets one started in
+        // time for the call, whatever the method: starting it sends the
+        // call nothing.
+        if let Upstream::Containers(pool) = &dep.at {
             let due = p.expected_start_us.saturating_sub(elapsed);
             pool.prestart_for(p.probability, Duration::from_micros(due));
-            continue;
         }
         if !methods.contains(&p.method) || p.expected_start_us > elapsed.saturating_add(horizon) {
             continue;
         }
-        let Some(dep) = prefetch.dependencies.get(&p.dependency) else {
-            continue;
-        };
         if !dep.speculate || !prefetch.table.governor.allows(&live.route, &p.dependency) {
             continue;
         }
+        let addr = match &dep.at {
+            Upstream::Static(addr) => *addr,
+            Upstream::Containers(pool) => match pool.try_acquire() {
+                Some(addr) => addr,
+                None => continue,
+            },
+        };
         let key = Key::new(
             &shared.hasher,
             trace,
@@ -173,6 +186,9 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .table
             .begin(&key, info.clone(), patience.min(dep.timeout))
         {
+            if let Upstream::Containers(pool) = &dep.at {
+                pool.release_speculative(addr);
+            }
             continue;
         }
         shared
@@ -211,7 +227,16 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
                 flags,
             }
         };
-        tokio::spawn(send(shared.clone(), key, p, dep.clone(), tp, info, span));
+        tokio::spawn(send(
+            shared.clone(),
+            key,
+            p,
+            dep.clone(),
+            addr,
+            tp,
+            info,
+            span,
+        ));
     }
 }
 
@@ -252,13 +277,17 @@ async fn send(
     key: Key,
     p: Prediction,
     dep: Dependency,
+    addr: SocketAddr,
     tp: TraceParent,
     info: Arc<Info>,
     mut span: crate::telemetry::MaybeSpan,
 ) {
     let dependency = p.dependency.clone();
     let result =
-        tokio::time::timeout(dep.timeout, fetch(&shared.prefetch.client, &p, &dep, tp)).await;
+        tokio::time::timeout(dep.timeout, fetch(&shared.prefetch.client, &p, addr, tp)).await;
+    if let Upstream::Containers(pool) = &dep.at {
+        pool.release_speculative(addr);
+    }
     let stored = match result {
         Ok(Ok(Some(stored))) => Some(stored),
         Ok(Ok(None)) => None,
@@ -291,10 +320,10 @@ async fn send(
 async fn fetch(
     client: &Client<HttpConnector, Full<Bytes>>,
     p: &Prediction,
-    dep: &Dependency,
+    addr: SocketAddr,
     tp: TraceParent,
 ) -> anyhow::Result<Option<Stored>> {
-    let uri = format!("http://{}{}", dep.addr, path_and_query(p));
+    let uri = format!("http://{addr}{}", path_and_query(p));
     let mut req = http::Request::builder().method(p.method.as_str()).uri(uri);
     for (name, value) in &p.headers {
         req = req.header(name.as_str(), value.as_str());

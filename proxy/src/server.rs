@@ -72,15 +72,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 speculated.insert(
                     dep.name.clone(),
                     prefetch::Dependency {
-                        addr: target.addr,
+                        at: prefetch::Upstream::Static(target.addr),
                         timeout: target.timeout,
                         speculate: dep.speculate,
                     },
                 );
                 (target, None)
             }
-            // Speculation needs a fixed address: container dependencies are
-            // proxied and started on demand, not speculated yet.
+            // Speculative requests go to a ready instance, if there is one.
             DependencyTarget::Container(c) => {
                 let target = Target::dynamic(
                     "dependency",
@@ -128,6 +127,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let pool =
                     ContainerPool::new(spec, limits, docker.clone(), capacity.clone(), counters);
+                speculated.insert(
+                    dep.name.clone(),
+                    prefetch::Dependency {
+                        at: prefetch::Upstream::Containers(pool.clone()),
+                        timeout: dep.timeout,
+                        speculate: dep.speculate,
+                    },
+                );
                 pools.push(pool.clone());
                 (target, Some(pool))
             }

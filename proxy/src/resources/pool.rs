@@ -379,6 +379,20 @@ impl ContainerPool {
         }
     }
 
+    /// A ready instance for a speculative request, without starting one;
+    /// give it back with [`ContainerPool::release_speculative`].
+    pub fn try_acquire(self: &Arc<Self>) -> Option<SocketAddr> {
+        let mut state = self.state.lock();
+        if state.stopping {
+            return None;
+        }
+        // A speculation is not a call: it neither ends an idle gap nor
+        // makes a prestart "used".
+        let instance = state.ready.iter_mut().min_by_key(|i| i.inflight)?;
+        instance.inflight += 1;
+        Some(instance.addr)
+    }
+
     /// The ready instance with the fewest calls in flight, scaling up when
     /// even that one is busy.
     fn lease(self: &Arc<Self>, state: &mut State) -> Option<Lease> {
@@ -536,6 +550,14 @@ impl ContainerPool {
         }
         if state.ready.iter().all(|i| i.inflight == 0) {
             state.idle_since = Some(now);
+        }
+    }
+
+    /// Gives back what [`ContainerPool::try_acquire`] lent.
+    pub fn release_speculative(&self, addr: SocketAddr) {
+        let mut state = self.state.lock();
+        if let Some(i) = state.ready.iter_mut().find(|i| i.addr == addr) {
+            i.inflight = i.inflight.saturating_sub(1);
         }
     }
 

@@ -533,3 +533,40 @@ async fn docker_down_fails_container_calls_clearly_and_augur_recovers_when_it_re
     assert!(status.is_some_and(|s| s.success()));
     assert!(containers(&service).is_empty(), "{}", augur.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_container_dependency_is_speculated_on() {
+    require_image();
+    let ports = Ports::new(1);
+    let service_name = format!("svc-{}", ports.ingress);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let service = calling_service(local(ports.deps[0]), Duration::from_millis(150), calls).await;
+    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"60s\"";
+    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    for i in 0..8 {
+        assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.text(), "ok");
+    }
+    // The call comes 150 ms after the request: augur sends it first, to
+    // the running container, and answers the real call from it.
+    assert_eq!(get(&augur.url("/r/100")).await.text(), "ok");
+    let hits = augur
+        .metric("augur_dependency_calls_total{dependency=\"fast\",outcome=\"hit\"}")
+        .await;
+    assert!(
+        hits >= 1.0,
+        "{}",
+        augur.admin_get("/debug/speculations?limit=5").await.text()
+    );
+    assert!(
+        augur
+            .metric("augur_upstream_requests_total{dependency=\"fast\",kind=\"speculative\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        containers(&service_name).len(),
+        1,
+        "speculation starts nothing extra"
+    );
+    remove(&containers(&service_name));
+}

@@ -1,0 +1,362 @@
+//! The container benchmark: a bursty workload over scale-to-zero
+//! dependencies that augur runs as containers, under four policies —
+//! scale to zero with no prestart, a fixed keep-alive, the adaptive
+//! keep-alive, and prediction-driven prestart. For each: the share of
+//! dependency calls that waited for a cold start, inbound p50/p99, and the
+//! container-seconds used.
+//!
+//! The application: `GET /order/{id}` calls `catalog` (a static
+//! dependency, slow: a search), then `pricing` and `tax`, which run as
+//! containers of `augur-demo:latest` that take `--startup` to start
+//! listening (an application's start-up) on top of Docker's own start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::procs::{self, free_port, local};
+use crate::server::{self, respond};
+
+const IMAGE: &str = "augur-demo:latest";
+const CONTAINER_DEPS: [&str; 2] = ["pricing", "tax"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub augur: Option<PathBuf>,
+    /// Bursts measured per policy (after the warm-up bursts).
+    pub bursts: usize,
+    pub warmup_bursts: usize,
+    /// Requests per burst, `spacing` apart.
+    pub burst_size: usize,
+    pub spacing: Duration,
+    /// Idle gaps between bursts: uniform in this range.
+    pub gap: (Duration, Duration),
+    /// How long `catalog` takes.
+    pub catalog: Duration,
+    /// How long the containers' application takes to start listening.
+    pub startup: Duration,
+    /// The fixed keep-alive compared.
+    pub fixed_keep_alive: Duration,
+    /// The keep-alive of the prestart policy.
+    pub prestart_keep_alive: Duration,
+    /// Only these policies (all when empty).
+    pub only: Vec<String>,
+    pub seed: u64,
+}
+
+/// One policy: its name and the container settings it implies.
+struct Policy {
+    name: &'static str,
+    keep_alive: String,
+    prestart: bool,
+}
+
+#[derive(Debug)]
+struct Row {
+    policy: &'static str,
+    calls: f64,
+    cold_waits: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    container_seconds: f64,
+    starts: String,
+    measured: Duration,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<String> {
+    let docker_ok = std::process::Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !docker_ok {
+        bail!("the Docker image {IMAGE} is missing: run scripts/images first");
+    }
+    let augur = procs::augur_binary(opts.augur.clone())?;
+    let policies = [
+        Policy {
+            name: "scale to zero, no prestart",
+            keep_alive: "0s".into(),
+            prestart: false,
+        },
+        Policy {
+            name: "fixed keep-alive",
+            keep_alive: format!("{}ms", opts.fixed_keep_alive.as_millis()),
+            prestart: false,
+        },
+        Policy {
+            name: "adaptive keep-alive",
+            keep_alive: "adaptive".into(),
+            prestart: false,
+        },
+        Policy {
+            name: "prestart",
+            keep_alive: format!("{}ms", opts.prestart_keep_alive.as_millis()),
+            prestart: true,
+        },
+    ];
+    let catalog = serve_catalog(opts.catalog).await?;
+    let mut rows = Vec::new();
+    for policy in &policies {
+        if !opts.only.is_empty()
+            && !opts
+                .only
+                .iter()
+                .any(|o| policy.name.starts_with(o.as_str()))
+        {
+            continue;
+        }
+        eprintln!("containers bench: {} …", policy.name);
+        rows.push(measure(&augur, policy, catalog, &opts).await?);
+    }
+    Ok(table(&rows, &opts))
+}
+
+async fn serve_catalog(latency: Duration) -> anyhow::Result<SocketAddr> {
+    server::serve(local(0), move |_req: Request<Incoming>| async move {
+        tokio::time::sleep(latency).await;
+        respond(200, "application/json", "{\"items\":[1,2,3]}")
+    })
+    .await
+    .map_err(Into::into)
+}
+
+/// The frontend: catalog, then pricing, then tax, each through augur.
+async fn serve_frontend(egress: [SocketAddr; 3]) -> anyhow::Result<SocketAddr> {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    server::serve(local(0), move |req: Request<Incoming>| {
+        let client = client.clone();
+        async move {
+            let id = req.uri().path().trim_start_matches("/order/").to_string();
+            for (addr, path) in egress.iter().zip(["items", "price", "tax"]) {
+                let mut out = Request::get(format!("http://{addr}/{path}/{id}"));
+                if let Some(tp) = req.headers().get("traceparent") {
+                    out = out.header("traceparent", tp);
+                }
+                let Ok(out) = out.body(Empty::new()) else {
+                    return respond(500, "text/plain", "bad request\n");
+                };
+                match client.request(out).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                    }
+                    Ok(resp) => {
+                        return respond(502, "text/plain", format!("{path}: {}\n", resp.status()));
+                    }
+                    Err(e) => return respond(502, "text/plain", format!("{path}: {e}\n")),
+                }
+            }
+            respond(200, "text/plain", "ordered\n")
+        }
+    })
+    .await
+    .map_err(Into::into)
+}
+
+async fn measure(
+    binary: &std::path::Path,
+    policy: &Policy,
+    catalog: SocketAddr,
+    opts: &Options,
+) -> anyhow::Result<Row> {
+    let dir = procs::scratch("containers-bench")?;
+    let ingress = free_port()?;
+    let admin = local(free_port()?);
+    let egress = [
+        local(free_port()?),
+        local(free_port()?),
+        local(free_port()?),
+    ];
+    let frontend = serve_frontend(egress).await?;
+    let service = format!("bench-{ingress}");
+    let mut config = format!(
+        "[service]\nname = \"{service}\"\nlisten = \"127.0.0.1:{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[dependency]]\nname = \"catalog\"\nlisten = \"{}\"\nupstream = \"{catalog}\"\n",
+        egress[0]
+    );
+    for (name, listen) in CONTAINER_DEPS.iter().zip(&egress[1..]) {
+        config.push_str(&format!(
+            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\n[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--body-bytes\", \"64\", \"--latency\", \"5ms\", \"--startup\", \"{}ms\"]\nport = 8080\nkeep_alive = \"{}\"\nprestart = {}\n",
+            opts.startup.as_millis(),
+            policy.keep_alive,
+            policy.prestart
+        ));
+    }
+    let slug: String = policy
+        .name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let proc = procs::start_augur(binary, &dir, &slug, &config, admin, None)?;
+    let addr = local(ingress);
+    let mut rng = fastrand::Rng::with_seed(opts.seed);
+    // Warm-up: the model learns the route, the adaptive policy its gaps.
+    for _ in 0..opts.warmup_bursts {
+        burst(addr, opts).await;
+        gap(&mut rng, opts).await;
+    }
+    let before = scrape(admin)?;
+    let began = Instant::now();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let mut errors = 0;
+    for i in 0..opts.bursts {
+        for result in burst(addr, opts).await {
+            match result {
+                Ok(d) => latency.record(d.as_micros() as u64)?,
+                Err(_) => errors += 1,
+            }
+        }
+        if i + 1 < opts.bursts {
+            gap(&mut rng, opts).await;
+        }
+    }
+    let measured = began.elapsed();
+    let after = scrape(admin)?;
+    drop(proc);
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    let mut calls = 0.0;
+    let mut cold_waits = 0.0;
+    let mut container_seconds = 0.0;
+    let mut starts = Vec::new();
+    for dep in CONTAINER_DEPS {
+        for outcome in ["miss", "hit", "coalesced", "bypass"] {
+            calls += delta(&format!(
+                "augur_dependency_calls_total{{dependency=\"{dep}\",outcome=\"{outcome}\"}}"
+            ));
+        }
+        container_seconds += delta(&format!(
+            "augur_container_seconds_total{{dependency=\"{dep}\"}}"
+        ));
+    }
+    cold_waits += delta("augur_cold_start_wait_seconds_count");
+    for reason in ["cold", "prestart", "prewarm", "scale"] {
+        let n: f64 = CONTAINER_DEPS
+            .iter()
+            .map(|dep| {
+                delta(&format!(
+                    "augur_container_starts_total{{dependency=\"{dep}\",reason=\"{reason}\"}}"
+                ))
+            })
+            .sum();
+        if n > 0.0 {
+            starts.push(format!("{n} {reason}"));
+        }
+    }
+    let q = |p: f64| latency.value_at_quantile(p) as f64 / 1000.0;
+    Ok(Row {
+        policy: policy.name,
+        calls,
+        cold_waits,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        errors,
+        container_seconds,
+        starts: if starts.is_empty() {
+            "none".into()
+        } else {
+            starts.join(", ")
+        },
+        measured,
+    })
+}
+
+/// One burst: `burst_size` requests `spacing` apart; their latencies.
+async fn burst(addr: SocketAddr, opts: &Options) -> Vec<anyhow::Result<Duration>> {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut tasks = Vec::new();
+    for i in 0..opts.burst_size {
+        if i > 0 {
+            tokio::time::sleep(opts.spacing).await;
+        }
+        let client = client.clone();
+        let id = fastrand::u32(1..1_000_000);
+        tasks.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let req = Request::get(format!("http://{addr}/order/{id}")).body(Empty::new())?;
+            let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+                .await
+                .context("no answer within 60 s")??;
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            if !status.is_success() {
+                bail!("status {status}");
+            }
+            Ok(began.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(e.into())));
+    }
+    out
+}
+
+async fn gap(rng: &mut fastrand::Rng, opts: &Options) {
+    let (lo, hi) = (opts.gap.0.as_millis() as u64, opts.gap.1.as_millis() as u64);
+    let ms = if hi > lo { rng.u64(lo..=hi) } else { lo };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = procs::http_get(admin, "/metrics")?;
+    if status != 200 {
+        bail!("augur /metrics answered {status}");
+    }
+    Ok(body)
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn table(rows: &[Row], opts: &Options) -> String {
+    let mut out = format!(
+        "Bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per policy; catalog {} ms, container app start-up {} ms; fixed keep-alive {} s, prestart keep-alive {} s.\n\n",
+        opts.burst_size,
+        opts.spacing.as_millis(),
+        opts.gap.0.as_secs_f64(),
+        opts.gap.1.as_secs_f64(),
+        opts.warmup_bursts,
+        opts.bursts,
+        opts.catalog.as_millis(),
+        opts.startup.as_millis(),
+        opts.fixed_keep_alive.as_secs_f64(),
+        opts.prestart_keep_alive.as_secs_f64(),
+    );
+    out.push_str("| policy | container calls | waited for a cold start | inbound p50 | inbound p99 | errors | container-seconds | starts | measured |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
+    for r in rows {
+        let share = if r.calls > 0.0 {
+            100.0 * r.cold_waits / r.calls
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} ({share:.1}%) | {:.0} ms | {:.0} ms | {} | {:.1} | {} | {:.0} s |\n",
+            r.policy,
+            r.calls,
+            r.cold_waits,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.container_seconds,
+            r.starts,
+            r.measured.as_secs_f64()
+        ));
+    }
+    out
+}
