@@ -227,16 +227,15 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
                 flags,
             }
         };
-        tokio::spawn(send(
-            shared.clone(),
-            key,
-            p,
-            dep.clone(),
+        let to = Destination {
             addr,
-            tp,
-            info,
-            span,
-        ));
+            timeout: dep.timeout,
+            pool: match &dep.at {
+                Upstream::Containers(pool) => Some(pool.clone()),
+                Upstream::Static(_) => None,
+            },
+        };
+        tokio::spawn(send(shared.clone(), key, p, to, tp, info, span));
     }
 }
 
@@ -272,21 +271,28 @@ fn virtual_call(stored: &Stored) -> Call {
     }
 }
 
+/// Where one speculative request goes.
+struct Destination {
+    addr: SocketAddr,
+    timeout: Duration,
+    /// The pool that lent `addr`, to give it back.
+    pool: Option<Arc<ContainerPool>>,
+}
+
 async fn send(
     shared: Arc<Shared>,
     key: Key,
     p: Prediction,
-    dep: Dependency,
-    addr: SocketAddr,
+    to: Destination,
     tp: TraceParent,
     info: Arc<Info>,
     mut span: crate::telemetry::MaybeSpan,
 ) {
     let dependency = p.dependency.clone();
     let result =
-        tokio::time::timeout(dep.timeout, fetch(&shared.prefetch.client, &p, addr, tp)).await;
-    if let Upstream::Containers(pool) = &dep.at {
-        pool.release_speculative(addr);
+        tokio::time::timeout(to.timeout, fetch(&shared.prefetch.client, &p, to.addr, tp)).await;
+    if let Some(pool) = &to.pool {
+        pool.release_speculative(to.addr);
     }
     let stored = match result {
         Ok(Ok(Some(stored))) => Some(stored),
