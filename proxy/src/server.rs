@@ -433,9 +433,7 @@ impl BackgroundService for Keeper {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                for pool in &pools {
-                    pool.poll_stats().await;
-                }
+                futures_util::future::join_all(pools.iter().map(|p| p.poll_stats())).await;
             }
         });
         loop {

@@ -1,6 +1,7 @@
 //! Fixture-driven tests: every file under `tests/fixtures/valid` loads, and
 //! every file under `tests/fixtures/invalid` fails with exactly the lines of
-//! its `.expected` file; the examples in `examples/` stay valid.
+//! its `.expected` file; the examples in `examples/` and the compose
+//! demo's configuration stay valid.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -24,6 +25,7 @@ fn valid_fixtures_and_examples_load() {
     for path in files("tests/fixtures/valid", "toml")
         .into_iter()
         .chain(files("examples", "toml"))
+        .chain(files("../compose", "toml"))
     {
         if let Err(e) = augur_config::load(&path) {
             panic!("{} should be valid:\n{e}", path.display());

@@ -81,17 +81,18 @@ pub enum Reason {
     Prewarm,
     /// Every instance was busy.
     Scale,
+    /// Fewer than `min_instances` were running.
+    Minimum,
 }
 
 impl Reason {
-    pub const LABELS: [&'static str; 4] = ["cold", "prestart", "prewarm", "scale"];
-
     fn label(self) -> &'static str {
         match self {
             Reason::Cold => "cold",
             Reason::Prestart(_) => "prestart",
             Reason::Prewarm => "prewarm",
             Reason::Scale => "scale",
+            Reason::Minimum => "min",
         }
     }
 }
@@ -467,7 +468,7 @@ impl ContainerPool {
         let priority = match reason {
             Reason::Cold => capacity::CALL,
             Reason::Prestart(value) => value,
-            Reason::Prewarm | Reason::Scale => self.limits.criticality,
+            Reason::Prewarm | Reason::Scale | Reason::Minimum => self.limits.criticality,
         };
         let memory = self.limits.memory.unwrap_or(0);
         let deadline = Instant::now() + self.limits.start_timeout;
@@ -633,6 +634,12 @@ impl ContainerPool {
                 }
                 out.push(instance);
             }
+            // Keep min_instances running (one start at a time).
+            let running = state.ready.len() + state.scaling + usize::from(state.starting.is_some());
+            let backing_off = state.retry.as_ref().is_some_and(|(at, _)| now < *at);
+            if running < self.limits.min_instances && state.starting.is_none() && !backing_off {
+                self.begin(&mut state, Reason::Minimum);
+            }
             // Pre-warm once per idle period, just before the window opens.
             if let (Some(since), Some(idle)) = (state.idle_since, idle_for) {
                 let due = !windows.prewarm.is_zero()
@@ -701,7 +708,8 @@ impl ContainerPool {
         true
     }
 
-    /// Reads Docker stats for every running instance.
+    /// Reads Docker stats for every running instance, all at once (each
+    /// takes about a second: Docker samples twice).
     pub async fn poll_stats(&self) {
         let ids: Vec<String> = self
             .state
@@ -710,8 +718,12 @@ impl ContainerPool {
             .iter()
             .map(|i| i.id.clone())
             .collect();
-        for id in ids {
-            match self.backend.stats(&id).await {
+        let reads = ids.into_iter().map(|id| async move {
+            let usage = self.backend.stats(&id).await;
+            (id, usage)
+        });
+        for (id, usage) in futures_util::future::join_all(reads).await {
+            match usage {
                 Ok(usage) => {
                     let mut state = self.state.lock();
                     if let Some(i) = state.ready.iter_mut().find(|i| i.id == id) {
@@ -1026,6 +1038,46 @@ mod tests {
         let lease = p.acquire().await.unwrap();
         assert!(lease.cold_wait.is_none());
         p.release(lease.addr);
+    }
+
+    #[tokio::test]
+    async fn min_instances_are_started_and_kept() {
+        let backend = Arc::new(Fake::default());
+        let capacity = Capacity::new(4, None);
+        let template = pool(
+            "t",
+            1.0,
+            KeepAlive::Fixed(Duration::ZERO),
+            &backend,
+            &capacity,
+        );
+        let mut limits = template.limits.clone();
+        limits.min_instances = 2;
+        let p = ContainerPool::new(
+            template.spec.clone(),
+            limits,
+            backend.clone(),
+            capacity.clone(),
+            metrics(),
+        );
+        for _ in 0..4 {
+            p.maintain().await;
+            settle(&p).await;
+        }
+        assert_eq!(p.snapshot().ready, 2);
+        assert_eq!(p.metrics.starts.with_label_values(&["t", "min"]).get(), 2);
+        assert!(
+            p.idle_value().is_none(),
+            "never displaced below the minimum"
+        );
+        let lease = p.acquire().await.unwrap();
+        p.release(lease.addr);
+        p.maintain().await;
+        assert_eq!(
+            p.snapshot().ready,
+            2,
+            "a zero keep-alive stops none of them"
+        );
     }
 
     #[tokio::test]
