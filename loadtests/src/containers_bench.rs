@@ -45,8 +45,8 @@ pub struct Options {
     pub catalog: Duration,
     /// How long the containers' application takes to start listening.
     pub startup: Duration,
-    /// The fixed keep-alive compared.
-    pub fixed_keep_alive: Duration,
+    /// The fixed keep-alives compared.
+    pub fixed_keep_alive: Vec<Duration>,
     /// The keep-alive of the prestart policy.
     pub prestart_keep_alive: Duration,
     /// Only these policies (all when empty).
@@ -56,14 +56,14 @@ pub struct Options {
 
 /// One policy: its name and the container settings it implies.
 struct Policy {
-    name: &'static str,
+    name: String,
     keep_alive: String,
     prestart: bool,
 }
 
 #[derive(Debug)]
 struct Row {
-    policy: &'static str,
+    policy: String,
     calls: f64,
     cold_waits: f64,
     p50_ms: f64,
@@ -83,28 +83,31 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         bail!("the Docker image {IMAGE} is missing: run scripts/images first");
     }
     let augur = procs::augur_binary(opts.augur.clone())?;
-    let policies = [
-        Policy {
-            name: "scale to zero, no prestart",
-            keep_alive: "0s".into(),
+    let mut policies = vec![Policy {
+        name: "scale to zero, no prestart".into(),
+        keep_alive: "0s".into(),
+        prestart: false,
+    }];
+    for fixed in &opts.fixed_keep_alive {
+        policies.push(Policy {
+            name: format!("fixed keep-alive {} s", fixed.as_secs_f64()),
+            keep_alive: format!("{}ms", fixed.as_millis()),
             prestart: false,
-        },
-        Policy {
-            name: "fixed keep-alive",
-            keep_alive: format!("{}ms", opts.fixed_keep_alive.as_millis()),
-            prestart: false,
-        },
-        Policy {
-            name: "adaptive keep-alive",
-            keep_alive: "adaptive".into(),
-            prestart: false,
-        },
-        Policy {
-            name: "prestart",
-            keep_alive: format!("{}ms", opts.prestart_keep_alive.as_millis()),
-            prestart: true,
-        },
-    ];
+        });
+    }
+    policies.push(Policy {
+        name: "adaptive keep-alive".into(),
+        keep_alive: "adaptive".into(),
+        prestart: false,
+    });
+    policies.push(Policy {
+        name: format!(
+            "prestart (keep-alive {} s)",
+            opts.prestart_keep_alive.as_secs_f64()
+        ),
+        keep_alive: format!("{}ms", opts.prestart_keep_alive.as_millis()),
+        prestart: true,
+    });
     let catalog = serve_catalog(opts.catalog).await?;
     let mut rows = Vec::new();
     for policy in &policies {
@@ -254,7 +257,7 @@ async fn measure(
     }
     let q = |p: f64| latency.value_at_quantile(p) as f64 / 1000.0;
     Ok(Row {
-        policy: policy.name,
+        policy: policy.name.clone(),
         calls,
         cold_waits,
         p50_ms: q(0.5),
@@ -325,7 +328,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 fn table(rows: &[Row], opts: &Options) -> String {
     let mut out = format!(
-        "Bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per policy; catalog {} ms, container app start-up {} ms; fixed keep-alive {} s, prestart keep-alive {} s.\n\n",
+        "Bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per policy; catalog {} ms, container app start-up {} ms.\n\n",
         opts.burst_size,
         opts.spacing.as_millis(),
         opts.gap.0.as_secs_f64(),
@@ -334,8 +337,6 @@ fn table(rows: &[Row], opts: &Options) -> String {
         opts.bursts,
         opts.catalog.as_millis(),
         opts.startup.as_millis(),
-        opts.fixed_keep_alive.as_secs_f64(),
-        opts.prestart_keep_alive.as_secs_f64(),
     );
     out.push_str("| policy | container calls | waited for a cold start | inbound p50 | inbound p99 | errors | container-seconds | starts | measured |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|\n");

@@ -105,8 +105,9 @@ enum Command {
         /// The containers' application start-up.
         #[arg(long, default_value = "800ms", value_parser = humantime_duration)]
         startup: Duration,
-        #[arg(long, default_value = "5s", value_parser = humantime_duration)]
-        fixed_keep_alive: Duration,
+        /// Fixed keep-alives to compare, comma separated.
+        #[arg(long, default_value = "5s,15s", value_parser = humantime_duration, value_delimiter = ',')]
+        fixed_keep_alive: Vec<Duration>,
         #[arg(long, default_value = "2s", value_parser = humantime_duration)]
         prestart_keep_alive: Duration,
         /// Only the policies whose names start with these (comma separated).

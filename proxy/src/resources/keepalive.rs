@@ -11,6 +11,14 @@
 //! * **keep-alive**: the gap's high percentile (99th) plus a margin. After it
 //!   the next call is unlikely soon, so everything stops.
 //!
+//! One refinement for a sidecar's bursty traffic: gaps shorter than a
+//! container start (1.5 × the measured start time) cannot be bridged by
+//! stopping and starting again, so they do not set the pre-warm window
+//! (the 5th percentile is taken over the longer gaps); instead they set a
+//! **hold**, their 99th percentile plus the margin, for which an idle
+//! instance is kept before it stops. Within a burst the instance stays; after
+//! the burst it stops, and comes back before the next one.
+//!
 //! Until enough gaps are seen, or when most gaps fall beyond the histogram,
 //! the configured fallback keep-alive applies.
 
@@ -31,9 +39,12 @@ const HIGH_PERCENTILE: f64 = 0.99;
 /// The margins of the paper: pre-warm 10% early, keep alive 10% longer.
 const MARGIN: f64 = 0.1;
 
-/// The windows for one idle period, both from its start.
+/// The windows for one idle period, all from its start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Windows {
+    /// With a pre-warm window: how long to keep an idle instance before
+    /// stopping it (the short gaps).
+    pub hold: Duration,
     /// When to have an instance ready again (zero: keep it from the start).
     pub prewarm: Duration,
     /// When to stop everything, if no call came.
@@ -96,27 +107,35 @@ impl IdleGaps {
         if self.total < MIN_SAMPLES || self.beyond * 2 > self.total {
             return None;
         }
-        let in_range = self.total - self.beyond;
-        let low = self.percentile_bucket(LOW_PERCENTILE, in_range)?;
-        let high = self.percentile_bucket(HIGH_PERCENTILE, in_range)?;
-        let prewarm = lower(low) * (1.0 - MARGIN);
-        let keep_alive = upper(high) * (1.0 + MARGIN);
-        let prewarm = if prewarm > start.as_secs_f64() * 1.5 {
-            prewarm
-        } else {
-            0.0
-        };
+        let all = 0..BUCKETS;
+        let keep_alive = upper(self.percentile(HIGH_PERCENTILE, all)?) * (1.0 + MARGIN);
+        // Gaps a stop and a start cannot bridge.
+        let bridge = start.as_secs_f64() * 1.5;
+        let split = (0..BUCKETS).take_while(|&b| upper(b) <= bridge).count();
+        let prewarm = self
+            .percentile(LOW_PERCENTILE, split..BUCKETS)
+            .map_or(0.0, |b| lower(b) * (1.0 - MARGIN));
+        let prewarm = if prewarm > bridge { prewarm } else { 0.0 };
+        let hold = self
+            .percentile(HIGH_PERCENTILE, 0..split)
+            .map_or(0.0, |b| upper(b) * (1.0 + MARGIN));
         Some(Windows {
+            hold: Duration::from_secs_f64(hold.min(prewarm)),
             prewarm: Duration::from_secs_f64(prewarm),
             keep_alive: Duration::from_secs_f64(keep_alive.max(prewarm)),
         })
     }
 
-    fn percentile_bucket(&self, p: f64, of: u32) -> Option<usize> {
+    /// The bucket holding the `p` percentile of the gaps in `buckets`.
+    fn percentile(&self, p: f64, buckets: std::ops::Range<usize>) -> Option<usize> {
+        let of: u32 = self.counts[buckets.clone()].iter().sum();
+        if of == 0 {
+            return None;
+        }
         let rank = ((p * f64::from(of)).ceil() as u32).max(1);
         let mut seen = 0;
-        for (b, &c) in self.counts.iter().enumerate() {
-            seen += c;
+        for b in buckets {
+            seen += self.counts[b];
             if seen >= rank {
                 return Some(b);
             }
@@ -188,6 +207,30 @@ mod tests {
         // The 5th percentile still lies in the 5–7 s gaps.
         let w = g.windows(START).unwrap();
         assert!(w.prewarm > secs(3.0), "{w:?}");
+    }
+
+    #[test]
+    fn bursts_hold_through_short_gaps_stop_after_and_prewarm_before_the_next_burst() {
+        let mut g = IdleGaps::default();
+        for burst in 0..20 {
+            for _ in 0..5 {
+                g.record(secs(0.2));
+            }
+            g.record(secs(8.0 + f64::from(burst % 7)));
+        }
+        let w = g.windows(START).unwrap();
+        assert!(
+            w.hold >= secs(0.2) && w.hold < secs(0.3),
+            "hold through the short gaps: {w:?}"
+        );
+        assert!(
+            w.prewarm > secs(6.0) && w.prewarm < secs(8.0),
+            "ready before the shortest long gap: {w:?}"
+        );
+        assert!(
+            w.keep_alive > secs(14.0) && w.keep_alive < secs(20.0),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub struct Snapshot {
     pub starting: usize,
     pub inflight: usize,
     pub keep_alive: String,
+    pub hold_seconds: Option<f64>,
     pub prewarm_seconds: Option<f64>,
     pub keep_alive_seconds: f64,
     pub idle_gaps_seen: u32,
@@ -584,11 +585,13 @@ impl ContainerPool {
     fn windows(&self, state: &State) -> Windows {
         match self.limits.keep_alive {
             KeepAlive::Fixed(keep_alive) => Windows {
+                hold: Duration::ZERO,
                 prewarm: Duration::ZERO,
                 keep_alive,
             },
             KeepAlive::Adaptive { fallback } => {
                 state.gaps.windows(state.start_time).unwrap_or(Windows {
+                    hold: Duration::ZERO,
                     prewarm: Duration::ZERO,
                     keep_alive: fallback,
                 })
@@ -623,7 +626,8 @@ impl ContainerPool {
                     // A pre-warmed instance belongs to the idle period.
                     let idle = idle_for.unwrap_or(idle);
                     let before_prewarm = !windows.prewarm.is_zero()
-                        && idle_for.is_some_and(|f| f + lead < windows.prewarm);
+                        && idle_for
+                            .is_some_and(|f| f >= windows.hold && f + lead < windows.prewarm);
                     before_prewarm || idle >= windows.keep_alive
                 }) else {
                     break;
@@ -760,6 +764,7 @@ impl ContainerPool {
                 KeepAlive::Fixed(_) => "fixed".into(),
                 KeepAlive::Adaptive { .. } => "adaptive".into(),
             },
+            hold_seconds: (!windows.prewarm.is_zero()).then_some(windows.hold.as_secs_f64()),
             prewarm_seconds: (!windows.prewarm.is_zero()).then_some(windows.prewarm.as_secs_f64()),
             keep_alive_seconds: windows.keep_alive.as_secs_f64(),
             idle_gaps_seen: state.gaps.samples(),
