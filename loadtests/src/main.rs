@@ -168,6 +168,15 @@ enum Role {
     },
 }
 
+/// Prints a result table, and writes it to `out` when given.
+fn emit(table: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    println!("{table}");
+    if let Some(path) = out {
+        std::fs::write(path, table).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs until SIGTERM or SIGINT: a server in a container is PID 1, which
 /// the kernel does not stop for an unhandled SIGTERM.
 async fn until_stopped() -> anyhow::Result<()> {
@@ -256,12 +265,7 @@ fn main() -> anyhow::Result<()> {
                     skip_peers,
                 })
                 .await?;
-                println!("{table}");
-                if let Some(path) = out {
-                    std::fs::write(&path, &table)
-                        .with_context(|| format!("write {}", path.display()))?;
-                }
-                Ok(())
+                emit(&table, out.as_deref())
             }
             Command::BenchContainers {
                 augur,
@@ -294,12 +298,7 @@ fn main() -> anyhow::Result<()> {
                     seed,
                 })
                 .await?;
-                println!("{table}");
-                if let Some(path) = out {
-                    std::fs::write(&path, &table)
-                        .with_context(|| format!("write {}", path.display()))?;
-                }
-                Ok(())
+                emit(&table, out.as_deref())
             }
             Command::ServeFast {
                 listen,

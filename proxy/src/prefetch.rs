@@ -187,7 +187,7 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .begin(&key, info.clone(), patience.min(dep.timeout))
         {
             if let Upstream::Containers(pool) = &dep.at {
-                pool.release_speculative(addr);
+                pool.release(addr);
             }
             continue;
         }
@@ -292,7 +292,7 @@ async fn send(
     let result =
         tokio::time::timeout(to.timeout, fetch(&shared.prefetch.client, &p, to.addr, tp)).await;
     if let Some(pool) = &to.pool {
-        pool.release_speculative(to.addr);
+        pool.release(to.addr);
     }
     let stored = match result {
         Ok(Ok(Some(stored))) => Some(stored),

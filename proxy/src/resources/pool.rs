@@ -382,17 +382,19 @@ impl ContainerPool {
     }
 
     /// A ready instance for a speculative request, without starting one;
-    /// give it back with [`ContainerPool::release_speculative`].
+    /// give it back with [`ContainerPool::release`].
     pub fn try_acquire(self: &Arc<Self>) -> Option<SocketAddr> {
         let mut state = self.state.lock();
-        if state.stopping {
+        if state.stopping || state.ready.is_empty() {
             return None;
         }
-        // A speculation is not a call: it neither ends an idle gap nor
-        // makes a prestart "used".
-        let instance = state.ready.iter_mut().min_by_key(|i| i.inflight)?;
-        instance.inflight += 1;
-        Some(instance.addr)
+        // To the containers a speculative request is a request like any
+        // other: it ends an idle gap, and the call it stands for is served
+        // from it rather than from the instance.
+        if let Some(since) = state.idle_since.take() {
+            state.gaps.record(since.elapsed());
+        }
+        self.lease(&mut state).map(|lease| lease.addr)
     }
 
     /// The ready instance with the fewest calls in flight, scaling up when
@@ -552,14 +554,6 @@ impl ContainerPool {
         }
         if state.ready.iter().all(|i| i.inflight == 0) {
             state.idle_since = Some(now);
-        }
-    }
-
-    /// Gives back what [`ContainerPool::try_acquire`] lent.
-    pub fn release_speculative(&self, addr: SocketAddr) {
-        let mut state = self.state.lock();
-        if let Some(i) = state.ready.iter_mut().find(|i| i.addr == addr) {
-            i.inflight = i.inflight.saturating_sub(1);
         }
     }
 

@@ -208,24 +208,9 @@ async fn a_predicted_call_finds_its_container_started_ahead() {
     require_image();
     let ports = Ports::new(1);
     let service_name = format!("svc-{}", ports.ingress);
-    let egress = local(ports.deps[0]);
     // The service works 1.5 s before it calls its container dependency.
-    let service = serve(
-        move |req: hyper::Request<hyper::body::Incoming>| async move {
-            let id = req.uri().path().trim_start_matches("/r/").to_string();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let call = hyper::Request::get(format!("http://{egress}/x/{id}"))
-                .header("traceparent", req.headers()["traceparent"].clone())
-                .body(Body::default())
-                .unwrap();
-            let resp = client().request(call).await.unwrap();
-            hyper::Response::builder()
-                .status(resp.status())
-                .body(Body::from("ok"))
-                .unwrap()
-        },
-    )
-    .await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let service = calling_service(local(ports.deps[0]), Duration::from_millis(1500), calls).await;
     let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"3s\"";
     let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
     for i in 0..4 {
