@@ -72,6 +72,8 @@ struct Row {
     container_seconds: f64,
     starts: String,
     measured: Duration,
+    /// The keep-alive windows augur ended with, per dependency.
+    windows: String,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
@@ -225,6 +227,10 @@ async fn measure(
     }
     let measured = began.elapsed();
     let after = scrape(admin)?;
+    let windows = match procs::http_get(admin, "/debug/containers") {
+        Ok((200, body)) => describe_windows(&body),
+        _ => String::new(),
+    };
     drop(proc);
     let delta = |series: &str| metric(&after, series) - metric(&before, series);
     let mut calls = 0.0;
@@ -270,7 +276,37 @@ async fn measure(
             starts.join(", ")
         },
         measured,
+        windows,
     })
+}
+
+/// "pricing: hold 0.41 s, pre-warm 7.15 s, keep-alive 18.1 s; …" from
+/// `/debug/containers`.
+fn describe_windows(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Some(deps) = v["dependencies"].as_array() else {
+        return String::new();
+    };
+    deps.iter()
+        .map(|d| {
+            let secs = |k: &str| {
+                d[k].as_f64()
+                    .map_or("—".to_string(), |s| format!("{s:.2} s"))
+            };
+            format!(
+                "{}: hold {}, pre-warm {}, keep-alive {} ({} gaps seen, start {})",
+                d["dependency"].as_str().unwrap_or("?"),
+                secs("hold_seconds"),
+                secs("prewarm_seconds"),
+                secs("keep_alive_seconds"),
+                d["idle_gaps_seen"],
+                secs("start_seconds"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One burst: `burst_size` requests `spacing` apart; their latencies.
@@ -358,6 +394,10 @@ fn table(rows: &[Row], opts: &Options) -> String {
             r.starts,
             r.measured.as_secs_f64()
         ));
+    }
+    out.push_str("\nKeep-alive windows at the end of each run:\n\n");
+    for r in rows {
+        out.push_str(&format!("* {}: {}\n", r.policy, r.windows));
     }
     out
 }
