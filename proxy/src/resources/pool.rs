@@ -837,6 +837,8 @@ mod tests {
     struct Fake {
         running: Mutex<HashMap<String, tokio::net::TcpListener>>,
         next: AtomicUsize,
+        /// What stats report, in thousandths of a core.
+        cpu: AtomicUsize,
     }
 
     #[async_trait]
@@ -857,8 +859,8 @@ mod tests {
         }
         async fn stats(&self, _id: &str) -> Result<Usage, ResourceError> {
             Ok(Usage {
-                cpu_cores: 0.0,
-                memory_bytes: 0,
+                cpu_cores: self.cpu.load(Ordering::SeqCst) as f64 / 1000.0,
+                memory_bytes: 32 << 20,
             })
         }
     }
@@ -1037,6 +1039,43 @@ mod tests {
         let lease = p.acquire().await.unwrap();
         assert!(lease.cold_wait.is_none());
         p.release(lease.addr);
+    }
+
+    #[tokio::test]
+    async fn an_instance_near_its_cpu_limit_counts_as_busy() {
+        let backend = Arc::new(Fake::default());
+        backend.cpu.store(950, Ordering::SeqCst); // 0.95 cores
+        let capacity = Capacity::new(4, None);
+        let template = pool("t", 1.0, FIXED, &backend, &capacity);
+        let mut limits = template.limits.clone();
+        limits.cpus = Some(1.0);
+        let p = ContainerPool::new(
+            template.spec.clone(),
+            limits,
+            backend.clone(),
+            capacity.clone(),
+            metrics(),
+        );
+        let a = p.acquire().await.unwrap();
+        p.poll_stats().await;
+        assert_eq!(p.usage().0, 0.95);
+        // Two in flight is far below target_inflight (8), but the instance
+        // uses 95% of its CPU limit: another starts.
+        let b = p.acquire().await.unwrap();
+        for _ in 0..100 {
+            if p.snapshot().ready == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(p.snapshot().ready, 2);
+        assert_eq!(p.metrics.starts.with_label_values(&["t", "scale"]).get(), 1);
+        // The next call goes to the new, idle instance.
+        let c = p.acquire().await.unwrap();
+        assert_ne!(c.addr, a.addr);
+        for lease in [a, b, c] {
+            p.release(lease.addr);
+        }
     }
 
     #[tokio::test]

@@ -160,6 +160,47 @@ async fn a_container_that_dies_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_dies_mid_request_is_replaced_and_only_idempotent_calls_are_retried() {
+    let slow = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"2s\"]\nport = 8080";
+    let (augur, service) = start(&[container_dep("slow", slow)]).await;
+    assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
+    let first = containers(&service);
+    assert_eq!(first.len(), 1);
+    // A GET in flight when its container dies: safe to send again, so it
+    // goes to a replacement and succeeds.
+    let url = augur.dep_url(0, "/x");
+    let inflight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    remove(&first);
+    let got = inflight.await.unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    let second = containers(&service);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    // A POST in flight when its container dies may have had its effect: it
+    // is not sent again; the caller gets a gateway error, not a hang.
+    let url = augur.dep_url(0, "/order");
+    let inflight = tokio::spawn(async move {
+        send(
+            hyper::Request::post(url)
+                .body(Body::from("{\"n\":1}"))
+                .unwrap(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    remove(&second);
+    let got = inflight.await.unwrap();
+    assert_eq!(got.status, 502, "{}", got.text());
+    // The next call gets a new container.
+    assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
+    let third = containers(&service);
+    assert_eq!(third.len(), 1);
+    assert_ne!(third, second);
+    remove(&third);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn augur_leaves_no_orphans_and_removes_earlier_leftovers() {
     require_image();
     let ports = Ports::new(1);
