@@ -596,3 +596,93 @@ async fn a_running_container_dependency_is_speculated_on() {
     );
     remove(&containers(&service_name));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_capacity_prestarts_rank_by_probability_times_criticality() {
+    require_image();
+    let ports = Ports::new(2);
+    let service_name = format!("svc-{}", ports.ingress);
+    let (critical, minor) = (local(ports.deps[0]), local(ports.deps[1]));
+    // `/a/{id}` calls critical, `/b/{id}` calls minor, each after 1.5 s.
+    let service = serve(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            let path = req.uri().path().to_string();
+            let egress = if path.starts_with("/a/") {
+                critical
+            } else {
+                minor
+            };
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let call = hyper::Request::get(format!("http://{egress}/x{}", &path[2..]))
+                .header("traceparent", req.headers()["traceparent"].clone())
+                .body(Body::default())
+                .unwrap();
+            let resp = client().request(call).await.unwrap();
+            hyper::Response::builder()
+                .status(resp.status())
+                .body(Body::from("ok"))
+                .unwrap()
+        },
+    )
+    .await;
+    let dep = |criticality: &str| -> &'static str {
+        Box::leak(
+            format!("[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"60s\"\ncriticality = {criticality}")
+                .into_boxed_str(),
+        )
+    };
+    let augur = Augur::start(
+        &ports,
+        service,
+        &[
+            container_dep("critical", dep("1.0")),
+            container_dep("minor", dep("0.1")),
+        ],
+        "[containers]\nmax_containers = 1\n",
+    )
+    .await;
+    let count = |series: String| {
+        let augur = &augur;
+        async move { augur.metric(&series).await }
+    };
+    for i in 0..4 {
+        assert_eq!(get(&augur.url(&format!("/a/{i}"))).await.status, 200);
+    }
+    for i in 0..4 {
+        assert_eq!(get(&augur.url(&format!("/b/{i}"))).await.status, 200);
+    }
+    // A real call for minor displaced idle critical.
+    assert_eq!(
+        count("augur_container_evictions_total{dependency=\"critical\"}".into()).await,
+        1.0
+    );
+    assert_eq!(containers(&service_name).len(), 1);
+    // An /a request: critical is predicted (worth about 1.0 × 1.0); idle
+    // minor is worth 0.5 × 0.1: the prestart displaces it.
+    assert_eq!(get(&augur.url("/a/9")).await.status, 200);
+    assert_eq!(
+        count("augur_container_starts_total{dependency=\"critical\",reason=\"prestart\"}".into())
+            .await,
+        1.0
+    );
+    assert_eq!(
+        count("augur_container_evictions_total{dependency=\"minor\"}".into()).await,
+        1.0
+    );
+    // A /b request: minor is predicted, worth at most 0.1; idle critical is
+    // worth 0.5: the prestart is denied. The real call then outranks it.
+    assert_eq!(get(&augur.url("/b/9")).await.status, 200);
+    assert_eq!(
+        count(
+            "augur_container_starts_denied_total{dependency=\"minor\",reason=\"prestart\"}".into()
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        count("augur_container_evictions_total{dependency=\"critical\"}".into()).await,
+        2.0
+    );
+    assert_eq!(containers(&service_name).len(), 1, "never above the limit");
+    remove(&containers(&service_name));
+}
