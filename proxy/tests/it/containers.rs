@@ -246,14 +246,8 @@ async fn augur_leaves_no_orphans_and_removes_earlier_leftovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_predicted_call_finds_its_container_started_ahead() {
-    require_image();
-    let ports = Ports::new(1);
-    let service_name = format!("svc-{}", ports.ingress);
     // The service works 1.5 s before it calls its container dependency.
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let service = calling_service(local(ports.deps[0]), Duration::from_millis(1500), calls).await;
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"3s\"";
-    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    let (augur, service_name, _) = start_calling(Duration::from_millis(1500), "3s").await;
     for i in 0..4 {
         assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.status, 200);
     }
@@ -314,6 +308,27 @@ async fn calling_service(
     .await
 }
 
+/// augur in front of a [`calling_service`] that works `work` before its
+/// call, with one container dependency `fast` kept `keep_alive`; returns
+/// augur, the service name its containers are labelled with, and the switch
+/// that makes the service call.
+async fn start_calling(
+    work: Duration,
+    keep_alive: &str,
+) -> (Augur, String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    require_image();
+    let ports = Ports::new(1);
+    let service_name = format!("svc-{}", ports.ingress);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let service = calling_service(local(ports.deps[0]), work, calls.clone()).await;
+    let dep = format!(
+        "[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"{keep_alive}\""
+    );
+    let dep: &'static str = Box::leak(dep.into_boxed_str());
+    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    (augur, service_name, calls)
+}
+
 async fn until_no_containers(service: &str) {
     eventually(Duration::from_secs(15), "no container runs", || {
         let s = service.to_string();
@@ -324,18 +339,7 @@ async fn until_no_containers(service: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unused_prestart_is_reclaimed_and_counted_as_waste() {
-    require_image();
-    let ports = Ports::new(1);
-    let service_name = format!("svc-{}", ports.ingress);
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let service = calling_service(
-        local(ports.deps[0]),
-        Duration::from_millis(100),
-        calls.clone(),
-    )
-    .await;
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"1s\"";
-    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    let (augur, service_name, calls) = start_calling(Duration::from_millis(100), "1s").await;
     for i in 0..4 {
         assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.status, 200);
     }
@@ -562,13 +566,7 @@ async fn docker_down_fails_container_calls_clearly_and_augur_recovers_when_it_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_container_dependency_is_speculated_on() {
-    require_image();
-    let ports = Ports::new(1);
-    let service_name = format!("svc-{}", ports.ingress);
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let service = calling_service(local(ports.deps[0]), Duration::from_millis(150), calls).await;
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"60s\"";
-    let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
+    let (augur, service_name, _) = start_calling(Duration::from_millis(150), "60s").await;
     for i in 0..8 {
         assert_eq!(get(&augur.url(&format!("/r/{i}"))).await.text(), "ok");
     }
