@@ -7,7 +7,7 @@
 //! open contexts by age (abandoned ones are expired by a background sweep),
 //! and calls per context.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::recent::Recent;
 
 /// A trace id, the key of a context.
 pub type TraceKey = u128;
@@ -162,7 +164,7 @@ pub struct Limits {
 pub struct ContextTable {
     shards: Box<[Mutex<HashMap<TraceKey, OpenContext>>]>,
     open: AtomicUsize,
-    history: Mutex<VecDeque<Arc<ClosedContext>>>,
+    history: Recent<Arc<ClosedContext>>,
     limits: Limits,
 }
 
@@ -171,7 +173,7 @@ impl ContextTable {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             open: AtomicUsize::new(0),
-            history: Mutex::new(VecDeque::with_capacity(limits.history.min(4096))),
+            history: Recent::new(limits.history),
             limits,
         }
     }
@@ -334,13 +336,7 @@ impl ContextTable {
             calls: ctx.calls,
             calls_dropped: ctx.calls_dropped,
         });
-        if self.limits.history > 0 {
-            let mut history = self.history.lock();
-            if history.len() >= self.limits.history {
-                history.pop_front();
-            }
-            history.push_back(closed.clone());
-        }
+        self.history.push(closed.clone());
         Closed {
             trace: key,
             context: closed,
@@ -369,13 +365,7 @@ impl ContextTable {
 
     /// The last `limit` closed contexts, newest first.
     pub fn recent(&self, limit: usize) -> Vec<Arc<ClosedContext>> {
-        self.history
-            .lock()
-            .iter()
-            .rev()
-            .take(limit)
-            .cloned()
-            .collect()
+        self.history.newest(limit)
     }
 
     pub fn open_count(&self) -> usize {

@@ -19,6 +19,7 @@ pub mod learning;
 pub mod metrics;
 pub mod offline;
 pub mod prefetch;
+pub mod recent;
 pub mod request;
 pub mod resources;
 pub mod server;

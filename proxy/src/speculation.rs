@@ -24,6 +24,7 @@ use quick_cache::Weighter;
 use tokio::sync::watch;
 
 use crate::context::TraceKey;
+use crate::recent::Recent;
 
 /// A request as the table knows it.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -193,7 +194,7 @@ const HISTORY: usize = 256;
 
 pub struct Speculations {
     pub governor: crate::governor::Governor,
-    history: Mutex<std::collections::VecDeque<Finished>>,
+    history: Recent<Finished>,
     entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
     /// The inbound span of each open trace, for linking speculative spans.
     spans: Mutex<HashMap<TraceKey, u64>>,
@@ -206,7 +207,7 @@ impl Speculations {
     pub fn new(capacity_bytes: u64, max_inflight: usize, max_waste_ratio: f64) -> Self {
         Self {
             governor: crate::governor::Governor::new(max_waste_ratio),
-            history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
+            history: Recent::new(HISTORY),
             entries: Mutex::new(HashMap::new()),
             spans: Mutex::new(HashMap::new()),
             responses: quick_cache::sync::Cache::with_weighter(
@@ -300,11 +301,7 @@ impl Speculations {
     fn finished(&self, info: Option<Arc<Info>>, outcome: Outcome) {
         let Some(info) = info else { return };
         self.governor.record(&info.route, &info.dependency, outcome);
-        let mut history = self.history.lock();
-        if history.len() >= HISTORY {
-            history.pop_front();
-        }
-        history.push_back(Finished {
+        self.history.push(Finished {
             after_us: u64::try_from(info.sent.elapsed().as_micros()).unwrap_or(u64::MAX),
             outcome: outcome.as_str(),
             info: (*info).clone(),
@@ -313,13 +310,7 @@ impl Speculations {
 
     /// The last finished speculations, newest first.
     pub fn recent(&self, limit: usize) -> Vec<Finished> {
-        self.history
-            .lock()
-            .iter()
-            .rev()
-            .take(limit)
-            .cloned()
-            .collect()
+        self.history.newest(limit)
     }
 
     /// What a real call of `key` finds. A found response is taken: it is
