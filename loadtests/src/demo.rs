@@ -139,7 +139,7 @@ pub async fn serve_frontend(
 
 /// One outbound call that carries the inbound `traceparent` and
 /// `authorization`, as an instrumented service would.
-async fn call(
+pub(crate) async fn call(
     client: &Client<HttpConnector, Empty<Bytes>>,
     inbound: &Request<Incoming>,
     url: &str,
@@ -285,7 +285,7 @@ upstream = "{posts}"
         .iter()
         .flat_map(|d| ["miss", "hit", "coalesced"].map(move |o| (d, o)))
         .map(|(d, o)| {
-            metric(
+            procs::metric(
                 &metrics,
                 &format!("augur_dependency_calls_total{{dependency=\"{d}\",outcome=\"{o}\"}}"),
             )
@@ -301,13 +301,6 @@ upstream = "{posts}"
         "\ndemo ok: every response was right, and every dependency call was tied to its request."
     );
     Ok(())
-}
-
-/// The value of one series in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn step(text: &str) {

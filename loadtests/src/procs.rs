@@ -174,6 +174,13 @@ pub fn start_augur(
     Ok(proc)
 }
 
+/// The value of one series in Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A blocking GET that reports whether the answer was 200.
 pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
     http_get(addr, path).is_ok_and(|(status, _)| status == 200)
