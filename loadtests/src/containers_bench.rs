@@ -345,7 +345,13 @@ fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
 /// its labels) in Prometheus text.
 fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
-        .filter_map(|l| l.strip_prefix(prefix)?.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            l.strip_prefix(prefix)?
+                .rsplit(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .sum()
 }
 

@@ -251,27 +251,22 @@ impl Metrics {
         self.speculation_traces.set(table.traces() as i64);
         for pool in &shared.pools {
             let dep = pool.dependency();
-            let snap = pool.snapshot();
-            let idle = snap.instances.iter().filter(|i| i.inflight == 0).count();
-            for (state, n) in [
-                ("starting", snap.starting),
-                ("busy", snap.ready - idle),
-                ("idle", idle),
-            ] {
+            let g = pool.gauges();
+            for (state, n) in [("starting", g.starting), ("busy", g.busy), ("idle", g.idle)] {
                 self.containers
                     .with_label_values(&[dep, state])
                     .set(n as i64);
             }
             let seconds = self.container_seconds.with_label_values(&[dep]);
-            let total = pool.container_seconds();
-            if total > seconds.get() {
-                seconds.inc_by(total - seconds.get());
+            if g.container_seconds > seconds.get() {
+                seconds.inc_by(g.container_seconds - seconds.get());
             }
-            let (cpu, memory) = pool.usage();
-            self.container_cpu.with_label_values(&[dep]).set(cpu);
+            self.container_cpu
+                .with_label_values(&[dep])
+                .set(g.cpu_cores);
             self.container_memory
                 .with_label_values(&[dep])
-                .set(memory as f64);
+                .set(g.memory_bytes as f64);
         }
     }
 

@@ -153,13 +153,12 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
         if !dep.speculate || !prefetch.table.governor.allows(&live.route, &p.dependency) {
             continue;
         }
-        let addr = match &dep.at {
-            Upstream::Static(addr) => *addr,
-            Upstream::Containers(pool) => match pool.try_acquire() {
-                Some(addr) => addr,
-                None => continue,
-            },
-        };
+        // A speculation never waits for a container: none ready, none sent.
+        if let Upstream::Containers(pool) = &dep.at {
+            if !pool.has_ready() {
+                continue;
+            }
+        }
         let key = Key::new(
             &shared.hasher,
             trace,
@@ -186,11 +185,20 @@ pub fn run(shared: &Arc<Shared>, trace: TraceKey, flags: u8) {
             .table
             .begin(&key, info.clone(), patience.min(dep.timeout))
         {
-            if let Upstream::Containers(pool) = &dep.at {
-                pool.release(addr);
-            }
             continue;
         }
+        // Only a speculation that is really sent takes an instance.
+        let addr = match &dep.at {
+            Upstream::Static(addr) => *addr,
+            Upstream::Containers(pool) => match pool.try_acquire() {
+                Some(addr) => addr,
+                None => {
+                    // The instance went between the check and now.
+                    prefetch.table.complete(&key, None, None);
+                    continue;
+                }
+            },
+        };
         shared
             .metrics
             .upstream_requests

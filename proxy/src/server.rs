@@ -113,8 +113,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                         Readiness::Http => pool::Probe::Http(c.readiness_path.clone()),
                         Readiness::Tcp => pool::Probe::Tcp,
                     },
-                    memory: c.memory,
-                    cpus: c.cpus,
                     criticality: c.criticality,
                     prestart: c.prestart,
                 };

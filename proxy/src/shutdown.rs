@@ -59,6 +59,9 @@ fn drain(shared: &Shared, timeout: Duration) {
         tracing::warn!("{left} requests still in flight at the shutdown deadline");
     }
     if !shared.pools.is_empty() {
+        for pool in &shared.pools {
+            pool.close();
+        }
         crate::server::stop_containers(&shared.service);
     }
     let remaining = timeout.saturating_sub(started.elapsed());

@@ -118,6 +118,12 @@ impl Capacity {
         }
     }
 
+    /// Tells the calls waiting for room to look again (an instance went
+    /// idle and may be displaced now).
+    pub fn wake(&self) {
+        self.freed.notify_waiters();
+    }
+
     pub fn release(&self, memory: u64) {
         {
             let mut used = self.used.lock();

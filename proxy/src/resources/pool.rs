@@ -61,10 +61,6 @@ pub struct Limits {
     /// Calls in flight per instance above which another one starts.
     pub target_inflight: usize,
     pub probe: Probe,
-    /// The container's memory limit, counted against the global limit.
-    pub memory: Option<u64>,
-    /// CPU limit in cores: an instance using nearly all of it is busy.
-    pub cpus: Option<f64>,
     pub criticality: f64,
     /// Whether predicted calls start instances ahead of need.
     pub prestart: bool,
@@ -120,6 +116,10 @@ struct Instance {
 
 type StartWatch = watch::Receiver<Option<Result<(), PoolError>>>;
 
+/// A start denied for want of room is not tried again (for anything but a
+/// call) before this.
+const DENIED_PAUSE: Duration = Duration::from_secs(1);
+
 struct State {
     ready: Vec<Instance>,
     /// A start calls may wait for.
@@ -141,8 +141,30 @@ struct State {
     stopped_seconds: f64,
     /// A prestart waiting for its moment.
     scheduled: Option<Instant>,
-    /// A start is waiting for room under the global limit.
+    /// A cold start is waiting for room under the global limit.
     awaiting_room: bool,
+    /// After a start was denied room: no speculative start before this.
+    denied_until: Option<Instant>,
+}
+
+impl State {
+    /// Instances ready or on their way.
+    fn running(&self) -> usize {
+        self.ready.len() + self.scaling + usize::from(self.starting.is_some())
+    }
+
+    /// Whether work other than a call should not start an instance now:
+    /// the last start failed or was denied room a moment ago.
+    fn holding_back(&self, now: Instant) -> bool {
+        self.retry.as_ref().is_some_and(|(at, _)| now < *at)
+            || self.denied_until.is_some_and(|at| now < at)
+    }
+}
+
+/// How long before a call a start must begin: starts vary, so half again
+/// the measured time.
+pub fn lead(start_time: Duration) -> Duration {
+    start_time.mul_f64(1.5)
 }
 
 /// Metrics a pool counts into (labelled `dependency` first, then
@@ -226,6 +248,7 @@ impl ContainerPool {
                 stopped_seconds: 0.0,
                 scheduled: None,
                 awaiting_room: false,
+                denied_until: None,
             }),
             metrics,
         });
@@ -237,32 +260,31 @@ impl ContainerPool {
         &self.spec.dependency
     }
 
-    pub fn criticality(&self) -> f64 {
-        self.limits.criticality
+    /// What one instance counts against the global memory limit.
+    fn memory(&self) -> u64 {
+        self.spec.memory.unwrap_or(0)
     }
 
-    /// How long starts take, smoothed: prestarts are timed by it.
-    pub fn start_time(&self) -> Duration {
-        self.state.lock().start_time
+    /// Whether a prestart would start an instance now.
+    fn may_prestart(&self, state: &State) -> bool {
+        self.limits.prestart
+            && !state.stopping
+            && state.ready.is_empty()
+            && state.starting.is_none()
+            && !state.holding_back(Instant::now())
     }
 
     /// Starts an instance ahead of a call predicted with `probability`,
     /// unless one is ready or starting. Returns whether it did.
     pub fn prestart(self: &Arc<Self>, probability: f64) -> bool {
-        let value = probability * self.limits.criticality;
         let mut state = self.state.lock();
-        if !self.limits.prestart
-            || state.stopping
-            || !state.ready.is_empty()
-            || state.starting.is_some()
-            || state
-                .retry
-                .as_ref()
-                .is_some_and(|(at, _)| Instant::now() < *at)
-        {
+        if !self.may_prestart(&state) {
             return false;
         }
-        self.begin(&mut state, Reason::Prestart(value));
+        self.begin(
+            &mut state,
+            Reason::Prestart(probability * self.limits.criticality),
+        );
         true
     }
 
@@ -270,19 +292,24 @@ impl ContainerPool {
     /// `probability` is due in `due`: now if starting takes about that
     /// long, later otherwise. One later prestart is kept, the earliest.
     pub fn prestart_for(self: &Arc<Self>, probability: f64, due: Duration) {
-        let lead = self.start_time().mul_f64(1.5) + Duration::from_millis(100);
+        let mut state = self.state.lock();
+        if !self.may_prestart(&state) {
+            return;
+        }
+        let lead = lead(state.start_time) + Duration::from_millis(100);
         let Some(wait) = due.checked_sub(lead).filter(|w| !w.is_zero()) else {
-            self.prestart(probability);
+            self.begin(
+                &mut state,
+                Reason::Prestart(probability * self.limits.criticality),
+            );
             return;
         };
         let at = Instant::now() + wait;
-        {
-            let mut state = self.state.lock();
-            if !self.limits.prestart || state.scheduled.is_some_and(|t| t <= at) {
-                return;
-            }
-            state.scheduled = Some(at);
+        if state.scheduled.is_some_and(|t| t <= at) {
+            return;
         }
+        state.scheduled = Some(at);
+        drop(state);
         let pool = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
@@ -303,10 +330,6 @@ impl ContainerPool {
     /// Starts an instance in the background; calls can wait for it unless
     /// it is a scale-up.
     fn begin(self: &Arc<Self>, state: &mut State, reason: Reason) -> Option<StartWatch> {
-        self.metrics
-            .starts
-            .with_label_values(&[&self.spec.dependency, reason.label()])
-            .inc();
         let (tx, rx) = watch::channel(None);
         if reason == Reason::Scale {
             state.scaling += 1;
@@ -324,6 +347,7 @@ impl ContainerPool {
         let deadline = began + self.limits.start_timeout;
         let mut waited = false;
         let mut arrived = false;
+        let mut ours = false;
         loop {
             let mut watch = {
                 let mut state = self.state.lock();
@@ -354,6 +378,7 @@ impl ContainerPool {
                                 ));
                             }
                         }
+                        ours = true;
                         match self.begin(&mut state, Reason::Cold) {
                             Some(w) => w,
                             None => continue,
@@ -365,11 +390,13 @@ impl ContainerPool {
             let outcome =
                 tokio::time::timeout_at(deadline.into(), watch.wait_for(Option::is_some)).await;
             match outcome {
-                Ok(Ok(result)) => {
-                    if let Some(Err(e)) = result.clone() {
-                        return Err(e);
-                    }
-                }
+                Ok(Ok(result)) => match result.clone() {
+                    // A prestart or pre-warm found no room at its priority:
+                    // a call's own start outranks what is idle, or waits.
+                    Some(Err(PoolError::Capacity(_))) if !ours => {}
+                    Some(Err(e)) => return Err(e),
+                    _ => {}
+                },
                 Ok(Err(_)) | Err(_) => {
                     // Say why: a start still waiting for room is not slow.
                     if self.state.lock().awaiting_room {
@@ -379,6 +406,11 @@ impl ContainerPool {
                 }
             }
         }
+    }
+
+    /// Whether an instance is ready (a speculation is sent only then).
+    pub fn has_ready(&self) -> bool {
+        !self.state.lock().ready.is_empty()
     }
 
     /// A ready instance for a speculative request, without starting one;
@@ -406,14 +438,17 @@ impl ContainerPool {
         instance.last_used = Instant::now();
         let addr = instance.addr;
         let busy = instance.inflight > self.limits.target_inflight
-            || self.limits.cpus.is_some_and(|cpus| {
+            || self.spec.cpus.is_some_and(|cpus| {
                 instance.inflight > 1
                     && instance
                         .usage
                         .is_some_and(|u| u.cpu_cores >= cpus * BUSY_CPU)
             });
-        let running = state.ready.len() + state.scaling + usize::from(state.starting.is_some());
-        if busy && state.scaling == 0 && running < self.limits.max_instances {
+        if busy
+            && state.scaling == 0
+            && state.running() < self.limits.max_instances
+            && !state.holding_back(Instant::now())
+        {
             self.begin(state, Reason::Scale);
         }
         Some(Lease {
@@ -444,8 +479,11 @@ impl ContainerPool {
                     state.retry = None;
                     state.backoff = BACKOFF.0;
                 }
-                // No room is not the engine's fault: no back-off.
-                Err(PoolError::Capacity(_)) => {}
+                // No room is not the engine's fault: no back-off, but no
+                // speculative start again for a moment (a call still may).
+                Err(PoolError::Capacity(_)) => {
+                    state.denied_until = Some(Instant::now() + DENIED_PAUSE);
+                }
                 Err(e) => {
                     state.retry = Some((Instant::now() + state.backoff, e.clone()));
                     state.backoff = (state.backoff * 2).min(BACKOFF.1);
@@ -473,12 +511,22 @@ impl ContainerPool {
             Reason::Prestart(value) => value,
             Reason::Prewarm | Reason::Scale | Reason::Minimum => self.limits.criticality,
         };
-        let memory = self.limits.memory.unwrap_or(0);
+        let memory = self.memory();
         let deadline = Instant::now() + self.limits.start_timeout;
-        self.state.lock().awaiting_room = true;
+        // Only a call's start waits for room; its callers are told why.
+        let cold = reason == Reason::Cold;
+        if cold {
+            self.state.lock().awaiting_room = true;
+        }
         let room = self.capacity.reserve(memory, priority, deadline).await;
-        self.state.lock().awaiting_room = false;
+        if cold {
+            self.state.lock().awaiting_room = false;
+        }
         room.map_err(PoolError::Capacity)?;
+        self.metrics
+            .starts
+            .with_label_values(&[&self.spec.dependency, reason.label()])
+            .inc();
         let now = Instant::now();
         let started = match self.backend.start(&self.spec).await {
             Ok(started) => started,
@@ -491,11 +539,7 @@ impl ContainerPool {
             self.stop_instance(&started.id, now).await;
             return Err(e);
         }
-        if self.state.lock().stopping {
-            self.stop_instance(&started.id, now).await;
-            return Err(PoolError::Stopping);
-        }
-        self.state.lock().ready.push(Instance {
+        let instance = Instance {
             id: started.id,
             addr: started.addr,
             inflight: 0,
@@ -506,8 +550,23 @@ impl ContainerPool {
                 _ => None,
             },
             usage: None,
-        });
-        Ok(())
+        };
+        let refused = {
+            let mut state = self.state.lock();
+            if state.stopping {
+                Some(instance)
+            } else {
+                state.ready.push(instance);
+                None
+            }
+        };
+        match refused {
+            Some(instance) => {
+                self.stop_instance(&instance.id, now).await;
+                Err(PoolError::Stopping)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Waits until the instance passes its readiness probe. For HTTP, a TCP
@@ -540,20 +599,29 @@ impl ContainerPool {
         if let Err(e) = self.backend.stop(id).await {
             tracing::warn!("{e}");
         }
-        self.capacity.release(self.limits.memory.unwrap_or(0));
+        self.capacity.release(self.memory());
         self.state.lock().stopped_seconds += started.elapsed().as_secs_f64();
     }
 
     /// Gives a lease back.
     pub fn release(&self, addr: SocketAddr) {
-        let mut state = self.state.lock();
-        let now = Instant::now();
-        if let Some(i) = state.ready.iter_mut().find(|i| i.addr == addr) {
-            i.inflight = i.inflight.saturating_sub(1);
-            i.last_used = now;
-        }
-        if state.ready.iter().all(|i| i.inflight == 0) {
-            state.idle_since = Some(now);
+        let went_idle = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            let mut went_idle = false;
+            if let Some(i) = state.ready.iter_mut().find(|i| i.addr == addr) {
+                i.inflight = i.inflight.saturating_sub(1);
+                i.last_used = now;
+                went_idle = i.inflight == 0;
+            }
+            if state.ready.iter().all(|i| i.inflight == 0) {
+                state.idle_since = Some(now);
+            }
+            went_idle
+        };
+        // A call waiting for room may displace this one now.
+        if went_idle {
+            self.capacity.wake();
         }
     }
 
@@ -606,7 +674,7 @@ impl ContainerPool {
             let now = Instant::now();
             let windows = self.windows(&state);
             let idle_for = state.idle_since.map(|since| now.duration_since(since));
-            let lead = state.start_time.mul_f64(1.5);
+            let lead = lead(state.start_time);
             let mut out = Vec::new();
             while state.ready.len() > self.limits.min_instances {
                 let Some(at) = state.ready.iter().position(|i| {
@@ -633,9 +701,10 @@ impl ContainerPool {
                 out.push(instance);
             }
             // Keep min_instances running (one start at a time).
-            let running = state.ready.len() + state.scaling + usize::from(state.starting.is_some());
-            let backing_off = state.retry.as_ref().is_some_and(|(at, _)| now < *at);
-            if running < self.limits.min_instances && state.starting.is_none() && !backing_off {
+            if state.running() < self.limits.min_instances
+                && state.starting.is_none()
+                && !state.holding_back(now)
+            {
                 self.begin(&mut state, Reason::Minimum);
             }
             // Pre-warm once per idle period, just before the window opens.
@@ -646,7 +715,7 @@ impl ContainerPool {
                     && state.prewarmed_for != Some(since)
                     && state.ready.is_empty()
                     && state.starting.is_none()
-                    && state.retry.is_none();
+                    && !state.holding_back(now);
                 if due {
                     state.prewarmed_for = Some(since);
                     self.begin(&mut state, Reason::Prewarm);
@@ -687,7 +756,8 @@ impl ContainerPool {
             let at = state
                 .ready
                 .iter()
-                .position(|i| i.id == id && i.inflight == 0);
+                .position(|i| i.id == id && i.inflight == 0)
+                .filter(|_| state.ready.len() > self.limits.min_instances);
             at.map(|at| state.ready.remove(at))
         };
         let Some(instance) = gone else {
@@ -733,16 +803,10 @@ impl ContainerPool {
         }
     }
 
-    /// Stops every instance (shutdown).
-    pub async fn shutdown(&self) {
-        let all: Vec<Instance> = {
-            let mut state = self.state.lock();
-            state.stopping = true;
-            std::mem::take(&mut state.ready)
-        };
-        for instance in all {
-            self.stop_instance(&instance.id, instance.started).await;
-        }
+    /// Starts nothing more (shutdown): a start under way stops what it
+    /// started; the containers themselves are removed by label.
+    pub fn close(&self) {
+        self.state.lock().stopping = true;
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -780,27 +844,42 @@ impl ContainerPool {
         }
     }
 
-    /// Seconds every container of this pool has run, stopped or running.
-    pub fn container_seconds(&self) -> f64 {
+    /// What the metrics show of the pool, read under one lock.
+    pub fn gauges(&self) -> Gauges {
         let state = self.state.lock();
+        let idle = state.ready.iter().filter(|i| i.inflight == 0).count();
         let running: f64 = state
             .ready
             .iter()
             .map(|i| i.started.elapsed().as_secs_f64())
             .sum();
-        state.stopped_seconds + running
-    }
-
-    /// CPU (cores) and memory (bytes) the running instances used at the
-    /// last Docker stats poll.
-    pub fn usage(&self) -> (f64, u64) {
-        let state = self.state.lock();
-        state
+        let (cpu_cores, memory_bytes) = state
             .ready
             .iter()
             .filter_map(|i| i.usage)
-            .fold((0.0, 0), |(c, m), u| (c + u.cpu_cores, m + u.memory_bytes))
+            .fold((0.0, 0), |(c, m), u| (c + u.cpu_cores, m + u.memory_bytes));
+        Gauges {
+            starting: state.scaling + usize::from(state.starting.is_some()),
+            busy: state.ready.len() - idle,
+            idle,
+            container_seconds: state.stopped_seconds + running,
+            cpu_cores,
+            memory_bytes,
+        }
     }
+}
+
+/// A pool's metrics (see [`ContainerPool::gauges`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub starting: usize,
+    pub busy: usize,
+    pub idle: usize,
+    /// Seconds every container has run, stopped or running.
+    pub container_seconds: f64,
+    /// At the last Docker stats poll.
+    pub cpu_cores: f64,
+    pub memory_bytes: u64,
 }
 
 fn short(id: &str) -> &str {
@@ -899,8 +978,6 @@ mod tests {
             prestart_grace: Duration::from_millis(200),
             target_inflight: 8,
             probe: Probe::Tcp,
-            memory: None,
-            cpus: None,
             criticality,
             prestart: true,
         };
@@ -1047,18 +1124,18 @@ mod tests {
         backend.cpu.store(950, Ordering::SeqCst); // 0.95 cores
         let capacity = Capacity::new(4, None);
         let template = pool("t", 1.0, FIXED, &backend, &capacity);
-        let mut limits = template.limits.clone();
-        limits.cpus = Some(1.0);
+        let mut spec = template.spec.clone();
+        spec.cpus = Some(1.0);
         let p = ContainerPool::new(
-            template.spec.clone(),
-            limits,
+            spec,
+            template.limits.clone(),
             backend.clone(),
             capacity.clone(),
             metrics(),
         );
         let a = p.acquire().await.unwrap();
         p.poll_stats().await;
-        assert_eq!(p.usage().0, 0.95);
+        assert_eq!(p.gauges().cpu_cores, 0.95);
         // Two in flight is far below target_inflight (8), but the instance
         // uses 95% of its CPU limit: another starts.
         let b = p.acquire().await.unwrap();
