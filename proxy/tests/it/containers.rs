@@ -123,15 +123,7 @@ async fn idle_containers_stop_after_their_keep_alive() {
     assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
     assert_eq!(containers(&service).len(), 1);
     let started = Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        "the idle container stopped",
-        || {
-            let service = service.clone();
-            async move { containers(&service).is_empty().then_some(()) }
-        },
-    )
-    .await;
+    until_no_containers(&service).await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "stopped before its keep-alive"
@@ -253,15 +245,7 @@ async fn a_predicted_call_finds_its_container_started_ahead() {
     }
     let cold_waits = augur.metric("augur_cold_start_wait_seconds_count").await;
     assert_eq!(cold_waits, 1.0, "only the first call waited");
-    eventually(
-        Duration::from_secs(10),
-        "the idle container stopped",
-        || {
-            let s = service_name.clone();
-            async move { containers(&s).is_empty().then_some(()) }
-        },
-    )
-    .await;
+    until_no_containers(&service_name).await;
     // The next request: augur starts the container when the request
     // arrives, so the call 1.5 s later finds it ready.
     assert_eq!(get(&augur.url("/r/9")).await.status, 200);
@@ -347,14 +331,15 @@ async fn an_unused_prestart_is_reclaimed_and_counted_as_waste() {
     // The service changes: it no longer calls. augur still predicts the
     // call, prestarts, and the container waits in vain.
     calls.store(false, std::sync::atomic::Ordering::SeqCst);
+    let seconds = "augur_container_seconds_total{dependency=\"fast\"}";
+    let before = augur.metric(seconds).await;
+    let prestarts = "augur_container_starts_total{dependency=\"fast\",reason=\"prestart\"}";
     assert_eq!(get(&augur.url("/r/9")).await.text(), "skipped");
     eventually(Duration::from_secs(10), "a prestart began", || async {
-        let n = augur
-            .metric("augur_container_starts_total{dependency=\"fast\",reason=\"prestart\"}")
-            .await;
-        (n == 1.0).then_some(())
+        (augur.metric(prestarts).await >= 1.0).then_some(())
     })
     .await;
+    assert_eq!(augur.metric(prestarts).await, 1.0);
     until_no_containers(&service_name).await;
     assert_eq!(
         augur
@@ -362,17 +347,17 @@ async fn an_unused_prestart_is_reclaimed_and_counted_as_waste() {
             .await,
         1.0
     );
+    // It ran at least its grace (horizon 200 ms + 2 s) before it was stopped.
+    let cost = augur.metric(seconds).await - before;
     assert!(
-        augur
-            .metric("augur_container_seconds_total{dependency=\"fast\"}")
-            .await
-            > 0.0
+        cost >= 2.2,
+        "the wasted prestart cost {cost} container-seconds"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"400ms\"]\nport = 8080\nmax_instances = 2\ntarget_inflight = 1\nkeep_alive = \"60s\"";
+    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"2s\"]\nport = 8080\nmax_instances = 2\ntarget_inflight = 1\nkeep_alive = \"60s\"";
     let (augur, service) = start(&[container_dep("slow", dep)]).await;
     let burst = |n: usize| {
         let url = augur.dep_url(0, "/x");
@@ -398,13 +383,14 @@ async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
     .await;
     burst(12).await;
     assert_eq!(containers(&service).len(), 2, "never above max_instances");
-    assert!(
+    assert_eq!(
         augur
             .metric("augur_container_starts_total{dependency=\"slow\",reason=\"scale\"}")
-            .await
-            >= 1.0
+            .await,
+        1.0,
+        "one scale-up, to max_instances"
     );
-    // Ten calls in flight over two ready instances: five each.
+    // Ten calls in flight (2 s each) over two ready instances: five each.
     let url = augur.dep_url(0, "/x");
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -412,15 +398,22 @@ async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
             tokio::spawn(async move { get(&url).await.status })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let debug: serde_json::Value =
-        serde_json::from_slice(&augur.admin_get("/debug/containers").await.body).unwrap();
-    let inflight: Vec<u64> = debug["dependencies"][0]["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["inflight"].as_u64().unwrap())
-        .collect();
+    let (debug, inflight) = eventually(
+        Duration::from_millis(1500),
+        "ten calls in flight",
+        || async {
+            let debug: serde_json::Value =
+                serde_json::from_slice(&augur.admin_get("/debug/containers").await.body).unwrap();
+            let inflight: Vec<u64> = debug["dependencies"][0]["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["inflight"].as_u64().unwrap())
+                .collect();
+            (inflight.iter().sum::<u64>() == 10).then_some((debug, inflight))
+        },
+    )
+    .await;
     for c in calls {
         assert_eq!(c.await.unwrap(), 200);
     }
@@ -433,7 +426,7 @@ async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_capacity_a_real_call_displaces_an_idle_container_or_gets_a_clear_503() {
     let slow = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"3s\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"";
-    let fast = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"\nstart_timeout = \"2s\"";
+    let fast = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"\nstart_timeout = \"1s\"";
     require_image();
     let ports = Ports::new(2);
     let service = format!("svc-{}", ports.ingress);
@@ -460,7 +453,7 @@ async fn at_capacity_a_real_call_displaces_an_idle_container_or_gets_a_clear_503
     );
     // Now slow takes the room back and is busy for 3 s: a call for fast
     // cannot displace a container with a call in flight, waits its
-    // start_timeout (2 s) and gets a 503 that says why.
+    // start_timeout (1 s) and gets a 503 that says why.
     let url = augur.dep_url(0, "/x");
     let busy = tokio::spawn(async move { get(&url).await.status });
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -420,10 +420,13 @@ impl Drop for Augur {
     /// containers it started; kills it if it lingers.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Quiet: a test may have stopped it already.
             let _ = Command::new("kill")
                 .args(["-s", "TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // augur removes the containers it runs before it exits.
+            let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
