@@ -32,22 +32,8 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         .map(|d| dependency(d, &mut claims))
         .collect();
     let routes: Vec<_> = root.tables("route").into_iter().map(route).collect();
-    if let Some(c) = &containers {
-        if c.max_memory.is_some() {
-            for d in dependencies.iter().flatten() {
-                if let Target::Container(ct) = &d.target {
-                    if ct.memory.is_none() {
-                        root.problem(
-                            "containers.max_memory",
-                            format!(
-                                "is set, so dependency {:?} needs container.memory (what it may use counts against the limit)",
-                                d.name
-                            ),
-                        );
-                    }
-                }
-            }
-        }
+    if let Some(max) = containers.as_ref().and_then(|c| c.max_memory) {
+        memory_fits(&root, max, dependencies.iter().flatten());
     }
     root.finish();
 
@@ -67,6 +53,33 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
 }
 
 const SERVICE: &str = "service";
+
+/// With `containers.max_memory`, every container dependency must say what
+/// it may use (its `memory` counts against the limit), and fit under it.
+fn memory_fits<'d>(root: &Section<'_>, max: u64, deps: impl Iterator<Item = &'d Dependency>) {
+    for d in deps {
+        let Target::Container(c) = &d.target else {
+            continue;
+        };
+        match c.memory {
+            None => root.problem(
+                "containers.max_memory",
+                format!(
+                    "is set, so dependency {:?} needs container.memory (what it may use counts against the limit)",
+                    d.name
+                ),
+            ),
+            Some(m) if m > max => root.problem(
+                "containers.max_memory",
+                format!(
+                    "{max} bytes is less than dependency {:?}'s container.memory ({m} bytes): it could never start",
+                    d.name
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
 
 fn name(s: &mut Section<'_>) -> Option<String> {
     let name = s.string("name");
@@ -402,17 +415,13 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     let port = s.required("port", port);
     let min = or_default!(s, "min_instances", count, 0, 1000; 0);
     let max = or_default!(s, "max_instances", count, 1, 1000; 4);
-    let keep_alive = if s.has("keep_alive") {
-        s.parsed("keep_alive", "duration (or \"adaptive\")", |raw| {
-            if raw == "adaptive" {
-                Some(KeepAlive::Adaptive)
-            } else {
-                humantime::parse_duration(raw).ok().map(KeepAlive::Fixed)
-            }
-        })
-    } else {
-        Some(KeepAlive::Fixed(60 * SECOND))
-    };
+    let keep_alive = or_default!(s, "keep_alive", parsed, "duration (or \"adaptive\")", |raw| {
+        if raw == "adaptive" {
+            Some(KeepAlive::Adaptive)
+        } else {
+            humantime::parse_duration(raw).ok().map(KeepAlive::Fixed)
+        }
+    }; KeepAlive::Fixed(60 * SECOND));
     let start_timeout = or_default!(s, "start_timeout", duration; 30 * SECOND);
     let target_inflight = or_default!(s, "target_inflight", count, 1, 100_000; 8);
     let readiness =

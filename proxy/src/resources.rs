@@ -20,6 +20,11 @@ pub const LABEL_MANAGED: &str = "augur.managed";
 pub const LABEL_SERVICE: &str = "augur.service";
 pub const LABEL_DEPENDENCY: &str = "augur.dependency";
 
+/// A container id as `docker ps` shows it.
+pub fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
 /// What to run for one dependency.
 #[derive(Debug, Clone)]
 pub struct Spec {

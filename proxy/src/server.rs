@@ -59,7 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.containers.max_memory,
     );
     for dep in &config.dependencies {
-        let (target, pool) = match &dep.target {
+        let (target, at, pool) = match &dep.target {
             DependencyTarget::Static(upstream) => {
                 let target = Target::new(
                     "dependency",
@@ -69,15 +69,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     dep.connect_timeout,
                     dep.timeout,
                 )?;
-                speculated.insert(
-                    dep.name.clone(),
-                    prefetch::Dependency {
-                        at: prefetch::Upstream::Static(target.addr),
-                        timeout: target.timeout,
-                        speculate: dep.speculate,
-                    },
-                );
-                (target, None)
+                let at = prefetch::Upstream::Static(target.addr);
+                (target, at, None)
             }
             // Speculative requests go to a ready instance, if there is one.
             DependencyTarget::Container(c) => {
@@ -125,18 +118,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let pool =
                     ContainerPool::new(spec, limits, docker.clone(), capacity.clone(), counters);
-                speculated.insert(
-                    dep.name.clone(),
-                    prefetch::Dependency {
-                        at: prefetch::Upstream::Containers(pool.clone()),
-                        timeout: dep.timeout,
-                        speculate: dep.speculate,
-                    },
-                );
                 pools.push(pool.clone());
-                (target, Some(pool))
+                let at = prefetch::Upstream::Containers(pool.clone());
+                (target, at, Some(pool))
             }
         };
+        speculated.insert(
+            dep.name.clone(),
+            prefetch::Dependency {
+                at,
+                timeout: dep.timeout,
+                speculate: dep.speculate,
+            },
+        );
         egress_targets.push((dep.listen, target, pool));
     }
     if !pools.is_empty() {

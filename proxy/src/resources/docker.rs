@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt as _;
 
-use super::{Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage};
+use super::{Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage, short};
 
 /// The local Docker Engine. It connects on first use and again after a
 /// failure, so a daemon that is down at start-up or restarts later only
@@ -115,7 +115,7 @@ impl Backend for DockerBackend {
 
     async fn stats(&self, id: &str) -> Result<Usage, ResourceError> {
         let docker = self.client().await?;
-        let short: String = id.chars().take(12).collect();
+        let short = short(id).to_string();
         // Not one-shot: Docker samples twice, so the CPU delta is real.
         let mut stream = docker.stats(
             id,
@@ -231,7 +231,7 @@ async fn start(docker: &Docker, spec: &Spec) -> Result<Started, ResourceError> {
 }
 
 async fn stop(docker: &Docker, id: &str) -> Result<(), ResourceError> {
-    let short: String = id.chars().take(12).collect();
+    let short = short(id).to_string();
     // A container that exited already cannot be stopped; removal is what counts.
     let _ = docker
         .stop_container(

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::capacity::{self, Capacity, Full};
 use super::keepalive::{IdleGaps, Windows};
-use super::{Backend, ResourceError, Spec, Started, Usage};
+use super::{Backend, ResourceError, Spec, Started, Usage, short};
 
 /// Why a call got no instance.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -327,9 +327,10 @@ impl ContainerPool {
         });
     }
 
-    /// Starts an instance in the background; calls can wait for it unless
-    /// it is a scale-up.
-    fn begin(self: &Arc<Self>, state: &mut State, reason: Reason) -> Option<StartWatch> {
+    /// Starts an instance in the background and returns what tells when it
+    /// is ready. Calls wait for any start but a scale-up (they have ready
+    /// instances meanwhile).
+    fn begin(self: &Arc<Self>, state: &mut State, reason: Reason) -> StartWatch {
         let (tx, rx) = watch::channel(None);
         if reason == Reason::Scale {
             state.scaling += 1;
@@ -337,7 +338,7 @@ impl ContainerPool {
             state.starting = Some(rx.clone());
         }
         tokio::spawn(self.clone().start(tx, reason));
-        (reason != Reason::Scale).then_some(rx)
+        rx
     }
 
     /// A ready instance, starting one (shared with every other waiting call)
@@ -379,10 +380,7 @@ impl ContainerPool {
                             }
                         }
                         ours = true;
-                        match self.begin(&mut state, Reason::Cold) {
-                            Some(w) => w,
-                            None => continue,
-                        }
+                        self.begin(&mut state, Reason::Cold)
                     }
                 }
             };
@@ -880,10 +878,6 @@ pub struct Gauges {
     /// At the last Docker stats poll.
     pub cpu_cores: f64,
     pub memory_bytes: u64,
-}
-
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
 }
 
 /// Whether `addr` answers `GET path` with an HTTP response (any status).

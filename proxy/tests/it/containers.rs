@@ -51,7 +51,19 @@ fn container_dep(name: &'static str, extra: &'static str) -> Dep {
     }
 }
 
-const FAST: &str = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--body-bytes\", \"16\"]\nport = 8080";
+/// The demo's fast server as a container dependency: `args` after its
+/// listen address, then more `[dependency.container]` lines.
+fn serve_fast(args: &[&str], more: &str) -> &'static str {
+    let args: String = args.iter().map(|a| format!(", \"{a}\"")).collect();
+    let text = format!(
+        "[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"{args}]\nport = 8080\n{more}"
+    );
+    Box::leak(text.into_boxed_str())
+}
+
+fn fast() -> &'static str {
+    serve_fast(&["--body-bytes", "16"], "")
+}
 
 async fn start(deps: &[Dep]) -> (Augur, String) {
     require_image();
@@ -66,8 +78,7 @@ async fn start(deps: &[Dep]) -> (Augur, String) {
 async fn twenty_concurrent_first_calls_share_one_cold_start() {
     // Twenty calls on one instance would pass the default scale-up target
     // (8 in flight); this test is about the cold start alone.
-    let dep = format!("{FAST}\ntarget_inflight = 20");
-    let dep: &'static str = Box::leak(dep.into_boxed_str());
+    let dep = serve_fast(&["--body-bytes", "16"], "target_inflight = 20");
     let (augur, service) = start(&[container_dep("fast", dep)]).await;
     assert!(
         containers(&service).is_empty(),
@@ -118,7 +129,7 @@ async fn a_missing_image_is_a_clear_error_and_static_dependencies_keep_working()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_containers_stop_after_their_keep_alive() {
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"1s\"";
+    let dep = serve_fast(&[], "keep_alive = \"1s\"");
     let (augur, service) = start(&[container_dep("fast", dep)]).await;
     assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
     assert_eq!(containers(&service).len(), 1);
@@ -136,7 +147,7 @@ async fn idle_containers_stop_after_their_keep_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_dies_is_replaced() {
-    let (augur, service) = start(&[container_dep("fast", FAST)]).await;
+    let (augur, service) = start(&[container_dep("fast", fast())]).await;
     assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
     let first = containers(&service);
     assert_eq!(first.len(), 1);
@@ -153,7 +164,7 @@ async fn a_container_that_dies_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_dies_mid_request_is_replaced_and_only_idempotent_calls_are_retried() {
-    let slow = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"2s\"]\nport = 8080";
+    let slow = serve_fast(&["--latency", "2s"], "");
     let (augur, service) = start(&[container_dep("slow", slow)]).await;
     assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
     let first = containers(&service);
@@ -220,7 +231,7 @@ async fn augur_leaves_no_orphans_and_removes_earlier_leftovers() {
     );
     assert_eq!(containers(&service).len(), 1);
     let upstream = echo_server().await;
-    let mut augur = Augur::start(&ports, upstream, &[container_dep("fast", FAST)], "").await;
+    let mut augur = Augur::start(&ports, upstream, &[container_dep("fast", fast())], "").await;
     assert!(
         containers(&service).is_empty(),
         "the leftover was removed at start-up"
@@ -305,10 +316,7 @@ async fn start_calling(
     let service_name = format!("svc-{}", ports.ingress);
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let service = calling_service(local(ports.deps[0]), work, calls.clone()).await;
-    let dep = format!(
-        "[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"{keep_alive}\""
-    );
-    let dep: &'static str = Box::leak(dep.into_boxed_str());
+    let dep = serve_fast(&[], &format!("keep_alive = \"{keep_alive}\""));
     let augur = Augur::start(&ports, service, &[container_dep("fast", dep)], "").await;
     (augur, service_name, calls)
 }
@@ -357,7 +365,10 @@ async fn an_unused_prestart_is_reclaimed_and_counted_as_waste() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
-    let dep = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"2s\"]\nport = 8080\nmax_instances = 2\ntarget_inflight = 1\nkeep_alive = \"60s\"";
+    let dep = serve_fast(
+        &["--latency", "2s"],
+        "max_instances = 2\ntarget_inflight = 1\nkeep_alive = \"60s\"",
+    );
     let (augur, service) = start(&[container_dep("slow", dep)]).await;
     let burst = |n: usize| {
         let url = augur.dep_url(0, "/x");
@@ -425,8 +436,14 @@ async fn busy_instances_scale_up_to_max_and_calls_spread_by_least_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_capacity_a_real_call_displaces_an_idle_container_or_gets_a_clear_503() {
-    let slow = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--latency\", \"3s\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"";
-    let fast = "[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nmemory = \"64MiB\"\nkeep_alive = \"60s\"\nstart_timeout = \"1s\"";
+    let slow = serve_fast(
+        &["--latency", "3s"],
+        "memory = \"64MiB\"\nkeep_alive = \"60s\"",
+    );
+    let fast = serve_fast(
+        &[],
+        "memory = \"64MiB\"\nkeep_alive = \"60s\"\nstart_timeout = \"1s\"",
+    );
     require_image();
     let ports = Ports::new(2);
     let service = format!("svc-{}", ports.ingress);
@@ -526,7 +543,7 @@ async fn docker_down_fails_container_calls_clearly_and_augur_recovers_when_it_re
     let mut augur = Augur::start_with_env(
         &ports,
         upstream,
-        &[container_dep("fast", FAST), Dep::new("users", upstream)],
+        &[container_dep("fast", fast()), Dep::new("users", upstream)],
         "",
         &[("DOCKER_HOST", &host)],
     )
@@ -616,10 +633,10 @@ async fn at_capacity_prestarts_rank_by_probability_times_criticality() {
         },
     )
     .await;
-    let dep = |criticality: &str| -> &'static str {
-        Box::leak(
-            format!("[dependency.container]\nimage = \"augur-demo:latest\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\"]\nport = 8080\nkeep_alive = \"60s\"\ncriticality = {criticality}")
-                .into_boxed_str(),
+    let dep = |criticality: &str| {
+        serve_fast(
+            &[],
+            &format!("keep_alive = \"60s\"\ncriticality = {criticality}"),
         )
     };
     let augur = Augur::start(

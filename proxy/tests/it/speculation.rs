@@ -498,7 +498,7 @@ async fn a_dependency_killed_mid_run_costs_nothing_once_back_and_leaks_nothing()
     };
     // Healthy: every answer right.
     for (id, got) in burst(0, 200).await {
-        assert_eq!(got.text(), expected(id, "alice"));
+        assert_eq!((got.status, got.text()), (200, expected(id, "alice")));
     }
     // users dies while requests and speculations are in flight.
     let during = tokio::spawn(burst(200, 100));
