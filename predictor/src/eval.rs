@@ -168,10 +168,9 @@ fn replay(learner: &Learner, ctx: &Context, settings: &EvalSettings, tally: &mut
             }
         }
         // Was it speculated before it started?
-        if let Some(s) = sent
-            .iter_mut()
-            .find(|s| !s.used && s.at_us <= call.start_us && s.prediction.matches(call))
-        {
+        if let Some(s) = sent.iter_mut().find(|s| {
+            !s.used && s.at_us <= call.start_us && s.prediction.matches(call, learner.key_headers())
+        }) {
             s.used = true;
             tally.hit_calls += 1;
             tally.hidden_us += (call.start_us - s.at_us).min(call.duration_us) as f64;

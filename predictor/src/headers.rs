@@ -3,7 +3,7 @@
 //! learned nor predicted nor compared.
 
 /// Headers that can change a response, compared when matching a prediction
-/// to a real call. The proxy may add more (a dependency's `vary`).
+/// to a real call. A deployment may add more (see [`KeyHeaders`]).
 pub const MATTER: [&str; 6] = [
     "authorization",
     "cookie",
@@ -17,21 +17,65 @@ pub const MATTER: [&str; 6] = [
 /// them, never learned as constants.
 pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
-static ALSO: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-
-/// Adds headers that can change a response (a deployment's `vary`
-/// headers, say) to [`MATTER`] for this process; the first call wins.
-pub fn also_matter(names: &[String]) {
-    let _ = ALSO.set(names.iter().map(|n| n.to_ascii_lowercase()).collect());
+/// The headers that are part of a call's identity in one deployment:
+/// [`MATTER`] and the deployment's own (a dependency's `vary` headers,
+/// say). Passed in by whoever builds the learner; nothing is global.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHeaders {
+    also: Vec<String>,
 }
 
-pub fn matters(name: &str) -> bool {
-    MATTER.contains(&name)
-        || ALSO
-            .get()
-            .is_some_and(|also| also.iter().any(|h| h == name))
+impl KeyHeaders {
+    /// [`MATTER`] and `also` (any case).
+    pub fn new(also: &[String]) -> Self {
+        Self {
+            also: also.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Whether the lowercase header `name` can change the answer.
+    pub fn matters(&self, name: &str) -> bool {
+        MATTER.contains(&name) || self.also.iter().any(|h| h == name)
+    }
+
+    /// The headers that matter, sorted by name.
+    pub fn select(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| self.matters(n))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 pub fn is_credential(name: &str) -> bool {
     CREDENTIALS.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_adds_its_own_headers() {
+        let plain = KeyHeaders::default();
+        let tenant = KeyHeaders::new(&["X-Tenant".to_string()]);
+        assert!(plain.matters("accept") && tenant.matters("accept"));
+        assert!(!plain.matters("x-tenant"));
+        assert!(tenant.matters("x-tenant"));
+        let pairs = vec![
+            ("x-tenant".to_string(), "a".to_string()),
+            ("accept".to_string(), "*/*".to_string()),
+            ("user-agent".to_string(), "t".to_string()),
+        ];
+        assert_eq!(
+            tenant.select(&pairs),
+            [
+                ("accept".to_string(), "*/*".to_string()),
+                ("x-tenant".to_string(), "a".to_string())
+            ]
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::headers;
+use crate::headers::KeyHeaders;
 use crate::observation::{Call, Context};
 use crate::provenance::{Available, Resolved, SlotRules};
 use crate::sequence::{OnlineModel, OnlineSettings, SequenceModel, lookahead};
@@ -30,6 +30,8 @@ pub struct Settings {
     pub max_routes: usize,
     /// JSON leaves indexed per document at most.
     pub max_leaves: usize,
+    /// The request headers that are part of a call's identity.
+    pub key_headers: KeyHeaders,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             max_entries_per_route: 512,
             max_routes: 1000,
             max_leaves: 2000,
+            key_headers: KeyHeaders::default(),
         }
     }
 }
@@ -67,14 +70,14 @@ pub struct Prediction {
 
 impl Prediction {
     /// Whether `call` is exactly this request: method, path, query and the
-    /// headers that matter.
-    pub fn matches(&self, call: &Call) -> bool {
+    /// headers that matter (`key`).
+    pub fn matches(&self, call: &Call, key: &KeyHeaders) -> bool {
         let req = &call.request;
         call.dependency == self.dependency
             && req.method == self.method
             && req.path == self.path
             && req.query.as_deref().filter(|q| !q.is_empty()) == self.query.as_deref()
-            && mattering(&req.headers) == self.headers
+            && key.select(&req.headers) == self.headers
             && req.body == self.body
     }
 }
@@ -89,17 +92,6 @@ impl Prediction {
             && self.headers == other.headers
             && self.body == other.body
     }
-}
-
-/// The headers that matter, sorted by name.
-pub fn mattering(headers: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(n, _)| headers::matters(n))
-        .cloned()
-        .collect();
-    out.sort();
-    out
 }
 
 #[derive(Debug, Default)]
@@ -127,8 +119,8 @@ impl Learner {
     /// A learner with another sequence model (the ONNX one).
     pub fn with_model(settings: Settings, model: Box<dyn SequenceModel>) -> Self {
         Self {
+            shapes: Shapes::new(settings.key_headers.clone()),
             settings,
-            shapes: Shapes::new(),
             model,
             routes: HashMap::new(),
         }
@@ -136,6 +128,11 @@ impl Learner {
 
     pub fn shapes(&self) -> &Shapes {
         &self.shapes
+    }
+
+    /// The request headers that are part of a call's identity.
+    pub fn key_headers(&self) -> &KeyHeaders {
+        &self.settings.key_headers
     }
 
     /// Learns from one closed context.

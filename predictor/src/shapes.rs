@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::headers;
+use crate::headers::KeyHeaders;
 use crate::json;
 use crate::observation::Request;
 use crate::shape::is_identifier;
@@ -187,11 +187,16 @@ pub struct Shapes {
     infos: Vec<ShapeInfo>,
     /// Per (dependency, method, prefix template, position): values seen.
     positions: HashMap<(String, String, String), Position>,
+    /// Which request headers are part of a shape.
+    key_headers: KeyHeaders,
 }
 
 impl Shapes {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(key_headers: KeyHeaders) -> Self {
+        Self {
+            key_headers,
+            ..Self::default()
+        }
     }
 
     pub fn info(&self, id: ShapeId) -> Option<&ShapeInfo> {
@@ -226,7 +231,7 @@ impl Shapes {
         let seen: Vec<String> = req
             .headers
             .iter()
-            .filter(|(n, _)| headers::matters(n))
+            .filter(|(n, _)| self.key_headers.matters(n))
             .map(|(n, _)| n.clone())
             .collect();
         let id = match self.ids.get(&shape) {
@@ -360,7 +365,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_slots_at_once() {
-        let mut s = Shapes::new();
+        let mut s = Shapes::new(KeyHeaders::default());
         let a = s.classify("users", &get("/users/42"), true);
         let b = s.classify("users", &get("/users/7"), true);
         assert_eq!(a, b);
@@ -369,7 +374,7 @@ mod tests {
 
     #[test]
     fn names_become_slots_once_they_vary_enough() {
-        let mut s = Shapes::new();
+        let mut s = Shapes::new(KeyHeaders::default());
         let names = [
             "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
         ];
@@ -389,7 +394,7 @@ mod tests {
 
     #[test]
     fn query_keys_are_part_of_the_shape_and_values_are_slots() {
-        let mut s = Shapes::new();
+        let mut s = Shapes::new(KeyHeaders::default());
         let a = s.classify("p", &get("/posts?user=1&limit=10"), true);
         let b = s.classify("p", &get("/posts?limit=5&user=2"), true);
         let c = s.classify("p", &get("/posts?user=3"), true);

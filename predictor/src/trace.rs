@@ -55,16 +55,34 @@ impl Record {
     }
 }
 
+/// Why a line of a trace could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("unknown version {0} (this build reads {VERSION})")]
+    UnknownVersion(serde_json::Value),
+    #[error("missing version")]
+    MissingVersion,
+    #[error("invalid record: {0}")]
+    Record(serde_json::Error),
+    #[error("{0} calls is more than {MAX_CALLS}")]
+    TooManyCalls(usize),
+    #[error("longer than {MAX_LINE} bytes")]
+    TooLong,
+}
+
 /// A line that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct LineError {
     pub line: usize,
-    pub message: String,
+    pub error: TraceError,
 }
 
 impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
+        write!(f, "line {}: {}", self.line, self.error)
     }
 }
 
@@ -74,21 +92,16 @@ struct VersionOnly {
 }
 
 /// Parses one line (without its newline).
-pub fn parse_line(bytes: &[u8]) -> Result<Record, String> {
-    let head: VersionOnly =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_line(bytes: &[u8]) -> Result<Record, TraceError> {
+    let head: VersionOnly = serde_json::from_slice(bytes).map_err(TraceError::Json)?;
     match head.version {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
-        Some(v) => return Err(format!("unknown version {v} (this build reads {VERSION})")),
-        None => return Err("missing version".into()),
+        Some(v) => return Err(TraceError::UnknownVersion(v)),
+        None => return Err(TraceError::MissingVersion),
     }
-    let record: Record =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid record: {e}"))?;
+    let record: Record = serde_json::from_slice(bytes).map_err(TraceError::Record)?;
     if record.context.calls.len() > MAX_CALLS {
-        return Err(format!(
-            "{} calls is more than {MAX_CALLS}",
-            record.context.calls.len()
-        ));
+        return Err(TraceError::TooManyCalls(record.context.calls.len()));
     }
     Ok(record)
 }
@@ -112,7 +125,7 @@ pub fn read(mut reader: impl BufRead) -> io::Result<(Vec<Record>, Vec<LineError>
         if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
             errors.push(LineError {
                 line,
-                message: format!("longer than {MAX_LINE} bytes"),
+                error: TraceError::TooLong,
             });
             skip_line(&mut reader)?;
             continue;
@@ -123,7 +136,7 @@ pub fn read(mut reader: impl BufRead) -> io::Result<(Vec<Record>, Vec<LineError>
         }
         match parse_line(text) {
             Ok(r) => records.push(r),
-            Err(message) => errors.push(LineError { line, message }),
+            Err(error) => errors.push(LineError { line, error }),
         }
     }
     Ok((records, errors))
@@ -215,7 +228,7 @@ mod tests {
         assert_eq!(records.len(), 2);
         let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 4, 5, 7], "{errors:?}");
-        assert!(errors[1].message.contains("unknown version 2"));
-        assert!(errors[2].message.contains("missing version"));
+        assert!(errors[1].to_string().contains("unknown version 2"));
+        assert!(errors[2].to_string().contains("missing version"));
     }
 }

@@ -21,16 +21,16 @@ use crate::context::{Closed, Json};
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
 
-pub struct Learning {
+pub(crate) struct Learning {
     tx: SyncSender<Closed>,
-    pub learner: Arc<RwLock<Learner>>,
+    learner: Arc<RwLock<Learner>>,
     dropped: IntCounter,
 }
 
 impl Learning {
     /// Starts the learner thread. A trace log that cannot be opened is an
     /// error now, not a silent loss later.
-    pub fn start(
+    pub(crate) fn start(
         learner: Learner,
         trace_log: Option<&Path>,
         learned: IntCounter,
@@ -51,8 +51,24 @@ impl Learning {
         })
     }
 
+    /// What the model predicts for a live context `elapsed_us` into it,
+    /// looking `ahead_us` ahead.
+    pub(crate) fn predict(
+        &self,
+        live: &Context,
+        elapsed_us: u64,
+        ahead_us: u64,
+    ) -> Vec<augur_predictor::Prediction> {
+        self.learner.read().predict(live, elapsed_us, ahead_us)
+    }
+
+    /// What the model has learned, for `/debug/model`.
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        self.learner.read().describe()
+    }
+
     /// Hands a closed context to the learner without waiting.
-    pub fn submit(&self, closed: Closed) {
+    pub(crate) fn submit(&self, closed: Closed) {
         match self.tx.try_send(closed) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
@@ -101,7 +117,7 @@ fn json(body: Option<&Json>) -> Option<serde_json::Value> {
 }
 
 /// The predictor's view of a closed context.
-pub fn observation(closed: &Closed) -> Context {
+pub(crate) fn observation(closed: &Closed) -> Context {
     let c = &closed.context;
     let inbound = Request {
         method: c.inbound.method.clone(),

@@ -1,31 +1,30 @@
 //! augur's proxy: the pingora services that front a service and its
 //! dependencies, the execution contexts that tie a service's dependency
-//! calls to the inbound request that caused them, and everything an
-//! operator sees (metrics, traces, the admin API).
+//! calls to the inbound request that caused them, speculation, the
+//! containers augur runs, and everything an operator sees.
 //!
 //! Read `server.rs` first: it is the story of start-up and names every
-//! piece. The request path is `ingress.rs` (inbound requests) and
-//! `egress.rs` (dependency calls); `context.rs` holds what they record.
+//! part. Then, following a request: `http/` (the ingress and egress
+//! listeners), `context/` (what a request records), `speculation/` (what
+//! is sent ahead and answered from), `dependency.rs` (where a call goes,
+//! and the lease on an instance), `containers/` (the resource manager),
+//! `learning.rs` (the learner thread), `ops/` (admin API, metrics,
+//! telemetry, shutdown). `ARCHITECTURE.md` at the repository's root draws
+//! the request path through them.
 
-pub mod admin;
-pub mod capture;
-pub mod context;
-pub mod egress;
-pub mod failure;
-pub mod governor;
-pub mod headers;
-pub mod ingress;
-pub mod learning;
-pub mod metrics;
+#![deny(unreachable_pub)]
+
+mod clock;
+mod containers;
+mod context;
+mod dependency;
+mod http;
+mod learning;
 pub mod offline;
-pub mod prefetch;
-pub mod recent;
-pub mod request;
-pub mod resources;
-pub mod server;
-pub mod shutdown;
-pub mod speculation;
-pub mod state;
-pub mod telemetry;
-pub mod traceparent;
-pub mod upstream;
+mod ops;
+mod recent;
+mod server;
+mod speculation;
+
+pub use ops::telemetry::init_logs;
+pub use server::run;

@@ -136,7 +136,7 @@ fn print_json<T: serde::Serialize>(
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    augur_proxy::telemetry::init_logs();
+    augur_proxy::init_logs();
     let config = match augur_config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -147,7 +147,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match augur_proxy::server::run(config) {
+    match augur_proxy::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("augur: {e:#}");

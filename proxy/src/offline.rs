@@ -29,7 +29,7 @@ pub fn read_traces(paths: &[PathBuf]) -> anyhow::Result<Vec<Context>> {
         let (records, errors) = trace::read_path(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         for e in &errors {
-            eprintln!("{}:{}: skipped: {}", path.display(), e.line, e.message);
+            eprintln!("{}:{}: skipped: {}", path.display(), e.line, e.error);
         }
         contexts.extend(records.into_iter().map(|r| r.context));
     }

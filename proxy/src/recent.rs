@@ -5,21 +5,21 @@ use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 
-pub struct Recent<T> {
+pub(crate) struct Recent<T> {
     items: Mutex<VecDeque<T>>,
     capacity: usize,
 }
 
 impl<T: Clone> Recent<T> {
     /// Keeps at most `capacity` items (none when zero).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             items: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity,
         }
     }
 
-    pub fn push(&self, item: T) {
+    pub(crate) fn push(&self, item: T) {
         if self.capacity == 0 {
             return;
         }
@@ -31,7 +31,7 @@ impl<T: Clone> Recent<T> {
     }
 
     /// The last `limit` items, newest first.
-    pub fn newest(&self, limit: usize) -> Vec<T> {
+    pub(crate) fn newest(&self, limit: usize) -> Vec<T> {
         self.items
             .lock()
             .iter()

@@ -1,115 +1,47 @@
-//! The speculation table: every speculative request from prediction to
-//! outcome, and the responses that came back, held for the one inbound
-//! request they were fetched for.
+//! Speculation: when a context opens and whenever it learns something new
+//! (a call's response, real or speculative), ask the model what comes next,
+//! prestart what needs a container, and send what passes the gates; a real
+//! call then finds its answer here, done or in flight.
 //!
-//! A key is the trace id plus a keyed hash of the request as sent
-//! (dependency, method, path and query, the headers that can change the
-//! answer, the body), so a response is only ever served to a real call of
-//! the same inbound request that asks for exactly the same thing — never
-//! across principals, never across requests. Completed responses live in a
-//! quick_cache bounded by the bytes really held; requests in flight are
-//! bounded by `speculation.max_inflight`.
+//! [`Speculation`] is the handle the request path holds. `plan.rs` is the
+//! gates (pure), `send.rs` the client, `table.rs` every speculation from
+//! prediction to outcome with the responses held for their real calls, and
+//! `governor.rs` pauses speculation where it keeps being wasted.
+
+mod governor;
+mod plan;
+mod send;
+mod table;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-#[cfg(test)]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use augur_predictor::headers::KeyHeaders;
 use augur_predictor::secret::SecretHasher;
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
-use quick_cache::Weighter;
-use tokio::sync::watch;
+use augur_predictor::{Call, Prediction, Request};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
-use crate::context::TraceKey;
-use crate::recent::Recent;
+use crate::clock::unix_ms;
+use crate::context::{CallOutcome, ContextTable, TraceKey};
+use crate::dependency::{Dependency, Purpose};
+use crate::http::traceparent::{TraceParent, fresh_id64};
+use crate::learning::Learning;
+use crate::ops::metrics::Metrics;
+use crate::ops::telemetry::{self, MaybeSpan, Telemetry};
+pub(crate) use plan::{RouteRule, Settings};
+use table::{Found, Info, SpeculationTable};
+pub(crate) use table::{Key, Stored};
 
-/// A request as the table knows it.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub trace: TraceKey,
-    /// Keyed hash of the request; never the request itself, which may hold
-    /// credentials.
-    request: String,
-}
+/// How far ahead a predicted call to a container dependency starts its
+/// container.
+const PRESTART_HORIZON_US: u64 = 30_000_000;
 
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}/{}", self.trace, self.request)
-    }
-}
-
-impl Key {
-    /// The key of a request: `headers` are the ones that matter, with their
-    /// real values.
-    pub fn new(
-        hasher: &SecretHasher,
-        trace: TraceKey,
-        dependency: &str,
-        method: &str,
-        path_and_query: &str,
-        headers: &[(String, String)],
-        body: Option<&serde_json::Value>,
-    ) -> Self {
-        let mut canonical = format!("{dependency}\n{method}\n{path_and_query}\n");
-        let mut sorted: Vec<&(String, String)> = headers.iter().collect();
-        sorted.sort();
-        for (n, v) in sorted {
-            canonical.push_str(n);
-            canonical.push_str(": ");
-            canonical.push_str(v);
-            canonical.push('\n');
-        }
-        if let Some(b) = body {
-            canonical.push('\n');
-            canonical.push_str(&b.to_string());
-        }
-        Self {
-            trace,
-            request: hasher.hash(&canonical),
-        }
-    }
-}
-
-/// A speculative response, as it came back.
-#[derive(Debug)]
-pub struct Stored {
-    pub status: u16,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
-    /// The prediction it was sent for, to chain further predictions on its
-    /// response.
-    pub prediction: augur_predictor::Prediction,
-    /// The body parsed as JSON, when it is JSON.
-    pub json: Option<crate::context::Json>,
-}
-
-impl Stored {
-    /// Bytes held: body, headers, and a fixed overhead.
-    fn weight(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-            .sum();
-        (self.body.len() + headers + 128) as u64
-    }
-}
-
-#[derive(Clone)]
-struct ByBytes;
-
-impl Weighter<Key, Arc<Stored>> for ByBytes {
-    fn weight(&self, _: &Key, value: &Arc<Stored>) -> u64 {
-        value.weight()
-    }
-}
-
-/// What happened to one speculation.
+/// What became of one speculation
+/// (`augur_speculations_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Used,
     Wasted,
     Failed,
@@ -117,7 +49,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Used => "used",
             Outcome::Wasted => "wasted",
@@ -127,464 +59,350 @@ impl Outcome {
     }
 }
 
-/// What a real call finds for its key.
-pub enum Found {
-    /// A completed, servable response: serve it.
-    Done(Arc<Stored>),
-    /// The speculative request is in flight: wait on it, at most until
-    /// the instant given (its expected latency, with slack), then go
-    /// upstream rather than pay for a speculation that hangs.
-    InFlight(
-        watch::Receiver<Option<Option<Arc<Stored>>>>,
-        std::time::Instant,
-    ),
-    /// Nothing usable: go upstream.
-    Nothing,
+/// What speculation works with, built once at start-up.
+pub(crate) struct Parts {
+    pub(crate) settings: Settings,
+    /// `cache.capacity`, `speculation.max_inflight`, `max_waste_ratio`.
+    pub(crate) capacity_bytes: u64,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_waste_ratio: f64,
+    pub(crate) dependencies: Vec<Arc<Dependency>>,
+    pub(crate) contexts: Arc<ContextTable>,
+    pub(crate) learning: Arc<Learning>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) hasher: SecretHasher,
+    pub(crate) key_headers: KeyHeaders,
 }
 
-enum State {
-    /// Sent; the sender publishes `Some(Some(response))` or `Some(None)`;
-    /// real calls wait for it until the instant given.
-    InFlight(
-        watch::Sender<Option<Option<Arc<Stored>>>>,
-        std::time::Instant,
-    ),
-    /// Came back and is held in the cache.
-    Done,
-    /// Came back unusable (error, non-2xx, no-store, too large).
-    Failed,
-    /// A real call of this key is on its way: do not speculate it.
-    Real,
-    /// Served to its real call.
-    Used,
+pub(crate) struct Speculation {
+    settings: Settings,
+    table: SpeculationTable,
+    dependencies: HashMap<Arc<str>, Arc<Dependency>>,
+    client: send::Client,
+    contexts: Arc<ContextTable>,
+    learning: Arc<Learning>,
+    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
+    hasher: SecretHasher,
+    key_headers: KeyHeaders,
+    /// How far ahead predictions look: the horizon, or further when a
+    /// container may need starting.
+    ahead_us: u64,
 }
 
-struct Entry {
-    state: State,
-    dependency: Arc<str>,
-    /// What was sent, for the history; `None` for a real call's marker.
-    info: Option<Arc<Info>>,
+/// A real call answered from speculation.
+pub(crate) struct Answer {
+    pub(crate) stored: Arc<Stored>,
+    /// `Hit` or `Coalesced`.
+    pub(crate) outcome: CallOutcome,
 }
 
-/// A speculation as `/debug/speculations` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Info {
-    pub route: Arc<str>,
-    pub dependency: Arc<str>,
-    pub method: String,
-    pub path: String,
-    pub probability: f64,
-    pub sent_unix_ms: u64,
-    #[serde(skip)]
-    pub sent: std::time::Instant,
-}
-
-/// A speculation that reached its outcome.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Finished {
-    #[serde(flatten)]
-    pub info: Info,
-    pub outcome: &'static str,
-    /// From sending to the outcome.
-    pub after_us: u64,
-}
-
-/// Finished speculations kept for `/debug/speculations`.
-const HISTORY: usize = 256;
-
-pub struct Speculations {
-    pub governor: crate::governor::Governor,
-    history: Recent<Finished>,
-    entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
-    /// The inbound span of each open trace, for linking speculative spans.
-    spans: Mutex<HashMap<TraceKey, u64>>,
-    responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
-    inflight: AtomicUsize,
-    max_inflight: usize,
-}
-
-impl Speculations {
-    pub fn new(capacity_bytes: u64, max_inflight: usize, max_waste_ratio: f64) -> Self {
-        Self {
-            governor: crate::governor::Governor::new(max_waste_ratio),
-            history: Recent::new(HISTORY),
-            entries: Mutex::new(HashMap::new()),
-            spans: Mutex::new(HashMap::new()),
-            responses: quick_cache::sync::Cache::with_weighter(
-                1024,
-                capacity_bytes.max(1),
-                ByBytes,
+impl Speculation {
+    pub(crate) fn new(parts: Parts) -> Arc<Self> {
+        let containers = parts.dependencies.iter().any(|d| d.containers().is_some());
+        let horizon = parts.settings.horizon_us;
+        Arc::new(Self {
+            ahead_us: if containers {
+                horizon.max(PRESTART_HORIZON_US)
+            } else {
+                horizon
+            },
+            table: SpeculationTable::new(
+                parts.capacity_bytes,
+                parts.max_inflight,
+                parts.max_waste_ratio,
             ),
-            inflight: AtomicUsize::new(0),
-            max_inflight,
-        }
-    }
-
-    /// Starts keeping speculations for an inbound request that just
-    /// opened. Only an open trace takes speculations, so one that races its
-    /// context's close can never bring the trace back.
-    pub fn open(&self, trace: TraceKey, inbound_span: u64) {
-        self.entries.lock().entry(trace).or_default();
-        self.spans.lock().insert(trace, inbound_span);
-    }
-
-    /// The span of the inbound request of an open trace.
-    pub fn inbound_span(&self, trace: TraceKey) -> Option<u64> {
-        self.spans.lock().get(&trace).copied()
-    }
-
-    /// Registers a speculation about to be sent, unless its trace is not
-    /// open, its key is known already or `max_inflight` are in flight.
-    pub fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
-        let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.trace) else {
-            return false;
-        };
-        if trace.contains_key(key) {
-            return false;
-        }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        let (tx, _) = watch::channel(None);
-        trace.insert(
-            key.clone(),
-            Entry {
-                state: State::InFlight(tx, std::time::Instant::now() + patience),
-                dependency: info.dependency.clone(),
-                info: Some(info),
-            },
-        );
-        true
-    }
-
-    /// Publishes a speculation's result: `Some` when servable. Returns
-    /// `Failed` for an unusable one, `Cancelled` when the context has gone
-    /// meanwhile, or `None` when it now waits for its real call.
-    pub fn complete(
-        &self,
-        key: &Key,
-        result: Option<Stored>,
-        info_of_cancelled: Option<Arc<Info>>,
-    ) -> Option<Outcome> {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
-        let result = result.map(Arc::new);
-        let mut entries = self.entries.lock();
-        let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
-            drop(entries);
-            self.finished(info_of_cancelled, Outcome::Cancelled);
-            return Some(Outcome::Cancelled);
-        };
-        let State::InFlight(tx, _) = std::mem::replace(&mut entry.state, State::Failed) else {
-            return Some(Outcome::Cancelled);
-        };
-        let info = entry.info.clone();
-        match &result {
-            Some(stored) => {
-                self.responses.insert(key.clone(), stored.clone());
-                entry.state = State::Done;
-            }
-            None => entry.state = State::Failed,
-        }
-        // Waiting real calls get the response (or learn there is none).
-        tx.send_replace(Some(result.clone()));
-        drop(entries);
-        if result.is_none() {
-            self.finished(info, Outcome::Failed);
-            return Some(Outcome::Failed);
-        }
-        None
-    }
-
-    /// Records an outcome in the history and with the governor.
-    fn finished(&self, info: Option<Arc<Info>>, outcome: Outcome) {
-        let Some(info) = info else { return };
-        self.governor.record(&info.route, &info.dependency, outcome);
-        self.history.push(Finished {
-            after_us: u64::try_from(info.sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-            outcome: outcome.as_str(),
-            info: (*info).clone(),
-        });
-    }
-
-    /// The last finished speculations, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<Finished> {
-        self.history.newest(limit)
-    }
-
-    /// What a real call of `key` finds. A found response is taken: it is
-    /// served once. Nothing found marks the key as a real call on its way.
-    pub fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
-        let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.trace) else {
-            return Found::Nothing;
-        };
-        match trace.get_mut(key) {
-            Some(entry) => match &entry.state {
-                State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
-                State::Done => match self.responses.remove(key) {
-                    Some((_, stored)) => {
-                        entry.state = State::Used;
-                        let info = entry.info.clone();
-                        drop(entries);
-                        self.finished(info, Outcome::Used);
-                        Found::Done(stored)
-                    }
-                    // Evicted for room: it was wasted.
-                    None => {
-                        entry.state = State::Real;
-                        Found::Nothing
-                    }
-                },
-                State::Failed | State::Real | State::Used => Found::Nothing,
-            },
-            None => {
-                trace.insert(
-                    key.clone(),
-                    Entry {
-                        state: State::Real,
-                        dependency: dependency.clone(),
-                        info: None,
-                    },
-                );
-                Found::Nothing
-            }
-        }
-    }
-
-    /// Marks a coalesced speculation as used and drops its held response.
-    pub fn used(&self, key: &Key) {
-        let mut entries = self.entries.lock();
-        let mut info = None;
-        if let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) {
-            entry.state = State::Used;
-            info = entry.info.clone();
-        }
-        drop(entries);
-        self.responses.remove(key);
-        self.finished(info, Outcome::Used);
-    }
-
-    /// Completed speculations of a trace not used yet, with their response,
-    /// for chained prediction.
-    pub fn done_for(&self, trace: TraceKey) -> Vec<(Key, Arc<Stored>)> {
-        let entries = self.entries.lock();
-        let Some(t) = entries.get(&trace) else {
-            return Vec::new();
-        };
-        t.iter()
-            .filter(|(_, e)| matches!(e.state, State::Done))
-            .filter_map(|(k, _)| Some((k.clone(), self.responses.get(k)?)))
-            .collect()
-    }
-
-    /// Whether a key is known for its trace (sent, real, or done).
-    pub fn known(&self, key: &Key) -> bool {
-        self.entries
-            .lock()
-            .get(&key.trace)
-            .is_some_and(|t| t.contains_key(key))
-    }
-
-    /// Forgets a closed context's speculations; returns the outcome of each
-    /// that was never used, by dependency.
-    pub fn close(&self, trace: TraceKey) -> Vec<(Arc<str>, Outcome)> {
-        self.spans.lock().remove(&trace);
-        let Some(entries) = self.entries.lock().remove(&trace) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (key, entry) in entries {
-            match entry.state {
-                State::Done => {
-                    self.responses.remove(&key);
-                    self.finished(entry.info, Outcome::Wasted);
-                    out.push((entry.dependency, Outcome::Wasted));
-                }
-                // Counted as cancelled when its response comes back.
-                State::InFlight(..) | State::Failed | State::Real | State::Used => {}
-            }
-        }
-        out
-    }
-
-    /// Bytes of responses held now.
-    pub fn held_bytes(&self) -> u64 {
-        self.responses.weight()
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Acquire)
-    }
-
-    /// Open traces with speculations, for bounding memory.
-    pub fn traces(&self) -> usize {
-        self.entries.lock().len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(hasher: &SecretHasher, trace: TraceKey, auth: &str, accept: &str) -> Key {
-        let headers = vec![
-            ("authorization".to_string(), auth.to_string()),
-            ("accept".to_string(), accept.to_string()),
-        ];
-        Key::new(
-            hasher,
-            trace,
-            "users",
-            "GET",
-            "/users/7?x=1",
-            &headers,
-            None,
-        )
-    }
-
-    fn info() -> Arc<Info> {
-        Arc::new(Info {
-            route: "GET /r".into(),
-            dependency: "users".into(),
-            method: "GET".into(),
-            path: "/users/7".into(),
-            probability: 1.0,
-            sent_unix_ms: 0,
-            sent: std::time::Instant::now(),
+            dependencies: parts
+                .dependencies
+                .into_iter()
+                .map(|d| (d.name().clone(), d))
+                .collect(),
+            settings: parts.settings,
+            client: send::Client::new(),
+            contexts: parts.contexts,
+            learning: parts.learning,
+            metrics: parts.metrics,
+            telemetry: parts.telemetry,
+            hasher: parts.hasher,
+            key_headers: parts.key_headers,
         })
     }
 
-    fn stored(body: &str) -> Stored {
-        Stored {
-            status: 200,
-            headers: Vec::new(),
-            body: Bytes::from(body.to_string()),
-            prediction: augur_predictor::Prediction {
-                dependency: "users".into(),
-                method: "GET".into(),
-                path: "/users/7".into(),
-                query: Some("x=1".into()),
-                headers: Vec::new(),
-                body: None,
-                probability: 1.0,
-                expected_start_us: 0,
-                expected_latency_us: 0,
-                shape: 0,
-                occurrence: 0,
+    pub(crate) fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    /// The headers that are part of a request's key.
+    pub(crate) fn key_headers(&self) -> &KeyHeaders {
+        &self.key_headers
+    }
+
+    /// Starts keeping speculations for an inbound request that just opened
+    /// its context, and speculates what its route predicts.
+    pub(crate) fn open(self: &Arc<Self>, trace: TraceKey, tp: TraceParent) {
+        if !self.enabled() {
+            return;
+        }
+        self.table.open(trace, tp.parent_id);
+        self.run(trace, tp.flags);
+    }
+
+    /// Predicts for the open context of `trace` and acts on what passes the
+    /// gates. Cheap when nothing is predicted; never blocks.
+    pub(crate) fn run(self: &Arc<Self>, trace: TraceKey, flags: u8) {
+        if !self.enabled() {
+            return;
+        }
+        let Some((mut live, elapsed)) = self.contexts.live(trace) else {
+            return;
+        };
+        let Some(methods) = self.settings.methods_for(&live.route) else {
+            return;
+        };
+        // Speculative responses that no real call has taken yet count as
+        // calls already made, so chains go on without waiting for the
+        // service.
+        let mut done = self.table.done_for(trace);
+        done.sort_by_key(|(_, s)| s.prediction.expected_start_us);
+        live.calls
+            .extend(done.iter().map(|(_, stored)| virtual_call(stored)));
+        for p in self.learning.predict(&live, elapsed, self.ahead_us) {
+            let Some(dep) = self.dependencies.get(p.dependency.as_str()) else {
+                continue;
+            };
+            let facts = plan::Facts {
+                containers: dep.containers().is_some(),
+            };
+            let decision = plan::decide(&p, elapsed, &self.settings, methods, facts);
+            if let Some(due) = decision.prestart_in {
+                dep.prestart_for(p.probability, due);
+            }
+            if decision.send
+                && dep.takes_speculation()
+                && self.table.allows(&live.route, &p.dependency)
+            {
+                self.send(trace, flags, &live.route, p, dep);
+            }
+        }
+    }
+
+    /// Registers `p` in the table and sends it, unless the table refuses
+    /// it (known already, not open, `max_inflight`) or no instance is free.
+    fn send(
+        self: &Arc<Self>,
+        trace: TraceKey,
+        flags: u8,
+        route: &str,
+        p: Prediction,
+        dep: &Arc<Dependency>,
+    ) {
+        let key = self.key(
+            trace,
+            &p.dependency,
+            &p.method,
+            &send::path_and_query(&p),
+            &p.headers,
+            p.body.as_ref(),
+        );
+        // A real call waits for this speculation about as long as the call
+        // itself is expected to take, then goes upstream.
+        let patience = Duration::from_micros(p.expected_latency_us.saturating_mul(2))
+            + Duration::from_millis(5);
+        let info = Arc::new(Info {
+            route: route.into(),
+            dependency: dep.name().clone(),
+            method: p.method.clone(),
+            path: p.path.clone(),
+            probability: p.probability,
+            sent_unix_ms: unix_ms(),
+            sent: Instant::now(),
+        });
+        if !self
+            .table
+            .begin(&key, info.clone(), patience.min(dep.timeout()))
+        {
+            return;
+        }
+        let span = self.span(trace, flags, &p);
+        let this = self.clone();
+        let dep = dep.clone();
+        tokio::spawn(async move { this.fetch(key, p, dep, span, info).await });
+    }
+
+    /// A span of its own for a speculative request, in the inbound
+    /// request's trace and linked to its span, with the `traceparent` that
+    /// goes with the request.
+    fn span(&self, trace: TraceKey, flags: u8, p: &Prediction) -> (MaybeSpan, TraceParent) {
+        let inbound = self.table.inbound_span(trace).map(|span| TraceParent {
+            trace_id: trace,
+            parent_id: span,
+            flags,
+        });
+        let (span, tp) = self
+            .telemetry
+            .start_linked(SpanKind::Client, inbound, inbound, || {
+                let attributes = vec![
+                    KeyValue::new("augur.dependency", p.dependency.clone()),
+                    KeyValue::new("augur.speculative", true),
+                    KeyValue::new("augur.probability", p.probability),
+                    KeyValue::new("http.request.method", p.method.clone()),
+                    KeyValue::new("url.path", p.path.clone()),
+                ];
+                (
+                    format!("prefetch {} {}", p.method, p.dependency),
+                    attributes,
+                )
+            });
+        let tp = match inbound {
+            Some(_) => tp,
+            None => TraceParent {
+                trace_id: trace,
+                parent_id: fresh_id64(),
+                flags,
             },
-            json: None,
+        };
+        (span, tp)
+    }
+
+    /// Sends one registered speculation, publishes its result, and chains
+    /// on a servable answer.
+    async fn fetch(
+        self: Arc<Self>,
+        key: Key,
+        p: Prediction,
+        dep: Arc<Dependency>,
+        (mut span, tp): (MaybeSpan, TraceParent),
+        info: Arc<Info>,
+    ) {
+        // Only a speculation that is really sent takes an instance.
+        let stored = match dep.lease(Purpose::Speculation).await {
+            Ok(lease) => {
+                self.metrics
+                    .upstream_requests
+                    .with_label_values(&[dep.name(), "speculative"])
+                    .inc();
+                let sent = self.client.fetch(&p, lease.addr(), tp, &self.key_headers);
+                match tokio::time::timeout(dep.timeout(), sent).await {
+                    Ok(Ok(stored)) => stored,
+                    Ok(Err(e)) => {
+                        tracing::debug!("speculative {} {} {}: {e}", p.method, dep.name(), p.path);
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            // The instance went between the check and now.
+            Err(_) => None,
+        };
+        let servable = stored.is_some();
+        let status = stored.as_ref().map_or(0, |s| s.status);
+        telemetry::finish(&mut span, status, || {
+            vec![KeyValue::new("augur.servable", servable)]
+        });
+        if let Some(outcome) = self.table.complete(&key, stored, Some(info)) {
+            self.count(dep.name(), outcome);
+        }
+        if servable {
+            self.run(key.trace, tp.flags);
         }
     }
 
-    #[test]
-    fn keys_differ_by_trace_and_by_every_header_that_matters() {
-        let h = SecretHasher::new();
-        let base = key(&h, 1, "Bearer alice", "application/json");
-        assert_eq!(base, key(&h, 1, "Bearer alice", "application/json"));
-        assert_ne!(
-            base,
-            key(&h, 2, "Bearer alice", "application/json"),
-            "another request"
-        );
-        assert_ne!(
-            base,
-            key(&h, 1, "Bearer mallory", "application/json"),
-            "another principal"
-        );
-        assert_ne!(
-            base,
-            key(&h, 1, "Bearer alice", "text/html"),
-            "another representation"
-        );
-        let other_path = Key::new(&h, 1, "users", "GET", "/users/8?x=1", &[], None);
-        assert_ne!(
-            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None),
-            other_path
-        );
-        assert_ne!(
-            Key::new(&h, 1, "users", "HEAD", "/users/7?x=1", &[], None),
-            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None)
-        );
-        assert!(
-            !format!("{base:?}").contains("alice"),
-            "a key never shows its credential"
-        );
+    /// The key of a request of the inbound request `trace`: `headers` are
+    /// the ones that matter, with their real values.
+    pub(crate) fn key(
+        &self,
+        trace: TraceKey,
+        dependency: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Key {
+        Key::new(
+            &self.hasher,
+            trace,
+            dependency,
+            method,
+            path_and_query,
+            headers,
+            body,
+        )
     }
 
-    #[test]
-    fn a_response_is_served_once_and_only_to_its_own_key() {
-        let h = SecretHasher::new();
-        let table = Speculations::new(1 << 20, 8, 0.25);
-        table.open(1, 1);
-        table.open(2, 2);
-        let alice = key(&h, 1, "Bearer alice", "*/*");
-        let mallory = key(&h, 1, "Bearer mallory", "*/*");
-        let other_request = key(&h, 2, "Bearer alice", "*/*");
-        assert!(table.begin(&alice, info(), Duration::from_millis(5)));
-        assert!(
-            !table.begin(&alice, info(), Duration::from_millis(5)),
-            "sent once"
-        );
-        assert_eq!(table.complete(&alice, Some(stored("alice's")), None), None);
-        assert!(matches!(
-            table.claim(&mallory, &"users".into()),
-            Found::Nothing
-        ));
-        assert!(matches!(
-            table.claim(&other_request, &"users".into()),
-            Found::Nothing
-        ));
-        match table.claim(&alice, &"users".into()) {
-            Found::Done(s) => assert_eq!(s.body, "alice's"),
-            _ => panic!("alice's own call must find it"),
+    /// The answer for a real call of `key`, when a speculation was sent for
+    /// exactly this request: at once if it completed, awaited (with the
+    /// patience it was sent with) if in flight.
+    pub(crate) async fn answer(&self, key: &Key, dependency: &Arc<str>) -> Option<Answer> {
+        let (stored, outcome) = match self.table.claim(key, dependency) {
+            Found::Nothing => return None,
+            Found::Done(stored) => (stored, CallOutcome::Hit),
+            Found::InFlight(mut rx, until) => {
+                let waited =
+                    tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
+                let stored = match waited {
+                    Ok(Ok(value)) => value.clone().flatten()?,
+                    _ => return None,
+                };
+                self.table.used(key);
+                (stored, CallOutcome::Coalesced)
+            }
+        };
+        self.count(dependency, Outcome::Used);
+        Some(Answer { stored, outcome })
+    }
+
+    /// Drops what was speculated for a context that closed or expired,
+    /// counting what was never used.
+    pub(crate) fn close(&self, trace: TraceKey) {
+        for (dependency, outcome) in self.table.close(trace) {
+            self.count(&dependency, outcome);
         }
-        assert!(
-            matches!(table.claim(&alice, &"users".into()), Found::Nothing),
-            "served once"
-        );
-        assert_eq!(table.held_bytes(), 0);
     }
 
-    #[test]
-    fn unusable_and_unclaimed_speculations_are_counted() {
-        let h = SecretHasher::new();
-        let table = Speculations::new(1 << 20, 1, 0.25);
-        table.open(1, 1);
-        table.open(3, 3);
-        let a = key(&h, 1, "a", "*/*");
-        let b = key(&h, 1, "b", "*/*");
-        assert!(table.begin(&a, info(), Duration::from_millis(5)));
-        assert!(
-            !table.begin(&b, info(), Duration::from_millis(5)),
-            "max_inflight is 1"
-        );
-        assert_eq!(table.complete(&a, None, None), Some(Outcome::Failed));
-        assert!(
-            matches!(table.claim(&a, &"users".into()), Found::Nothing),
-            "a failure is never served"
-        );
-        assert!(table.begin(&b, info(), Duration::from_millis(5)));
-        assert_eq!(table.complete(&b, Some(stored("b")), None), None);
-        let closed = table.close(1);
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].1, Outcome::Wasted);
-        assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
-        // A speculation whose context closed before it came back.
-        let c = key(&h, 3, "c", "*/*");
-        assert!(
-            !table.begin(&key(&h, 9, "x", "*/*"), info(), Duration::from_millis(5)),
-            "trace 9 is not open"
-        );
-        assert!(table.begin(&c, info(), Duration::from_millis(5)));
-        assert!(table.close(3).is_empty());
-        assert_eq!(
-            table.complete(&c, Some(stored("late")), Some(info())),
-            Some(Outcome::Cancelled)
-        );
-        assert_eq!(table.traces(), 0);
-        let outcomes: Vec<&str> = table.recent(10).iter().map(|f| f.outcome).collect();
-        assert_eq!(outcomes, ["cancelled", "wasted", "failed"]);
+    fn count(&self, dependency: &str, outcome: Outcome) {
+        self.metrics
+            .speculations
+            .with_label_values(&[dependency, outcome.as_str()])
+            .inc();
+    }
+
+    /// What `/debug/speculations` shows: the last `limit` outcomes.
+    pub(crate) fn report(&self, limit: usize) -> serde_json::Value {
+        serde_json::json!({
+            "enabled": self.enabled(),
+            "inflight": self.table.inflight(),
+            "held_bytes": self.table.held_bytes(),
+            "governor": self.table.governor_states(),
+            "recent": self.table.recent(limit),
+        })
+    }
+
+    /// Bytes held, requests in flight, open traces: for the gauges.
+    pub(crate) fn gauges(&self) -> (u64, usize, usize) {
+        (
+            self.table.held_bytes(),
+            self.table.inflight(),
+            self.table.traces(),
+        )
+    }
+}
+
+/// A completed speculation as a call of the live context.
+fn virtual_call(stored: &Stored) -> Call {
+    let p = &stored.prediction;
+    Call {
+        dependency: p.dependency.clone(),
+        request: Request {
+            method: p.method.clone(),
+            path: p.path.clone(),
+            query: p.query.clone(),
+            headers: Vec::new(),
+            body: None,
+        },
+        status: stored.status,
+        start_us: p.expected_start_us,
+        duration_us: p.expected_latency_us,
+        response: stored.json.as_deref().cloned(),
     }
 }

@@ -8,6 +8,7 @@ mod onnx;
 mod robust;
 
 use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};
+use augur_predictor::headers::KeyHeaders;
 use augur_predictor::sequence::Next;
 use augur_predictor::{Context, Learner, Settings};
 use flows::*;
@@ -111,11 +112,15 @@ fn parameters_come_from_responses_joined_lists_path_query_header_and_body() {
     live.calls.push(ctx.calls[0].clone());
     let after_geo = learner.predict(&live, ctx.calls[0].end_us(), 1_000_000);
     assert!(
-        after_geo.iter().any(|p| p.matches(&ctx.calls[1])),
+        after_geo
+            .iter()
+            .any(|p| p.matches(&ctx.calls[1], &KeyHeaders::default())),
         "rates from the joined ids: {after_geo:#?}"
     );
     assert!(
-        after_geo.iter().any(|p| p.matches(&ctx.calls[2])),
+        after_geo
+            .iter()
+            .any(|p| p.matches(&ctx.calls[2], &KeyHeaders::default())),
         "profile of the first hotel: {after_geo:#?}"
     );
     // order: item from the JSON body, tenant from a header, the credential
@@ -125,7 +130,11 @@ fn parameters_come_from_responses_joined_lists_path_query_header_and_body() {
     live.calls.clear();
     let p = learner.predict(&live, 0, 1_000_000);
     assert_eq!(p.len(), 1);
-    assert!(p[0].matches(&ctx.calls[0]), "{p:#?} vs {:#?}", ctx.calls[0]);
+    assert!(
+        p[0].matches(&ctx.calls[0], &KeyHeaders::default()),
+        "{p:#?} vs {:#?}",
+        ctx.calls[0]
+    );
 }
 
 #[test]
@@ -165,7 +174,7 @@ fn call_bodies_are_predicted_field_by_field() {
         .find(|p| p.dependency == "payments")
         .expect("payments predicted");
     assert!(
-        pay.matches(&ctx.calls[1]),
+        pay.matches(&ctx.calls[1], &KeyHeaders::default()),
         "{pay:#?} vs {:#?}",
         ctx.calls[1].request
     );
@@ -372,7 +381,9 @@ fn a_changed_rule_is_learned_within_20_contexts() {
         let mut live = c.clone();
         live.calls.truncate(1);
         let p = learner.predict(&live, c.calls[0].end_us(), 1_000_000);
-        if p.iter().any(|p| p.matches(&c.calls[1])) {
+        if p.iter()
+            .any(|p| p.matches(&c.calls[1], &KeyHeaders::default()))
+        {
             hits_after.push(i);
         }
         learner.learn(c);

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 
 #[derive(Debug, Default)]
-pub struct Capture {
+pub(crate) struct Capture {
     buf: Option<BytesMut>,
     limit: usize,
 }
@@ -30,7 +30,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 impl Capture {
     /// Starts capturing a body with these headers, if it is JSON and not
     /// announced as larger than `limit`.
-    pub fn start(headers: &HeaderMap, limit: usize) -> Self {
+    pub(crate) fn start(headers: &HeaderMap, limit: usize) -> Self {
         let length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -42,7 +42,7 @@ impl Capture {
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         if let Some(buf) = &mut self.buf {
             if buf.len() + chunk.len() > self.limit {
                 self.buf = None;
@@ -53,7 +53,7 @@ impl Capture {
     }
 
     /// The whole body, if it was captured in full.
-    pub fn finish(&mut self) -> Option<Bytes> {
+    pub(crate) fn finish(&mut self) -> Option<Bytes> {
         self.buf.take().map(BytesMut::freeze)
     }
 }

@@ -13,13 +13,15 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt as _;
 
-use super::{Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage, short};
+use super::backend::{
+    Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage, short,
+};
 
 /// The local Docker Engine. It connects on first use and again after a
 /// failure, so a daemon that is down at start-up or restarts later only
 /// fails the calls made meanwhile.
 #[derive(Default)]
-pub struct DockerBackend {
+pub(crate) struct DockerBackend {
     docker: tokio::sync::Mutex<Option<Docker>>,
 }
 
@@ -36,7 +38,7 @@ fn fail(
 }
 
 impl DockerBackend {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -65,7 +67,7 @@ impl DockerBackend {
 
     /// Removes every container labelled for `service`: leftovers at
     /// start-up, everything at shutdown. Returns how many.
-    pub async fn remove_owned(&self, service: &str) -> Result<usize, ResourceError> {
+    pub(crate) async fn remove_owned(&self, service: &str) -> Result<usize, ResourceError> {
         let ids = self.owned(service).await?;
         for id in &ids {
             self.stop(id).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::speculation::Outcome;
+use super::Outcome;
 
 /// Outcomes remembered per (route, dependency).
 const WINDOW: usize = 50;
@@ -32,23 +32,23 @@ impl Window {
     }
 }
 
-pub struct Governor {
+pub(crate) struct Governor {
     max_waste_ratio: f64,
     windows: Mutex<HashMap<(String, String), Window>>,
 }
 
 /// What the governor says of one (route, dependency), for `/debug`.
 #[derive(Debug, serde::Serialize)]
-pub struct State {
-    pub route: String,
-    pub dependency: String,
-    pub samples: usize,
-    pub waste_ratio: f64,
-    pub paused_for_ms: Option<u64>,
+pub(crate) struct State {
+    pub(crate) route: String,
+    pub(crate) dependency: String,
+    pub(crate) samples: usize,
+    pub(crate) waste_ratio: f64,
+    pub(crate) paused_for_ms: Option<u64>,
 }
 
 impl Governor {
-    pub fn new(max_waste_ratio: f64) -> Self {
+    pub(crate) fn new(max_waste_ratio: f64) -> Self {
         Self {
             max_waste_ratio,
             windows: Mutex::new(HashMap::new()),
@@ -56,7 +56,7 @@ impl Governor {
     }
 
     /// Whether speculation on `dependency` for `route` may go on now.
-    pub fn allows(&self, route: &str, dependency: &str) -> bool {
+    pub(crate) fn allows(&self, route: &str, dependency: &str) -> bool {
         let windows = self.windows.lock();
         let Some(w) = windows.get(&(route.to_string(), dependency.to_string())) else {
             return true;
@@ -65,7 +65,7 @@ impl Governor {
     }
 
     /// Counts an outcome; pauses the pair when its waste ratio is too high.
-    pub fn record(&self, route: &str, dependency: &str, outcome: Outcome) {
+    pub(crate) fn record(&self, route: &str, dependency: &str, outcome: Outcome) {
         let mut windows = self.windows.lock();
         let w = windows
             .entry((route.to_string(), dependency.to_string()))
@@ -91,7 +91,7 @@ impl Governor {
         }
     }
 
-    pub fn states(&self) -> Vec<State> {
+    pub(crate) fn states(&self) -> Vec<State> {
         let now = Instant::now();
         let windows = self.windows.lock();
         let mut out: Vec<State> = windows

@@ -1,5 +1,5 @@
-//! Prometheus metrics, named as in DESIGN.md. One registry per process,
-//! rendered as text on the admin listener.
+//! Prometheus metrics, named as the README's "Metrics" section lists
+//! them. One registry per process, rendered as text on the admin listener.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use parking_lot::RwLock;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::containers::pool::Gauges;
 
 /// Distinct route labels kept at most; later routes are counted as `other`
 /// so a scan of random paths cannot grow the registry without bound.
@@ -20,36 +22,36 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     routes: RwLock<HashSet<Arc<str>>>,
-    pub inbound_requests: IntCounterVec,
-    pub inbound_duration: HistogramVec,
-    pub dependency_calls: IntCounterVec,
-    pub dependency_duration: HistogramVec,
-    pub upstream_requests: IntCounterVec,
-    pub speculations: IntCounterVec,
-    pub contexts_open: IntGauge,
-    pub contexts_untracked: IntCounterVec,
-    pub contexts_expired: prometheus::IntCounter,
-    pub container_starts: IntCounterVec,
-    pub container_starts_denied: IntCounterVec,
-    pub container_evictions: IntCounterVec,
-    pub container_seconds: prometheus::CounterVec,
-    pub container_cpu: prometheus::GaugeVec,
-    pub container_memory: prometheus::GaugeVec,
-    pub prestarts_wasted: IntCounterVec,
-    pub cold_start_wait: prometheus::Histogram,
-    pub containers: prometheus::IntGaugeVec,
-    pub speculation_held_bytes: IntGauge,
-    pub speculation_inflight: IntGauge,
-    pub speculation_traces: IntGauge,
-    pub learner_contexts: prometheus::IntCounter,
-    pub learner_dropped: prometheus::IntCounter,
+    pub(crate) inbound_requests: IntCounterVec,
+    pub(crate) inbound_duration: HistogramVec,
+    pub(crate) dependency_calls: IntCounterVec,
+    pub(crate) dependency_duration: HistogramVec,
+    pub(crate) upstream_requests: IntCounterVec,
+    pub(crate) speculations: IntCounterVec,
+    pub(crate) contexts_open: IntGauge,
+    pub(crate) contexts_untracked: IntCounterVec,
+    pub(crate) contexts_expired: prometheus::IntCounter,
+    pub(crate) container_starts: IntCounterVec,
+    pub(crate) container_starts_denied: IntCounterVec,
+    pub(crate) container_evictions: IntCounterVec,
+    pub(crate) container_seconds: prometheus::CounterVec,
+    pub(crate) container_cpu: prometheus::GaugeVec,
+    pub(crate) container_memory: prometheus::GaugeVec,
+    pub(crate) prestarts_wasted: IntCounterVec,
+    pub(crate) cold_start_wait: prometheus::Histogram,
+    pub(crate) containers: prometheus::IntGaugeVec,
+    pub(crate) speculation_held_bytes: IntGauge,
+    pub(crate) speculation_inflight: IntGauge,
+    pub(crate) speculation_traces: IntGauge,
+    pub(crate) learner_contexts: prometheus::IntCounter,
+    pub(crate) learner_dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
@@ -212,7 +214,7 @@ impl Metrics {
     }
 
     /// The label for `route`, or `other` once [`MAX_ROUTES`] are known.
-    pub fn route_label(&self, route: &Arc<str>) -> Arc<str> {
+    pub(crate) fn route_label(&self, route: &Arc<str>) -> Arc<str> {
         if let Some(known) = self.routes.read().get(route) {
             return known.clone();
         }
@@ -225,7 +227,7 @@ impl Metrics {
         }
     }
 
-    pub fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
+    pub(crate) fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
         let label = self.route_label(route);
         self.inbound_requests.with_label_values(&[&*label]).inc();
         self.inbound_duration
@@ -233,7 +235,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {
+    pub(crate) fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {
         self.dependency_calls
             .with_label_values(&[dependency, outcome])
             .inc();
@@ -242,36 +244,41 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Sets the gauges that mirror state held elsewhere, before a scrape.
-    pub fn observe_state(&self, shared: &crate::state::Shared) {
-        let table = &shared.prefetch.table;
-        self.contexts_open.set(shared.contexts.open_count() as i64);
-        self.speculation_held_bytes.set(table.held_bytes() as i64);
-        self.speculation_inflight.set(table.inflight() as i64);
-        self.speculation_traces.set(table.traces() as i64);
-        for pool in &shared.pools {
-            let dep = pool.dependency();
-            let g = pool.gauges();
-            for (state, n) in [("starting", g.starting), ("busy", g.busy), ("idle", g.idle)] {
-                self.containers
-                    .with_label_values(&[dep, state])
-                    .set(n as i64);
-            }
-            let seconds = self.container_seconds.with_label_values(&[dep]);
-            if g.container_seconds > seconds.get() {
-                seconds.inc_by(g.container_seconds - seconds.get());
-            }
-            self.container_cpu
-                .with_label_values(&[dep])
-                .set(g.cpu_cores);
-            self.container_memory
-                .with_label_values(&[dep])
-                .set(g.memory_bytes as f64);
+    /// Sets the gauges that mirror the context and speculation tables,
+    /// before a scrape.
+    pub(crate) fn observe_tables(
+        &self,
+        contexts_open: usize,
+        (held_bytes, inflight, traces): (u64, usize, usize),
+    ) {
+        self.contexts_open.set(contexts_open as i64);
+        self.speculation_held_bytes.set(held_bytes as i64);
+        self.speculation_inflight.set(inflight as i64);
+        self.speculation_traces.set(traces as i64);
+    }
+
+    /// Sets the gauges that mirror a dependency's containers, before a
+    /// scrape.
+    pub(crate) fn observe_pool(&self, dependency: &str, g: &Gauges) {
+        for (state, n) in [("starting", g.starting), ("busy", g.busy), ("idle", g.idle)] {
+            self.containers
+                .with_label_values(&[dependency, state])
+                .set(n as i64);
         }
+        let seconds = self.container_seconds.with_label_values(&[dependency]);
+        if g.container_seconds > seconds.get() {
+            seconds.inc_by(g.container_seconds - seconds.get());
+        }
+        self.container_cpu
+            .with_label_values(&[dependency])
+            .set(g.cpu_cores);
+        self.container_memory
+            .with_label_values(&[dependency])
+            .set(g.memory_bytes as f64);
     }
 
     /// Prometheus text exposition format.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric that fails to
         // encode is left out rather than failing the scrape.

@@ -5,22 +5,22 @@ use std::fmt;
 /// A parsed `traceparent`: which trace a request belongs to and which span
 /// sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: u128,
-    pub parent_id: u64,
-    pub flags: u8,
+pub(crate) struct TraceParent {
+    pub(crate) trace_id: u128,
+    pub(crate) parent_id: u64,
+    pub(crate) flags: u8,
 }
 
-pub const HEADER: &str = "traceparent";
+pub(crate) const HEADER: &str = "traceparent";
 
 /// The `sampled` bit of `flags`.
-pub const SAMPLED: u8 = 0x01;
+pub(crate) const SAMPLED: u8 = 0x01;
 
 impl TraceParent {
     /// Parses a header value. Version `00` must be exactly 55 characters;
     /// later versions may append fields, which are ignored as the spec says.
     /// All-zero ids and the invalid version `ff` are rejected.
-    pub fn parse(value: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(value: &[u8]) -> Option<Self> {
         if value.len() < 55 || (value.len() > 55 && value.get(55) != Some(&b'-')) {
             return None;
         }
@@ -42,7 +42,7 @@ impl TraceParent {
     }
 
     /// A new trace with random ids, sampled.
-    pub fn fresh() -> Self {
+    pub(crate) fn fresh() -> Self {
         Self {
             trace_id: fresh_id128(),
             parent_id: fresh_id64(),
@@ -51,12 +51,8 @@ impl TraceParent {
     }
 
     /// The same trace, sent by another span.
-    pub fn with_parent(self, parent_id: u64) -> Self {
+    pub(crate) fn with_parent(self, parent_id: u64) -> Self {
         Self { parent_id, ..self }
-    }
-
-    pub fn trace_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
     }
 }
 
@@ -86,7 +82,7 @@ fn hex(digits: &[u8]) -> Option<u128> {
 }
 
 /// A random, non-zero 128-bit id.
-pub fn fresh_id128() -> u128 {
+pub(crate) fn fresh_id128() -> u128 {
     loop {
         let id = fastrand::u128(..);
         if id != 0 {
@@ -96,7 +92,7 @@ pub fn fresh_id128() -> u128 {
 }
 
 /// A random, non-zero 64-bit id.
-pub fn fresh_id64() -> u64 {
+pub(crate) fn fresh_id64() -> u64 {
     loop {
         let id = fastrand::u64(..);
         if id != 0 {

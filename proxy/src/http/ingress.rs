@@ -14,20 +14,20 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
-use crate::capture::Capture;
+use super::capture::Capture;
+use super::traceparent::{self, TraceParent};
+use super::upstream::Target;
+use super::{Common, failure, headers, request};
 use crate::context::{InboundRecord, TraceKey};
-use crate::state::{Inflight, Shared};
-use crate::telemetry::{self, MaybeSpan};
-use crate::traceparent::{self, TraceParent};
-use crate::upstream::Target;
-use crate::{failure, headers, prefetch, request};
+use crate::ops::lifecycle::Inflight;
+use crate::ops::telemetry::{self, MaybeSpan};
 
-pub struct Ingress {
-    pub shared: Arc<Shared>,
-    pub target: Target,
+pub(crate) struct Ingress {
+    pub(crate) common: Arc<Common>,
+    pub(crate) target: Target,
 }
 
-pub struct InboundCtx {
+pub(crate) struct InboundCtx {
     started: Instant,
     route: Option<Arc<str>>,
     /// The trace id, when this request has an open context.
@@ -52,18 +52,19 @@ impl ProxyHttp for Ingress {
             traceparent: None,
             span: None,
             body: Capture::default(),
-            _inflight: self.shared.inflight_guard(),
+            _inflight: self.common.inflight(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
-        if request::reject_oversized(session, self.shared.max_header_size).await? {
+        let common = &*self.common;
+        if request::reject_oversized(session, common.max_header_size).await? {
             return Ok(true);
         }
         let req = session.req_header();
         let route: Arc<str> = request::route(req).into();
         let parent = request::traceparent(req);
-        let (span, tp) = self.shared.telemetry.start(SpanKind::Server, parent, || {
+        let (span, tp) = common.telemetry.start(SpanKind::Server, parent, || {
             let attributes = vec![
                 KeyValue::new("http.request.method", req.method.to_string()),
                 KeyValue::new("url.path", req.uri.path().to_string()),
@@ -76,35 +77,19 @@ impl ProxyHttp for Ingress {
             path: req.uri.path().to_string(),
             query: req.uri.query().map(str::to_string),
             route: route.clone(),
-            headers: headers::recorded(
-                &req.headers,
-                &self.shared.redact,
-                &self.shared.hasher,
-                |n| n != traceparent::HEADER,
-            ),
+            headers: headers::recorded(&req.headers, &common.redact, &common.hasher, |n| {
+                n != traceparent::HEADER
+            }),
             body: None,
-            raw_headers: req
-                .headers
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            raw_headers: headers::pairs(&req.headers, |_| true),
         };
-        match self.shared.contexts.open(tp.trace_id, inbound) {
+        match common.contexts.open(tp.trace_id, inbound) {
             Ok(()) => {
                 ctx.context = Some(tp.trace_id);
-                ctx.body = Capture::start(&req.headers, self.shared.body_limit);
-                if self.shared.prefetch.enabled() {
-                    self.shared.prefetch.table.open(tp.trace_id, tp.parent_id);
-                    prefetch::run(&self.shared, tp.trace_id, tp.flags);
-                }
+                ctx.body = Capture::start(&req.headers, common.body_limit);
+                common.speculation.open(tp.trace_id, tp);
             }
-            Err(why) => self
-                .shared
+            Err(why) => common
                 .metrics
                 .contexts_untracked
                 .with_label_values(&[why.as_str()])
@@ -128,7 +113,7 @@ impl ProxyHttp for Ingress {
         }
         if end_of_stream {
             if let (Some(key), Some(captured)) = (ctx.context, ctx.body.finish()) {
-                self.shared.contexts.set_inbound_body(key, captured);
+                self.common.contexts.set_inbound_body(key, captured);
             }
         }
         Ok(())
@@ -177,11 +162,11 @@ impl ProxyHttp for Ingress {
         };
         let status = request::final_status(session, e);
         if let Some(key) = ctx.context.take() {
-            if let Some(closed) = self.shared.contexts.close(key, status) {
-                self.shared.context_closed(closed);
+            if let Some(closed) = self.common.contexts.close(key, status) {
+                self.common.context_closed(closed);
             }
         }
-        self.shared.metrics.inbound(&route, ctx.started.elapsed());
+        self.common.metrics.inbound(&route, ctx.started.elapsed());
         telemetry::finish(&mut ctx.span, status, Vec::new);
     }
 }

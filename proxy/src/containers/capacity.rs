@@ -3,18 +3,28 @@
 //! priority value: a real call outranks everything; a prestart is worth its
 //! prediction's probability × the dependency's criticality; a scale-up is
 //! worth the criticality. An idle instance can be stopped to make room for
-//! work worth more than it (see `ContainerPool::idle_value`).
+//! work worth more than it; each pool says what its idle instances are
+//! worth through [`Tenant`].
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::pool::ContainerPool;
+/// Something that holds room under the limit and can give some back: a
+/// dependency's pool.
+#[async_trait]
+pub(crate) trait Tenant: Send + Sync {
+    /// The idle instance worth least (its worth and id), if any may go.
+    fn idle_value(&self) -> Option<(f64, String)>;
+    /// Stops the instance `id` to make room, if it is still idle.
+    async fn evict(&self, id: &str) -> bool;
+}
 
 /// What a real call is worth: more than anything speculative.
-pub const CALL: f64 = f64::INFINITY;
+pub(crate) const CALL: f64 = f64::INFINITY;
 
 #[derive(Debug, Default)]
 struct Used {
@@ -22,32 +32,47 @@ struct Used {
     memory: u64,
 }
 
-pub struct Capacity {
+pub(crate) struct Capacity {
     max_containers: usize,
     max_memory: Option<u64>,
     used: Mutex<Used>,
     freed: Notify,
-    pools: Mutex<Vec<Weak<ContainerPool>>>,
+    tenants: Mutex<Vec<Weak<dyn Tenant>>>,
 }
 
-/// Why no room could be made.
+/// Why no room could be made: what was used of what is allowed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("at capacity ({0}), and nothing running is worth less")]
-pub struct Full(pub String);
+#[error("at capacity ({}), and nothing running is worth less", describe(self))]
+pub(crate) struct Full {
+    containers: usize,
+    max_containers: usize,
+    memory: u64,
+    max_memory: Option<u64>,
+}
+
+fn describe(full: &Full) -> String {
+    match full.max_memory {
+        Some(max) => format!(
+            "{} of {} containers, {} of {} bytes of memory",
+            full.containers, full.max_containers, full.memory, max
+        ),
+        None => format!("{} of {} containers", full.containers, full.max_containers),
+    }
+}
 
 impl Capacity {
-    pub fn new(max_containers: usize, max_memory: Option<u64>) -> Arc<Self> {
+    pub(crate) fn new(max_containers: usize, max_memory: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
             max_containers,
             max_memory,
             used: Mutex::new(Used::default()),
             freed: Notify::new(),
-            pools: Mutex::new(Vec::new()),
+            tenants: Mutex::new(Vec::new()),
         })
     }
 
-    pub fn register(&self, pool: &Arc<ContainerPool>) {
-        self.pools.lock().push(Arc::downgrade(pool));
+    pub(crate) fn register(&self, tenant: Weak<dyn Tenant>) {
+        self.tenants.lock().push(tenant);
     }
 
     fn try_take(&self, memory: u64) -> bool {
@@ -63,15 +88,14 @@ impl Capacity {
         fits
     }
 
-    /// What is used of what is allowed, for errors.
-    pub fn describe(&self) -> String {
+    /// What is used of what is allowed, as the error that says so.
+    pub(crate) fn full(&self) -> Full {
         let used = self.used.lock();
-        match self.max_memory {
-            Some(max) => format!(
-                "{} of {} containers, {} of {} bytes of memory",
-                used.containers, self.max_containers, used.memory, max
-            ),
-            None => format!("{} of {} containers", used.containers, self.max_containers),
+        Full {
+            containers: used.containers,
+            max_containers: self.max_containers,
+            memory: used.memory,
+            max_memory: self.max_memory,
         }
     }
 
@@ -79,7 +103,12 @@ impl Capacity {
     /// Idle instances worth less are stopped to make room. A real call
     /// (priority [`CALL`]) waits for room until `deadline`; other work
     /// gives up at once.
-    pub async fn reserve(&self, memory: u64, priority: f64, deadline: Instant) -> Result<(), Full> {
+    pub(crate) async fn reserve(
+        &self,
+        memory: u64,
+        priority: f64,
+        deadline: Instant,
+    ) -> Result<(), Full> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -91,13 +120,13 @@ impl Capacity {
                 continue;
             }
             if priority < CALL {
-                return Err(Full(self.describe()));
+                return Err(self.full());
             }
             if tokio::time::timeout_at(deadline.into(), freed)
                 .await
                 .is_err()
             {
-                return Err(Full(self.describe()));
+                return Err(self.full());
             }
         }
     }
@@ -105,9 +134,13 @@ impl Capacity {
     /// Stops the idle instance worth least, if it is worth less than
     /// `priority`. Returns whether one was stopped.
     async fn evict_one(&self, priority: f64) -> bool {
-        let pools: Vec<Arc<ContainerPool>> =
-            self.pools.lock().iter().filter_map(Weak::upgrade).collect();
-        let victim = pools
+        let tenants: Vec<Arc<dyn Tenant>> = self
+            .tenants
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let victim = tenants
             .iter()
             .filter_map(|p| p.idle_value().map(|(value, id)| (value, id, p)))
             .filter(|(value, _, _)| *value < priority)
@@ -120,11 +153,11 @@ impl Capacity {
 
     /// Tells the calls waiting for room to look again (an instance went
     /// idle and may be displaced now).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.freed.notify_waiters();
     }
 
-    pub fn release(&self, memory: u64) {
+    pub(crate) fn release(&self, memory: u64) {
         {
             let mut used = self.used.lock();
             used.containers = used.containers.saturating_sub(1);
@@ -133,16 +166,16 @@ impl Capacity {
         self.freed.notify_waiters();
     }
 
-    pub fn max_containers(&self) -> usize {
+    pub(crate) fn max_containers(&self) -> usize {
         self.max_containers
     }
 
-    pub fn max_memory(&self) -> Option<u64> {
+    pub(crate) fn max_memory(&self) -> Option<u64> {
         self.max_memory
     }
 
     /// Containers and memory reserved now.
-    pub fn used(&self) -> (usize, u64) {
+    pub(crate) fn used(&self) -> (usize, u64) {
         let used = self.used.lock();
         (used.containers, used.memory)
     }

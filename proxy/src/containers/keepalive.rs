@@ -44,19 +44,19 @@ const HOLD_FACTOR: f64 = 2.0;
 
 /// The windows for one idle period, all from its start.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Windows {
+pub(crate) struct Windows {
     /// With a pre-warm window: how long to keep an idle instance before
     /// stopping it (the short gaps).
-    pub hold: Duration,
+    pub(crate) hold: Duration,
     /// When to have an instance ready again (zero: keep it from the start).
-    pub prewarm: Duration,
+    pub(crate) prewarm: Duration,
     /// When to stop everything, if no call came.
-    pub keep_alive: Duration,
+    pub(crate) keep_alive: Duration,
 }
 
 /// A histogram of one dependency's idle gaps.
 #[derive(Debug, Clone)]
-pub struct IdleGaps {
+pub(crate) struct IdleGaps {
     counts: [u32; BUCKETS],
     /// Gaps longer than the last bucket.
     beyond: u32,
@@ -82,7 +82,7 @@ fn lower(bucket: usize) -> f64 {
 }
 
 impl IdleGaps {
-    pub fn record(&mut self, gap: Duration) {
+    pub(crate) fn record(&mut self, gap: Duration) {
         let secs = gap.as_secs_f64();
         match (0..BUCKETS).find(|&b| secs <= upper(b)) {
             Some(b) => self.counts[b] += 1,
@@ -98,7 +98,7 @@ impl IdleGaps {
         }
     }
 
-    pub fn samples(&self) -> u32 {
+    pub(crate) fn samples(&self) -> u32 {
         self.total
     }
 
@@ -106,7 +106,7 @@ impl IdleGaps {
     /// trusted yet (then the fallback keep-alive applies). A pre-warm
     /// window shorter than `start` plus half again is not worth stopping
     /// for: the instance is kept from the start instead.
-    pub fn windows(&self, start: Duration) -> Option<Windows> {
+    pub(crate) fn windows(&self, start: Duration) -> Option<Windows> {
         if self.total < MIN_SAMPLES || self.beyond * 2 > self.total {
             return None;
         }

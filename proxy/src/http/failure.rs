@@ -1,16 +1,24 @@
 //! The one place that decides what a client sees when proxying fails: the
-//! status, and a short plain-text body that names what failed.
+//! status, and a short plain-text body that names what failed. Errors keep
+//! their type to here: a dependency that could lend no instance (a
+//! [`PoolError`] under pingora's error) says why.
 
 use bytes::Bytes;
 use pingora::ErrorType::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource};
 
-use crate::upstream::Target;
+use super::upstream::Target;
+use crate::containers::pool::PoolError;
+
+/// The error for a call that got no instance, for [`respond`] to explain.
+pub(crate) fn no_instance(e: PoolError) -> Box<Error> {
+    Error::because(HTTPStatus(503), "no instance for the call", e)
+}
 
 /// The status for an error, or 0 when the client is gone and nothing can
 /// be sent.
-pub fn status_of(e: &Error) -> u16 {
+pub(crate) fn status_of(e: &Error) -> u16 {
     match e.etype() {
         HTTPStatus(code) => *code,
         _ => match e.esource() {
@@ -29,6 +37,9 @@ pub fn status_of(e: &Error) -> u16 {
 }
 
 fn body(code: u16, e: &Error, target: &Target) -> String {
+    if let Some(why) = e.root_cause().downcast_ref::<PoolError>() {
+        return format!("augur: {}: {why}\n", target.label);
+    }
     match code {
         504 => format!(
             "augur: {} at {} did not answer within {}\n",
@@ -73,28 +84,12 @@ fn humanize(d: std::time::Duration) -> String {
 
 /// Writes the error response (when the client can still take one) and
 /// reports the status for logging. The connection is never reused.
-pub async fn respond(session: &mut Session, e: &Error, target: &Target) -> FailToProxy {
+pub(crate) async fn respond(session: &mut Session, e: &Error, target: &Target) -> FailToProxy {
     let code = status_of(e);
     if code > 0 && session.response_written().is_none() {
         let text = body(code, e, target);
         if let Err(write) = session
             .respond_error_with_body(code, Bytes::from(text))
-            .await
-        {
-            tracing::debug!("cannot send the error response: {write}");
-        }
-    }
-    FailToProxy {
-        error_code: code,
-        can_reuse_downstream: false,
-    }
-}
-
-/// Writes an error response with a body of the caller's making.
-pub async fn respond_with(session: &mut Session, code: u16, text: &str) -> FailToProxy {
-    if session.response_written().is_none() {
-        if let Err(write) = session
-            .respond_error_with_body(code, Bytes::from(text.to_string()))
             .await
         {
             tracing::debug!("cannot send the error response: {write}");

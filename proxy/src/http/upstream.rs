@@ -19,18 +19,16 @@ const H2_STREAMS: usize = 100;
 
 /// One upstream, ready to hand pingora a peer for each request.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// `service "frontend"` or `dependency "users"`, for messages.
-    pub label: Arc<str>,
-    /// The dependency's name (the service's name for the ingress).
-    pub name: Arc<str>,
-    pub addr: SocketAddr,
-    pub timeout: Duration,
+    pub(crate) label: Arc<str>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) timeout: Duration,
     peer: HttpPeer,
 }
 
 impl Target {
-    pub fn new(
+    pub(crate) fn new(
         kind: &str,
         name: &str,
         upstream: &Upstream,
@@ -70,19 +68,18 @@ impl Target {
         }
         Self {
             label: format!("{kind} {name:?}").into(),
-            name: name.into(),
             addr,
             timeout,
             peer,
         }
     }
 
-    pub fn peer(&self) -> Box<HttpPeer> {
+    pub(crate) fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())
     }
 
     /// A target whose address is only known per call (a container).
-    pub fn dynamic(
+    pub(crate) fn dynamic(
         kind: &str,
         name: &str,
         protocol: Protocol,
@@ -90,14 +87,11 @@ impl Target {
         timeout: Duration,
     ) -> Self {
         let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut target =
-            Self::with_addr(kind, name, placeholder, protocol, connect_timeout, timeout);
-        target.label = format!("{kind} {name:?}").into();
-        target
+        Self::with_addr(kind, name, placeholder, protocol, connect_timeout, timeout)
     }
 
     /// The same connection settings, to another address.
-    pub fn peer_at(&self, addr: SocketAddr) -> Box<HttpPeer> {
+    pub(crate) fn peer_at(&self, addr: SocketAddr) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options = self.peer.options.clone();
         Box::new(peer)

@@ -9,9 +9,33 @@ use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-/// Hop-by-hop headers that are never forwarded. `transfer-encoding` is not
-/// listed: pingora re-frames bodies itself and removes or rewrites it.
-const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+/// Hop-by-hop headers (RFC 9110 §7.6.1, with the legacy
+/// `keep-alive` and `proxy-connection`): never stored or forwarded as they
+/// came.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Hop-by-hop headers the proxy listeners leave to the framing layer:
+/// pingora re-frames bodies itself (`transfer-encoding`), and an upgrade
+/// keeps `connection` and `upgrade`.
+const FRAMING: [&str; 3] = ["connection", "transfer-encoding", "upgrade"];
+
+/// Whether the lowercase header `name` is hop-by-hop.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
+/// The hop-by-hop headers the listeners remove themselves.
+fn stripped() -> impl Iterator<Item = &'static str> {
+    HOP_BY_HOP.into_iter().filter(|n| !FRAMING.contains(n))
+}
 
 /// Names listed in `Connection` (except `upgrade`/`close`/`keep-alive`, which are
 /// handled by the framing layer), lowercased.
@@ -30,7 +54,7 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Removes hop-by-hop headers from a request going upstream. A WebSocket
 /// style upgrade keeps `connection: upgrade` and `upgrade`; `te: trailers`
 /// is kept since it is the one value every hop must honour.
-pub fn strip_request(req: &mut RequestHeader) {
+pub(crate) fn strip_request(req: &mut RequestHeader) {
     for name in connection_tokens(&req.headers) {
         req.remove_header(&name);
     }
@@ -42,7 +66,7 @@ pub fn strip_request(req: &mut RequestHeader) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in HOP_BY_HOP {
+    for name in stripped() {
         req.remove_header(name);
     }
     if te_trailers {
@@ -54,11 +78,11 @@ pub fn strip_request(req: &mut RequestHeader) {
 }
 
 /// Removes hop-by-hop headers from a response coming back.
-pub fn strip_response(resp: &mut ResponseHeader) {
+pub(crate) fn strip_response(resp: &mut ResponseHeader) {
     for name in connection_tokens(&resp.headers) {
         resp.remove_header(&name);
     }
-    for name in HOP_BY_HOP {
+    for name in stripped() {
         resp.remove_header(name);
     }
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -67,7 +91,7 @@ pub fn strip_response(resp: &mut ResponseHeader) {
 }
 
 /// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239).
-pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
+pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
     let Some(ip) = client else { return };
     let xff = match req
         .headers
@@ -94,7 +118,7 @@ pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
 
 /// Size of a request header block as it came on the wire (request line,
 /// each `name: value\r\n`, the blank line), close enough for a limit.
-pub fn request_header_size(req: &RequestHeader) -> usize {
+pub(crate) fn request_header_size(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
     req.headers
         .iter()
@@ -104,28 +128,35 @@ pub fn request_header_size(req: &RequestHeader) -> usize {
         + 2
 }
 
+/// Header names and values as text, in arrival order; `keep` chooses
+/// them by name.
+pub(crate) fn pairs(headers: &HeaderMap, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| keep(name.as_str()))
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_string(), text)
+        })
+        .collect()
+}
+
 /// Header names and values as augur records them: the values of `redact`
 /// (credentials) replaced by a keyed hash, so equal credentials can be told
 /// apart from different ones but never read; `keep` chooses the headers.
-pub fn recorded(
+pub(crate) fn recorded(
     headers: &HeaderMap,
     redact: &[String],
     hasher: &SecretHasher,
     keep: impl Fn(&str) -> bool,
 ) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| keep(name.as_str()))
-        .map(|(name, value)| {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            let shown = if redact.iter().any(|r| r == name.as_str()) {
-                hasher.hash(&text)
-            } else {
-                text.into_owned()
-            };
-            (name.as_str().to_string(), shown)
-        })
-        .collect()
+    let mut out = pairs(headers, keep);
+    for (name, value) in &mut out {
+        if redact.iter().any(|r| r == name) {
+            *value = hasher.hash(value);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

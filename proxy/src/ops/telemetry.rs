@@ -19,7 +19,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
-use crate::traceparent::{TraceParent, fresh_id64};
+use crate::http::traceparent::{TraceParent, fresh_id64};
 
 /// Installs the log subscriber: `RUST_LOG` if set, else info for augur and
 /// warnings for pingora.
@@ -35,18 +35,18 @@ pub fn init_logs() {
 }
 
 /// The span exporter, if one is configured.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A span in progress, or nothing when no exporter is configured.
-pub type MaybeSpan = Option<Span>;
+pub(crate) type MaybeSpan = Option<Span>;
 
 impl Telemetry {
     /// No exporter: ids are still made and propagated, nothing is sent.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self {
             tracer: None,
             provider: None,
@@ -56,7 +56,7 @@ impl Telemetry {
 
     /// An OTLP/gRPC exporter to `endpoint`, naming spans' resource
     /// `service_name`.
-    pub fn otlp(endpoint: &str, service_name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn otlp(endpoint: &str, service_name: &str) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("augur-otlp")
@@ -90,7 +90,7 @@ impl Telemetry {
     /// as a root when there is none; `describe` gives its name and
     /// attributes and runs only when spans are exported. Returns the span
     /// and the `traceparent` that names it, to pass on downstream.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         kind: SpanKind,
         parent: Option<TraceParent>,
@@ -100,7 +100,7 @@ impl Telemetry {
     }
 
     /// [`start`](Self::start), with a link to another span.
-    pub fn start_linked(
+    pub(crate) fn start_linked(
         &self,
         kind: SpanKind,
         parent: Option<TraceParent>,
@@ -157,16 +157,12 @@ impl Telemetry {
     }
 
     /// Flushes and stops the exporter, waiting at most `timeout`.
-    pub fn shutdown(&self, timeout: Duration) {
+    pub(crate) fn shutdown(&self, timeout: Duration) {
         if let Some(provider) = &self.provider {
             if let Err(e) = provider.shutdown_with_timeout(timeout) {
                 tracing::warn!("telemetry shutdown: {e}");
             }
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.tracer.is_some()
     }
 }
 
@@ -180,7 +176,11 @@ impl Drop for Telemetry {
 
 /// Ends a span with the final attributes and an error status for 5xx or a
 /// transport failure.
-pub fn finish(span: &mut MaybeSpan, status: u16, attributes: impl FnOnce() -> Vec<KeyValue>) {
+pub(crate) fn finish(
+    span: &mut MaybeSpan,
+    status: u16,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+) {
     if let Some(span) = span.as_mut() {
         span.set_attributes(attributes());
         span.set_attribute(KeyValue::new(

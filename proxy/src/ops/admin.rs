@@ -2,6 +2,7 @@
 //! Bound to loopback by default; it reads shared state and never blocks the
 //! proxy listeners.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,28 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::state::Shared;
+use super::lifecycle::Lifecycle;
+use super::metrics::Metrics;
+use crate::containers::capacity::Capacity;
+use crate::containers::pool::ContainerPool;
+use crate::context::ContextTable;
+use crate::learning::Learning;
+use crate::speculation::Speculation;
 
 /// Closed contexts returned by `/debug/contexts` when no limit is given.
 const DEFAULT_LIMIT: usize = 20;
 
-pub struct Admin {
-    pub shared: Arc<Shared>,
+/// What the admin API reads.
+pub(crate) struct Admin {
+    pub(crate) contexts: Arc<ContextTable>,
+    pub(crate) speculation: Arc<Speculation>,
+    pub(crate) learning: Arc<Learning>,
+    pub(crate) pools: Vec<Arc<ContainerPool>>,
+    pub(crate) capacity: Arc<Capacity>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Every proxy listener, for readiness.
+    pub(crate) listeners: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -30,43 +46,19 @@ impl ServeHttp for Admin {
         match req.uri.path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
-            "/metrics" => {
-                self.shared.metrics.observe_state(&self.shared);
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    self.shared.metrics.render(),
-                )
-            }
-            "/debug/containers" => {
-                let (containers, memory) = self.shared.capacity.used();
-                let pools: Vec<_> = self.shared.pools.iter().map(|p| p.snapshot()).collect();
-                json(&serde_json::json!({
-                    "capacity": {
-                        "containers": containers,
-                        "max_containers": self.shared.capacity.max_containers(),
-                        "memory_bytes": memory,
-                        "max_memory_bytes": self.shared.capacity.max_memory(),
-                    },
-                    "dependencies": pools,
-                }))
-            }
-            "/debug/model" => json(&self.shared.learning.learner.read().describe()),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics(),
+            ),
+            "/debug/containers" => json(&self.containers()),
+            "/debug/model" => json(&self.learning.describe()),
             "/debug/speculations" => match limit(&query) {
-                Ok(n) => {
-                    let table = &self.shared.prefetch.table;
-                    json(&serde_json::json!({
-                        "enabled": self.shared.prefetch.enabled(),
-                        "inflight": table.inflight(),
-                        "held_bytes": table.held_bytes(),
-                        "governor": table.governor.states(),
-                        "recent": table.recent(n),
-                    }))
-                }
+                Ok(n) => json(&self.speculation.report(n)),
                 Err(msg) => text(StatusCode::BAD_REQUEST, &msg),
             },
             "/debug/contexts" => match limit(&query) {
-                Ok(n) => json(&self.shared.contexts.recent(n)),
+                Ok(n) => json(&self.contexts.recent(n)),
                 Err(msg) => text(StatusCode::BAD_REQUEST, &msg),
             },
             _ => text(
@@ -78,15 +70,39 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
+    /// The metrics, with the gauges that mirror other state set first.
+    fn metrics(&self) -> Vec<u8> {
+        let m = &self.metrics;
+        m.observe_tables(self.contexts.open_count(), self.speculation.gauges());
+        for pool in &self.pools {
+            m.observe_pool(pool.dependency(), &pool.gauges());
+        }
+        m.render()
+    }
+
+    fn containers(&self) -> serde_json::Value {
+        let (containers, memory) = self.capacity.used();
+        let pools: Vec<_> = self.pools.iter().map(|p| p.snapshot()).collect();
+        serde_json::json!({
+            "capacity": {
+                "containers": containers,
+                "max_containers": self.capacity.max_containers(),
+                "memory_bytes": memory,
+                "max_memory_bytes": self.capacity.max_memory(),
+            },
+            "dependencies": pools,
+        })
+    }
+
     /// Ready once every proxy listener accepts connections; not ready again
     /// once shutdown has begun.
     async fn readyz(&self) -> Response<Vec<u8>> {
-        if self.shared.is_draining() {
+        if self.lifecycle.is_draining() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        if !self.shared.is_ready() {
-            for addr in &self.shared.listeners {
-                let probe = crate::server::connectable(*addr);
+        if !self.lifecycle.is_ready() {
+            for addr in &self.listeners {
+                let probe = connectable(*addr);
                 let ok = tokio::time::timeout(
                     Duration::from_millis(250),
                     tokio::net::TcpStream::connect(probe),
@@ -100,9 +116,22 @@ impl Admin {
                     );
                 }
             }
-            self.shared.set_ready();
+            self.lifecycle.set_ready();
         }
         text(StatusCode::OK, "ready\n")
+    }
+}
+
+/// An address to connect to for reaching a listener bound to `addr`.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
     }
 }
 

@@ -8,22 +8,31 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
 
-use crate::traceparent::{self, TraceParent};
+use super::traceparent::{self, TraceParent};
 
 /// `METHOD /path/{id}/template`: the route an inbound request belongs to.
-pub fn route(req: &RequestHeader) -> String {
+pub(crate) fn route(req: &RequestHeader) -> String {
     let template = augur_predictor::shape::path_template(req.uri.path());
     format!("{} {}", req.method, template)
 }
 
 /// The request's `traceparent`, when it has a valid one.
-pub fn traceparent(req: &RequestHeader) -> Option<TraceParent> {
+pub(crate) fn traceparent(req: &RequestHeader) -> Option<TraceParent> {
     req.headers
         .get(traceparent::HEADER)
         .and_then(|v| TraceParent::parse(v.as_bytes()))
 }
 
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
+/// Whether the request announces a body: a non-zero `content-length`, or
+/// any `transfer-encoding`.
+pub(crate) fn has_body(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+pub(crate) fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -32,18 +41,18 @@ pub fn client_ip(session: &Session) -> Option<IpAddr> {
 
 /// The status the client got: the written response's, else the one the
 /// error maps to, else 0 (the client went away first).
-pub fn final_status(session: &Session, e: Option<&Error>) -> u16 {
+pub(crate) fn final_status(session: &Session, e: Option<&Error>) -> u16 {
     session
         .response_written()
         .map(|r| r.status.as_u16())
-        .or_else(|| e.map(crate::failure::status_of))
+        .or_else(|| e.map(super::failure::status_of))
         .unwrap_or(0)
 }
 
 /// Answers 431 and closes the connection when the request's header block
 /// is larger than `limit`. Returns whether it did.
-pub async fn reject_oversized(session: &mut Session, limit: usize) -> Result<bool> {
-    let size = crate::headers::request_header_size(session.req_header());
+pub(crate) async fn reject_oversized(session: &mut Session, limit: usize) -> Result<bool> {
+    let size = super::headers::request_header_size(session.req_header());
     if size <= limit {
         return Ok(false);
     }

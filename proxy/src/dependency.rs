@@ -1,0 +1,240 @@
+//! One dependency as the request path and speculation see it: its name,
+//! where its requests go — a static address or a pool of containers augur
+//! runs — and a [`Lease`] on an instance for each request sent to it,
+//! given back when the lease drops.
+//!
+//! This is the one place that knows a dependency may be a container: the
+//! egress and the speculation client ask for a lease and send to its
+//! address; a prediction asks the dependency to prestart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use augur_config::{Container, KeepAlive, Readiness, Target as ConfigTarget};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::containers::backend::{Backend, Spec};
+use crate::containers::capacity::Capacity;
+use crate::containers::pool::{self, ContainerPool, PoolError};
+use crate::http::upstream::Target;
+use crate::ops::metrics::Metrics;
+
+/// Keep-alive of an adaptive pool until it has seen enough idle gaps.
+const ADAPTIVE_FALLBACK: Duration = Duration::from_secs(60);
+/// How long a prestarted container may wait past the horizon for its call.
+const PRESTART_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) struct Dependency {
+    name: Arc<str>,
+    /// The address (static) and the connection settings (both kinds).
+    target: Target,
+    /// The containers augur runs for it, when it is one.
+    containers: Option<Arc<ContainerPool>>,
+    /// Whether augur may send it speculative requests.
+    speculate: bool,
+}
+
+/// What a lease is for: a real call waits for a cold start; a speculation
+/// never does (none ready, none sent — the prestart covers that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Call,
+    Speculation,
+}
+
+/// What `from_config` needs besides the dependency's own section.
+pub(crate) struct Environment<'a> {
+    /// `service.name`, which labels the containers augur runs.
+    pub(crate) service: &'a str,
+    pub(crate) backend: &'a Arc<dyn Backend>,
+    pub(crate) capacity: &'a Arc<Capacity>,
+    pub(crate) metrics: &'a Metrics,
+    /// `speculation.horizon`: a prestart unused past it (and a grace) is
+    /// waste.
+    pub(crate) horizon: Duration,
+}
+
+impl Dependency {
+    /// The dependency a `[[dependency]]` section describes. Fails only when
+    /// a static upstream's name does not resolve.
+    pub(crate) fn from_config(
+        dep: &augur_config::Dependency,
+        env: &Environment<'_>,
+    ) -> anyhow::Result<Self> {
+        let (target, containers) = match &dep.target {
+            ConfigTarget::Static(upstream) => {
+                let target = Target::new(
+                    "dependency",
+                    &dep.name,
+                    upstream,
+                    dep.protocol,
+                    dep.connect_timeout,
+                    dep.timeout,
+                )?;
+                (target, None)
+            }
+            ConfigTarget::Container(c) => {
+                let target = Target::dynamic(
+                    "dependency",
+                    &dep.name,
+                    dep.protocol,
+                    dep.connect_timeout,
+                    dep.timeout,
+                );
+                (target, Some(pool_of(&dep.name, c, env)))
+            }
+        };
+        Ok(Self {
+            name: dep.name.as_str().into(),
+            target,
+            containers,
+            speculate: dep.speculate,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Where requests go and how, for peers and error messages.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.target.timeout
+    }
+
+    /// The dependency's containers, when augur runs them.
+    pub(crate) fn containers(&self) -> Option<&Arc<ContainerPool>> {
+        self.containers.as_ref()
+    }
+
+    /// Whether a speculative request may be sent now: the dependency
+    /// allows it and, for containers, an instance is ready.
+    pub(crate) fn takes_speculation(&self) -> bool {
+        self.speculate && self.containers.as_ref().is_none_or(|p| p.has_ready())
+    }
+
+    /// Starts a container in time for a call predicted with `probability`
+    /// and due in `due`, when none is running; nothing for a static
+    /// dependency.
+    pub(crate) fn prestart_for(&self, probability: f64, due: Duration) {
+        if let Some(pool) = &self.containers {
+            pool.prestart_for(probability, due);
+        }
+    }
+
+    /// An instance to send one request to, held until the lease drops.
+    pub(crate) async fn lease(&self, purpose: Purpose) -> Result<Lease, PoolError> {
+        let Some(pool) = &self.containers else {
+            return Ok(Lease {
+                addr: self.target.addr,
+                pool: None,
+                cold_wait: None,
+            });
+        };
+        let (addr, cold_wait) = match purpose {
+            Purpose::Call => {
+                let got = pool.acquire().await?;
+                (got.addr, got.cold_wait)
+            }
+            Purpose::Speculation => (pool.try_acquire().ok_or(PoolError::NoneReady)?, None),
+        };
+        Ok(Lease {
+            addr,
+            pool: Some(pool.clone()),
+            cold_wait,
+        })
+    }
+
+    /// A pingora peer for a request under `lease`.
+    pub(crate) fn peer(&self, lease: &Lease) -> Box<HttpPeer> {
+        match lease.pool {
+            None => self.target.peer(),
+            Some(_) => self.target.peer_at(lease.addr),
+        }
+    }
+}
+
+/// An instance lent to one request.
+pub(crate) struct Lease {
+    addr: SocketAddr,
+    /// The pool that lent it, to give it back.
+    pool: Option<Arc<ContainerPool>>,
+    cold_wait: Option<Duration>,
+}
+
+impl Lease {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How long the request waited for a cold start, if it did.
+    pub(crate) fn cold_wait(&self) -> Option<Duration> {
+        self.cold_wait
+    }
+
+    /// The instance did not answer: give it back and have it replaced.
+    pub(crate) async fn failed(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release(self.addr);
+            pool.failed(self.addr).await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.release(self.addr);
+        }
+    }
+}
+
+/// The pool a `[dependency.container]` section describes.
+fn pool_of(name: &str, c: &Container, env: &Environment<'_>) -> Arc<ContainerPool> {
+    let spec = Spec {
+        service: env.service.to_string(),
+        dependency: name.to_string(),
+        image: c.image.clone(),
+        args: c.args.clone(),
+        port: c.port,
+        cpus: c.cpus,
+        memory: c.memory,
+    };
+    let limits = pool::Limits {
+        min_instances: c.min_instances as usize,
+        max_instances: c.max_instances as usize,
+        keep_alive: match c.keep_alive {
+            KeepAlive::Fixed(d) => pool::KeepAlive::Fixed(d),
+            KeepAlive::Adaptive => pool::KeepAlive::Adaptive {
+                fallback: ADAPTIVE_FALLBACK,
+            },
+        },
+        start_timeout: c.start_timeout,
+        prestart_grace: env.horizon + PRESTART_GRACE,
+        target_inflight: c.target_inflight as usize,
+        probe: match c.readiness {
+            Readiness::Http => pool::Probe::Http(c.readiness_path.clone()),
+            Readiness::Tcp => pool::Probe::Tcp,
+        },
+        criticality: c.criticality,
+        prestart: c.prestart,
+    };
+    let m = env.metrics;
+    let counters = pool::PoolMetrics {
+        starts: m.container_starts.clone(),
+        denied: m.container_starts_denied.clone(),
+        wasted_prestarts: m.prestarts_wasted.with_label_values(&[name]),
+        evictions: m.container_evictions.with_label_values(&[name]),
+    };
+    ContainerPool::new(
+        spec,
+        limits,
+        env.backend.clone(),
+        env.capacity.clone(),
+        counters,
+    )
+}

@@ -1,0 +1,340 @@
+//! An egress listener: fronts one dependency. A call that carries the
+//! `traceparent` of an open context is recorded in it and may be answered
+//! from speculation (`hit`, `coalesced`) or sent upstream (`miss`); any
+//! other call is proxied the same way and counted as `bypass`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+
+use super::capture::Capture;
+use super::traceparent::{self, TraceParent};
+use super::{Common, failure, headers, request};
+use crate::clock::micros;
+use crate::context::{CallOutcome, CallRecord, Json, Recorded, TraceKey, parse_json};
+use crate::dependency::{Dependency, Lease, Purpose};
+use crate::ops::lifecycle::Inflight;
+use crate::ops::telemetry::{self, MaybeSpan};
+use crate::speculation::Stored;
+
+pub(crate) struct Egress {
+    pub(crate) common: Arc<Common>,
+    pub(crate) dependency: Arc<Dependency>,
+}
+
+pub(crate) struct CallCtx {
+    started: Instant,
+    /// Set once the request header was read and accepted.
+    accepted: bool,
+    /// The context this call belongs to, with the time it opened.
+    context: Option<(TraceKey, Instant)>,
+    /// The `traceparent` sent upstream, when the call came with one.
+    traceparent: Option<TraceParent>,
+    span: MaybeSpan,
+    /// The request headers that matter, recorded when the call joins a
+    /// context.
+    headers: Vec<(String, String)>,
+    response_bytes: u64,
+    /// When the last byte of the response came from upstream (before it
+    /// is written to the service, so the service can never have started
+    /// its next call earlier).
+    finished: Option<Instant>,
+    /// The JSON request body, copied for the learner while it streams.
+    request_body: Capture,
+    /// The JSON response, copied for the learner while it streams.
+    response: Capture,
+    /// The instance the call went to, given back when the call ends.
+    lease: Option<Lease>,
+    /// Set when a speculation answered the call: `hit` or `coalesced`.
+    served: Option<(CallOutcome, Option<Json>)>,
+    _inflight: Inflight,
+}
+
+#[async_trait]
+impl ProxyHttp for Egress {
+    type CTX = CallCtx;
+
+    fn new_ctx(&self) -> CallCtx {
+        CallCtx {
+            started: Instant::now(),
+            accepted: false,
+            context: None,
+            traceparent: None,
+            span: None,
+            headers: Vec::new(),
+            response_bytes: 0,
+            finished: None,
+            request_body: Capture::default(),
+            response: Capture::default(),
+            served: None,
+            lease: None,
+            _inflight: self.common.inflight(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
+        let common = &*self.common;
+        if request::reject_oversized(session, common.max_header_size).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
+        let parent = request::traceparent(req);
+        ctx.context = parent.and_then(|p| {
+            let started = common.contexts.attach(p.trace_id)?;
+            Some((p.trace_id, started))
+        });
+        let name = self.dependency.name();
+        let (span, tp) = common.telemetry.start(SpanKind::Client, parent, || {
+            let attributes = vec![
+                KeyValue::new("augur.dependency", name.to_string()),
+                KeyValue::new("http.request.method", req.method.to_string()),
+                KeyValue::new("url.path", req.uri.path().to_string()),
+            ];
+            (format!("{} {name}", req.method), attributes)
+        });
+        ctx.span = span;
+        ctx.traceparent = parent.map(|_| tp);
+        ctx.accepted = true;
+        let Some((trace, _)) = ctx.context else {
+            return Ok(false);
+        };
+        let key_headers = common.speculation.key_headers();
+        ctx.request_body = Capture::start(&req.headers, common.body_limit);
+        ctx.headers = headers::recorded(&req.headers, &common.redact, &common.hasher, |n| {
+            key_headers.matters(n)
+        });
+        self.answer_from_speculation(session, trace, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        _: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request_body.push(chunk);
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut CallCtx) -> Result<Box<HttpPeer>> {
+        if let Some(previous) = ctx.lease.take() {
+            // A retry: the last instance did not take the call.
+            previous.failed().await;
+        }
+        let lease = self
+            .dependency
+            .lease(Purpose::Call)
+            .await
+            .map_err(failure::no_instance)?;
+        if let Some(waited) = lease.cold_wait() {
+            self.common
+                .metrics
+                .cold_start_wait
+                .observe(waited.as_secs_f64());
+        }
+        let peer = self.dependency.peer(&lease);
+        ctx.lease = Some(lease);
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        headers::strip_request(upstream);
+        headers::add_forwarded(upstream, request::client_ip(session));
+        if let Some(tp) = ctx.traceparent {
+            upstream.insert_header(traceparent::HEADER, tp.to_string())?;
+        }
+        self.common
+            .metrics
+            .upstream_requests
+            .with_label_values(&[self.dependency.name(), "real"])
+            .inc();
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut CallCtx,
+    ) -> Result<()> {
+        headers::strip_response(response);
+        if ctx.context.is_some() {
+            ctx.response = Capture::start(&response.headers, self.common.body_limit);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.response_bytes += b.len() as u64;
+            ctx.response.push(b);
+        }
+        if end_of_stream {
+            ctx.finished = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut CallCtx,
+    ) -> FailToProxy {
+        let unanswered =
+            matches!(e.esource(), pingora::ErrorSource::Upstream) && failure::status_of(e) == 502;
+        if unanswered {
+            // The instance did not answer: replace it (nothing for a
+            // static address).
+            if let Some(lease) = ctx.lease.take() {
+                lease.failed().await;
+            }
+        }
+        failure::respond(session, e, self.dependency.target()).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
+        ctx.lease = None;
+        if !ctx.accepted {
+            return;
+        }
+        let elapsed = ctx
+            .finished
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(ctx.started);
+        let status = request::final_status(session, e);
+        let outcome = self.record(session, ctx, status, elapsed);
+        self.common
+            .metrics
+            .dependency_call(self.dependency.name(), outcome.as_str(), elapsed);
+        telemetry::finish(&mut ctx.span, status, || {
+            vec![KeyValue::new("augur.outcome", outcome.as_str())]
+        });
+    }
+}
+
+impl Egress {
+    /// Answers a call of an open context from its speculation, when one
+    /// was sent for exactly this request. Anything else — no speculation, a
+    /// failed one, a call with a body — goes upstream.
+    async fn answer_from_speculation(
+        &self,
+        session: &mut Session,
+        trace: TraceKey,
+        ctx: &mut CallCtx,
+    ) -> Result<bool> {
+        let speculation = &self.common.speculation;
+        let req = session.req_header();
+        if !speculation.enabled() || request::has_body(req) {
+            return Ok(false);
+        }
+        let wanted = headers::pairs(&req.headers, |n| speculation.key_headers().matters(n));
+        let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let name = self.dependency.name();
+        let key = speculation.key(
+            trace,
+            name,
+            req.method.as_str(),
+            path_and_query,
+            &wanted,
+            None,
+        );
+        let Some(answer) = speculation.answer(&key, name).await else {
+            return Ok(false);
+        };
+        // The call ends before the service can see the answer and start
+        // its next call, as an upstream answer's does.
+        ctx.finished = Some(Instant::now());
+        serve(session, &answer.stored).await?;
+        ctx.response_bytes = answer.stored.body.len() as u64;
+        ctx.served = Some((answer.outcome, answer.stored.json.clone()));
+        Ok(true)
+    }
+
+    /// Records the call in its context, if it has one that is still open,
+    /// and speculates on what it made predictable. Returns how the call
+    /// was answered.
+    fn record(
+        &self,
+        session: &Session,
+        ctx: &mut CallCtx,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) -> CallOutcome {
+        let Some((key, opened)) = ctx.context else {
+            return CallOutcome::Bypass;
+        };
+        let (served_by, served_json) = match ctx.served.take() {
+            Some((how, json)) => (how, json),
+            None => (CallOutcome::Miss, None),
+        };
+        let req = session.req_header();
+        let call = CallRecord {
+            dependency: self.dependency.name().clone(),
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().map(str::to_string),
+            headers: std::mem::take(&mut ctx.headers),
+            status,
+            outcome: served_by,
+            start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
+            duration_us: micros(elapsed),
+            response_bytes: ctx.response_bytes,
+            request_body: parse_json(ctx.request_body.finish()),
+            response: served_json.or_else(|| parse_json(ctx.response.finish())),
+        };
+        // The context stays open for an attached call; it is gone only if
+        // it expired meanwhile.
+        match self.common.contexts.record(key, call) {
+            Recorded::NoContext => CallOutcome::Bypass,
+            Recorded::Open => {
+                // What this call answered may make the next predictable.
+                let flags = ctx.traceparent.map_or(1, |t| t.flags);
+                self.common.speculation.run(key, flags);
+                served_by
+            }
+            Recorded::Closed(closed) => {
+                self.common.context_closed(closed);
+                served_by
+            }
+        }
+    }
+}
+
+/// Writes a speculative response to the service as the dependency sent it.
+async fn serve(session: &mut Session, stored: &Stored) -> Result<()> {
+    let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 1))?;
+    for (name, value) in &stored.headers {
+        if name != http::header::CONTENT_LENGTH {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, stored.body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(stored.body.clone()), true)
+        .await?;
+    Ok(())
+}

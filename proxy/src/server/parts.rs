@@ -1,0 +1,191 @@
+//! Each part of augur built from its section of the configuration: the
+//! upstreams (the service, each dependency, the containers) first, so that
+//! names are resolved and leftovers removed before anything listens; then
+//! the state the request path shares.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use augur_config::{Config, PredictorKind};
+use augur_predictor::headers::KeyHeaders;
+use augur_predictor::secret::SecretHasher;
+use augur_predictor::{Learner, Settings as LearnerSettings};
+
+use crate::containers::backend::Backend;
+use crate::containers::capacity::Capacity;
+use crate::containers::docker::DockerBackend;
+use crate::containers::pool::ContainerPool;
+use crate::context::{ContextTable, Limits};
+use crate::dependency::{Dependency, Environment};
+use crate::http::Common;
+use crate::http::upstream::Target;
+use crate::learning::Learning;
+use crate::ops::lifecycle::Lifecycle;
+use crate::ops::metrics::Metrics;
+use crate::ops::telemetry::Telemetry;
+use crate::speculation::{self, RouteRule, Speculation};
+
+/// Where requests go: the service and every dependency, with their
+/// listeners.
+pub(super) struct Upstreams {
+    pub(super) service: Target,
+    pub(super) dependencies: Vec<(SocketAddr, Arc<Dependency>)>,
+    /// The pools of the dependencies that are containers.
+    pub(super) pools: Vec<Arc<ContainerPool>>,
+    /// The limit over all of them.
+    pub(super) capacity: Arc<Capacity>,
+}
+
+impl Upstreams {
+    /// Resolves every static upstream (a name that does not resolve is an
+    /// error now) and sets up the container pools.
+    pub(super) fn build(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        let service = &config.service;
+        let target = Target::new(
+            "service",
+            &service.name,
+            &service.upstream,
+            service.protocol,
+            service.connect_timeout,
+            service.timeout,
+        )?;
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::new());
+        let capacity = Capacity::new(
+            config.containers.max_containers,
+            config.containers.max_memory,
+        );
+        let env = Environment {
+            service: &service.name,
+            backend: &backend,
+            capacity: &capacity,
+            metrics,
+            horizon: config.speculation.horizon,
+        };
+        let mut dependencies = Vec::new();
+        for dep in &config.dependencies {
+            let dependency = Arc::new(Dependency::from_config(dep, &env)?);
+            dependencies.push((dep.listen, dependency));
+        }
+        let pools = dependencies
+            .iter()
+            .filter_map(|(_, d)| d.containers().cloned())
+            .collect();
+        Ok(Self {
+            service: target,
+            dependencies,
+            pools,
+            capacity,
+        })
+    }
+
+    /// Every proxy listener: the ingress, then each egress.
+    pub(super) fn listeners(&self, config: &Config) -> Vec<SocketAddr> {
+        std::iter::once(config.service.listen)
+            .chain(self.dependencies.iter().map(|(listen, _)| *listen))
+            .collect()
+    }
+}
+
+/// What the request path shares: contexts, the learner, speculation,
+/// telemetry, metrics and the lifecycle.
+pub(super) fn common(
+    config: &Config,
+    upstreams: &Upstreams,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<Common>> {
+    let telemetry = Arc::new(match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => Telemetry::otlp(endpoint, &config.service.name)?,
+        None => Telemetry::disabled(),
+    });
+    let c = &config.contexts;
+    let contexts = Arc::new(ContextTable::new(Limits {
+        max_open: c.max_open,
+        max_age: c.max_age,
+        max_calls: c.max_calls,
+        history: c.history,
+    }));
+    let key_headers = KeyHeaders::new(&config.speculation.key_headers);
+    let learning = Arc::new(Learning::start(
+        learner(config, &key_headers),
+        config.predictor.trace_log.as_deref(),
+        metrics.learner_contexts.clone(),
+        metrics.learner_dropped.clone(),
+    )?);
+    let hasher = SecretHasher::new();
+    let spec = &config.speculation;
+    let speculation = Speculation::new(speculation::Parts {
+        settings: speculation_settings(config),
+        capacity_bytes: config.cache.capacity,
+        max_inflight: spec.max_inflight as usize,
+        max_waste_ratio: spec.max_waste_ratio,
+        dependencies: upstreams
+            .dependencies
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect(),
+        contexts: contexts.clone(),
+        learning: learning.clone(),
+        metrics: metrics.clone(),
+        telemetry: telemetry.clone(),
+        hasher: hasher.clone(),
+        key_headers,
+    });
+    Ok(Arc::new(Common {
+        contexts,
+        speculation,
+        learning,
+        metrics,
+        telemetry,
+        lifecycle: Arc::new(Lifecycle::default()),
+        hasher,
+        redact: c.redact_headers.clone(),
+        max_header_size: usize::try_from(config.proxy.max_request_header_size)
+            .unwrap_or(usize::MAX),
+        body_limit: usize::try_from(config.predictor.max_body_capture).unwrap_or(usize::MAX),
+    }))
+}
+
+/// `[speculation]` and `[[route]]` as the gates read them.
+fn speculation_settings(config: &Config) -> speculation::Settings {
+    let spec = &config.speculation;
+    speculation::Settings {
+        enabled: spec.enabled,
+        confidence: spec.confidence,
+        horizon_us: crate::clock::micros(spec.horizon),
+        methods: spec.methods.clone(),
+        routes: config
+            .routes
+            .iter()
+            .map(|r| {
+                let rule = RouteRule {
+                    speculate: r.speculate,
+                    methods: r.methods.clone(),
+                };
+                (r.route.clone(), rule)
+            })
+            .collect(),
+    }
+}
+
+/// The learner the configuration asks for.
+fn learner(config: &Config, key_headers: &KeyHeaders) -> Learner {
+    let settings = LearnerSettings {
+        min_observations: config.predictor.min_observations,
+        key_headers: key_headers.clone(),
+        ..LearnerSettings::default()
+    };
+    if let PredictorKind::Onnx { model } = &config.predictor.kind {
+        match augur_predictor::onnx::OnnxModel::load(model) {
+            Ok(m) => {
+                tracing::info!(
+                    "predictor: ONNX model {} (window {})",
+                    model.display(),
+                    m.window()
+                );
+                return Learner::with_model(settings, Box::new(m));
+            }
+            Err(e) => tracing::error!("predictor: {e}; using the online model instead"),
+        }
+    }
+    Learner::new(settings)
+}

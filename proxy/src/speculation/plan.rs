@@ -1,0 +1,188 @@
+//! The gates a prediction passes before it is acted on, as pure functions
+//! of the prediction, the settings and what is known of the dependency:
+//! whether to prestart its container, and whether to send it now. What
+//! needs shared state (the governor, a ready instance, room in the table)
+//! is asked afterwards, only for what passed here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use augur_predictor::Prediction;
+
+/// `[speculation]` and `[[route]]`, as the gates read them.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) enabled: bool,
+    pub(crate) confidence: f64,
+    pub(crate) horizon_us: u64,
+    pub(crate) methods: Vec<String>,
+    /// Per-route overrides (`[[route]]`), by route name.
+    pub(crate) routes: HashMap<String, RouteRule>,
+}
+
+/// A route's own speculation settings.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteRule {
+    pub(crate) speculate: bool,
+    /// Replaces `methods` for this route.
+    pub(crate) methods: Option<Vec<String>>,
+}
+
+impl Settings {
+    /// The methods `route` may speculate, or `None` when it opts out.
+    pub(crate) fn methods_for(&self, route: &str) -> Option<&[String]> {
+        match self.routes.get(route) {
+            Some(rule) if !rule.speculate => None,
+            Some(rule) => Some(rule.methods.as_deref().unwrap_or(&self.methods)),
+            None => Some(&self.methods),
+        }
+    }
+}
+
+/// What is known of a predicted call's dependency without asking it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
+    /// augur runs it as containers.
+    pub(crate) containers: bool,
+}
+
+/// What to do about one prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Decision {
+    /// Start a container in time for a call due in this long.
+    pub(crate) prestart_in: Option<Duration>,
+    /// Send it speculatively, if the governor, the dependency and the
+    /// table allow.
+    pub(crate) send: bool,
+}
+
+impl Decision {
+    const NOTHING: Decision = Decision {
+        prestart_in: None,
+        send: false,
+    };
+}
+
+/// The gates for `p`, `elapsed_us` into its context: confident enough; for
+/// a container dependency, a prestart whatever the method (starting a
+/// container sends the call nothing); a method the route may speculate; due
+/// within the horizon.
+pub(crate) fn decide(
+    p: &Prediction,
+    elapsed_us: u64,
+    settings: &Settings,
+    methods: &[String],
+    dependency: Facts,
+) -> Decision {
+    if p.probability < settings.confidence {
+        return Decision::NOTHING;
+    }
+    let due = p.expected_start_us.saturating_sub(elapsed_us);
+    let prestart_in = dependency.containers.then(|| Duration::from_micros(due));
+    let send = methods.contains(&p.method) && due <= settings.horizon_us;
+    Decision { prestart_in, send }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            enabled: true,
+            confidence: 0.8,
+            horizon_us: 200_000,
+            methods: vec!["GET".into(), "HEAD".into()],
+            routes: HashMap::from([
+                (
+                    "POST /orders".to_string(),
+                    RouteRule {
+                        speculate: true,
+                        methods: Some(vec!["POST".into()]),
+                    },
+                ),
+                (
+                    "GET /private".to_string(),
+                    RouteRule {
+                        speculate: false,
+                        methods: None,
+                    },
+                ),
+            ]),
+        }
+    }
+
+    fn prediction(method: &str, probability: f64, start_us: u64) -> Prediction {
+        Prediction {
+            dependency: "users".into(),
+            method: method.into(),
+            path: "/users/7".into(),
+            query: None,
+            headers: Vec::new(),
+            body: None,
+            probability,
+            expected_start_us: start_us,
+            expected_latency_us: 1000,
+            shape: 0,
+            occurrence: 0,
+        }
+    }
+
+    const STATIC: Facts = Facts { containers: false };
+    const CONTAINERS: Facts = Facts { containers: true };
+
+    #[test]
+    fn routes_choose_their_methods_or_opt_out() {
+        let s = settings();
+        assert_eq!(s.methods_for("GET /a").unwrap(), ["GET", "HEAD"]);
+        assert_eq!(s.methods_for("POST /orders").unwrap(), ["POST"]);
+        assert!(s.methods_for("GET /private").is_none());
+    }
+
+    #[test]
+    fn only_confident_safe_calls_within_the_horizon_are_sent() {
+        let s = settings();
+        let get = &s.methods;
+        let sent = |p: &Prediction, at: u64| decide(p, at, &s, get, STATIC).send;
+        assert!(sent(&prediction("GET", 0.9, 1000), 0));
+        assert!(sent(&prediction("GET", 0.8, 1000), 0), "at the threshold");
+        assert!(!sent(&prediction("GET", 0.79, 1000), 0), "not confident");
+        assert!(!sent(&prediction("POST", 1.0, 1000), 0), "side effects");
+        assert!(
+            !sent(&prediction("GET", 1.0, 300_000), 0),
+            "beyond the horizon"
+        );
+        assert!(
+            sent(&prediction("GET", 1.0, 300_000), 150_000),
+            "the horizon counts from now"
+        );
+        let post = ["POST".to_string()];
+        assert!(
+            decide(&prediction("POST", 1.0, 0), 0, &s, &post, STATIC).send,
+            "a route that opts in"
+        );
+    }
+
+    #[test]
+    fn container_dependencies_prestart_whatever_the_method() {
+        let s = settings();
+        let d = decide(
+            &prediction("POST", 0.9, 5_000_000),
+            1_000_000,
+            &s,
+            &s.methods,
+            CONTAINERS,
+        );
+        assert_eq!(
+            d,
+            Decision {
+                prestart_in: Some(Duration::from_secs(4)),
+                send: false
+            }
+        );
+        let d = decide(&prediction("GET", 0.5, 0), 0, &s, &s.methods, CONTAINERS);
+        assert_eq!(d, Decision::NOTHING, "not confident: not even a prestart");
+        let d = decide(&prediction("GET", 0.9, 0), 0, &s, &s.methods, STATIC);
+        assert_eq!(d.prestart_in, None, "nothing to start");
+    }
+}

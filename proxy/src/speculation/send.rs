@@ -1,0 +1,121 @@
+//! Sending one speculative request: the HTTP client, the request written
+//! out from its prediction (with `sec-purpose: prefetch`), and what of the
+//! response may be kept for the real call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use augur_predictor::Prediction;
+use augur_predictor::headers::KeyHeaders;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::table::Stored;
+use crate::context::Json;
+use crate::http::headers::is_hop_by_hop;
+use crate::http::traceparent::{self, TraceParent};
+
+/// The largest speculative response kept; larger ones are not served.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// The client every speculative request goes through: pooled, keep-alive,
+/// no Nagle.
+pub(super) struct Client(HyperClient<HttpConnector, Full<Bytes>>);
+
+impl Client {
+    pub(super) fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self(
+            HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+        )
+    }
+
+    /// Sends `p` to `addr`; `Ok(None)` when its answer must not be served
+    /// (not 2xx, `no-store`, a `vary` on a header the key does not hold,
+    /// too large).
+    pub(super) async fn fetch(
+        &self,
+        p: &Prediction,
+        addr: SocketAddr,
+        tp: TraceParent,
+        key_headers: &KeyHeaders,
+    ) -> anyhow::Result<Option<Stored>> {
+        let uri = format!("http://{addr}{}", path_and_query(p));
+        let mut req = http::Request::builder().method(p.method.as_str()).uri(uri);
+        for (name, value) in &p.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        req = req
+            .header("sec-purpose", "prefetch")
+            .header(traceparent::HEADER, tp.to_string());
+        let body = match &p.body {
+            Some(b) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(b.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let resp = self.0.request(req.body(Full::new(body))?).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
+            .to_bytes();
+        if !status.is_success() || no_store(&headers) || varies_beyond(&headers, key_headers) {
+            return Ok(None);
+        }
+        let json: Option<Json> = serde_json::from_slice(&body).ok().map(Arc::new);
+        let kept = headers
+            .iter()
+            .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        Ok(Some(Stored {
+            status: status.as_u16(),
+            headers: kept,
+            body,
+            prediction: p.clone(),
+            json,
+        }))
+    }
+}
+
+/// The request target of a prediction: path, and query when it has one.
+pub(super) fn path_and_query(p: &Prediction) -> String {
+    match &p.query {
+        Some(q) => format!("{}?{q}", p.path),
+        None => p.path.clone(),
+    }
+}
+
+fn no_store(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        })
+}
+
+/// A `vary` on anything but the headers that are part of the key means the
+/// real request might get another answer.
+fn varies_beyond(headers: &http::HeaderMap, key_headers: &KeyHeaders) -> bool {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .any(|h| h == "*" || !key_headers.matters(&h))
+}

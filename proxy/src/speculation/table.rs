@@ -1,0 +1,575 @@
+//! The speculation table: every speculative request from prediction to
+//! outcome, and the responses that came back, held for the one inbound
+//! request they were fetched for.
+//!
+//! A key is the trace id plus a keyed hash of the request as sent
+//! (dependency, method, path and query, the headers that can change the
+//! answer, the body), so a response is only ever served to a real call of
+//! the same inbound request that asks for exactly the same thing — never
+//! across principals, never across requests. Completed responses live in a
+//! quick_cache bounded by the bytes really held; requests in flight are
+//! bounded by `speculation.max_inflight`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(test)]
+use std::time::Duration;
+
+use augur_predictor::secret::SecretHasher;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use quick_cache::Weighter;
+use tokio::sync::watch;
+
+use super::Outcome;
+use super::governor::Governor;
+use crate::clock::micros;
+use crate::context::{Json, TraceKey};
+use crate::recent::Recent;
+
+/// A request as the table knows it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) trace: TraceKey,
+    /// Keyed hash of the request; never the request itself, which may hold
+    /// credentials.
+    request: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}/{}", self.trace, self.request)
+    }
+}
+
+impl Key {
+    /// The key of a request: `headers` are the ones that matter, with their
+    /// real values.
+    pub(crate) fn new(
+        hasher: &SecretHasher,
+        trace: TraceKey,
+        dependency: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Self {
+        let mut canonical = format!("{dependency}\n{method}\n{path_and_query}\n");
+        let mut sorted: Vec<&(String, String)> = headers.iter().collect();
+        sorted.sort();
+        for (n, v) in sorted {
+            canonical.push_str(n);
+            canonical.push_str(": ");
+            canonical.push_str(v);
+            canonical.push('\n');
+        }
+        if let Some(b) = body {
+            canonical.push('\n');
+            canonical.push_str(&b.to_string());
+        }
+        Self {
+            trace,
+            request: hasher.hash(&canonical),
+        }
+    }
+}
+
+/// A speculative response, as it came back.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+    /// The prediction it was sent for, to chain further predictions on its
+    /// response.
+    pub(crate) prediction: augur_predictor::Prediction,
+    /// The body parsed as JSON, when it is JSON.
+    pub(crate) json: Option<Json>,
+}
+
+impl Stored {
+    /// Bytes held: body, headers, and a fixed overhead.
+    fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 128) as u64
+    }
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<Key, Arc<Stored>> for ByBytes {
+    fn weight(&self, _: &Key, value: &Arc<Stored>) -> u64 {
+        value.weight()
+    }
+}
+
+/// What a real call finds for its key.
+pub(crate) enum Found {
+    /// A completed, servable response: serve it.
+    Done(Arc<Stored>),
+    /// The speculative request is in flight: wait on it, at most until
+    /// the instant given (its expected latency, with slack), then go
+    /// upstream rather than pay for a speculation that hangs.
+    InFlight(
+        watch::Receiver<Option<Option<Arc<Stored>>>>,
+        std::time::Instant,
+    ),
+    /// Nothing usable: go upstream.
+    Nothing,
+}
+
+enum State {
+    /// Sent; the sender publishes `Some(Some(response))` or `Some(None)`;
+    /// real calls wait for it until the instant given.
+    InFlight(
+        watch::Sender<Option<Option<Arc<Stored>>>>,
+        std::time::Instant,
+    ),
+    /// Came back and is held in the cache.
+    Done,
+    /// Came back unusable (error, non-2xx, no-store, too large).
+    Failed,
+    /// A real call of this key is on its way: do not speculate it.
+    Real,
+    /// Served to its real call.
+    Used,
+}
+
+struct Entry {
+    state: State,
+    dependency: Arc<str>,
+    /// What was sent, for the history; `None` for a real call's marker.
+    info: Option<Arc<Info>>,
+}
+
+/// A speculation as `/debug/speculations` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Info {
+    pub(crate) route: Arc<str>,
+    pub(crate) dependency: Arc<str>,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) probability: f64,
+    pub(crate) sent_unix_ms: u64,
+    #[serde(skip)]
+    pub(crate) sent: std::time::Instant,
+}
+
+/// A speculation that reached its outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Finished {
+    #[serde(flatten)]
+    pub(crate) info: Info,
+    pub(crate) outcome: &'static str,
+    /// From sending to the outcome.
+    pub(crate) after_us: u64,
+}
+
+/// Finished speculations kept for `/debug/speculations`.
+const HISTORY: usize = 256;
+
+pub(crate) struct SpeculationTable {
+    governor: Governor,
+    history: Recent<Finished>,
+    entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
+    /// The inbound span of each open trace, for linking speculative spans.
+    spans: Mutex<HashMap<TraceKey, u64>>,
+    responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
+    inflight: AtomicUsize,
+    max_inflight: usize,
+}
+
+impl SpeculationTable {
+    pub(crate) fn new(capacity_bytes: u64, max_inflight: usize, max_waste_ratio: f64) -> Self {
+        Self {
+            governor: Governor::new(max_waste_ratio),
+            history: Recent::new(HISTORY),
+            entries: Mutex::new(HashMap::new()),
+            spans: Mutex::new(HashMap::new()),
+            responses: quick_cache::sync::Cache::with_weighter(
+                1024,
+                capacity_bytes.max(1),
+                ByBytes,
+            ),
+            inflight: AtomicUsize::new(0),
+            max_inflight,
+        }
+    }
+
+    /// Starts keeping speculations for an inbound request that just
+    /// opened. Only an open trace takes speculations, so one that races its
+    /// context's close can never bring the trace back.
+    pub(crate) fn open(&self, trace: TraceKey, inbound_span: u64) {
+        self.entries.lock().entry(trace).or_default();
+        self.spans.lock().insert(trace, inbound_span);
+    }
+
+    /// The span of the inbound request of an open trace.
+    pub(crate) fn inbound_span(&self, trace: TraceKey) -> Option<u64> {
+        self.spans.lock().get(&trace).copied()
+    }
+
+    /// Registers a speculation about to be sent, unless its trace is not
+    /// open, its key is known already or `max_inflight` are in flight.
+    pub(crate) fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
+        let mut entries = self.entries.lock();
+        let Some(trace) = entries.get_mut(&key.trace) else {
+            return false;
+        };
+        if trace.contains_key(key) {
+            return false;
+        }
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let (tx, _) = watch::channel(None);
+        trace.insert(
+            key.clone(),
+            Entry {
+                state: State::InFlight(tx, std::time::Instant::now() + patience),
+                dependency: info.dependency.clone(),
+                info: Some(info),
+            },
+        );
+        true
+    }
+
+    /// Publishes a speculation's result: `Some` when servable. Returns
+    /// `Failed` for an unusable one, `Cancelled` when the context has gone
+    /// meanwhile, or `None` when it now waits for its real call.
+    pub(crate) fn complete(
+        &self,
+        key: &Key,
+        result: Option<Stored>,
+        info_of_cancelled: Option<Arc<Info>>,
+    ) -> Option<Outcome> {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        let result = result.map(Arc::new);
+        let mut entries = self.entries.lock();
+        let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
+            drop(entries);
+            self.finished(info_of_cancelled, Outcome::Cancelled);
+            return Some(Outcome::Cancelled);
+        };
+        let State::InFlight(tx, _) = std::mem::replace(&mut entry.state, State::Failed) else {
+            return Some(Outcome::Cancelled);
+        };
+        let info = entry.info.clone();
+        match &result {
+            Some(stored) => {
+                self.responses.insert(key.clone(), stored.clone());
+                entry.state = State::Done;
+            }
+            None => entry.state = State::Failed,
+        }
+        // Waiting real calls get the response (or learn there is none).
+        tx.send_replace(Some(result.clone()));
+        drop(entries);
+        if result.is_none() {
+            self.finished(info, Outcome::Failed);
+            return Some(Outcome::Failed);
+        }
+        None
+    }
+
+    /// Whether the governor lets `route` speculate on `dependency` now.
+    pub(crate) fn allows(&self, route: &str, dependency: &str) -> bool {
+        self.governor.allows(route, dependency)
+    }
+
+    /// The governor's view of every (route, dependency), for `/debug`.
+    pub(crate) fn governor_states(&self) -> Vec<super::governor::State> {
+        self.governor.states()
+    }
+
+    /// Records an outcome in the history and with the governor.
+    fn finished(&self, info: Option<Arc<Info>>, outcome: Outcome) {
+        let Some(info) = info else { return };
+        self.governor.record(&info.route, &info.dependency, outcome);
+        self.history.push(Finished {
+            after_us: micros(info.sent.elapsed()),
+            outcome: outcome.as_str(),
+            info: (*info).clone(),
+        });
+    }
+
+    /// The last finished speculations, newest first.
+    pub(crate) fn recent(&self, limit: usize) -> Vec<Finished> {
+        self.history.newest(limit)
+    }
+
+    /// What a real call of `key` finds. A found response is taken: it is
+    /// served once. Nothing found marks the key as a real call on its way.
+    pub(crate) fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
+        let mut entries = self.entries.lock();
+        let Some(trace) = entries.get_mut(&key.trace) else {
+            return Found::Nothing;
+        };
+        match trace.get_mut(key) {
+            Some(entry) => match &entry.state {
+                State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
+                State::Done => match self.responses.remove(key) {
+                    Some((_, stored)) => {
+                        entry.state = State::Used;
+                        let info = entry.info.clone();
+                        drop(entries);
+                        self.finished(info, Outcome::Used);
+                        Found::Done(stored)
+                    }
+                    // Evicted for room: it was wasted.
+                    None => {
+                        entry.state = State::Real;
+                        Found::Nothing
+                    }
+                },
+                State::Failed | State::Real | State::Used => Found::Nothing,
+            },
+            None => {
+                trace.insert(
+                    key.clone(),
+                    Entry {
+                        state: State::Real,
+                        dependency: dependency.clone(),
+                        info: None,
+                    },
+                );
+                Found::Nothing
+            }
+        }
+    }
+
+    /// Marks a coalesced speculation as used and drops its held response.
+    pub(crate) fn used(&self, key: &Key) {
+        let mut entries = self.entries.lock();
+        let mut info = None;
+        if let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) {
+            entry.state = State::Used;
+            info = entry.info.clone();
+        }
+        drop(entries);
+        self.responses.remove(key);
+        self.finished(info, Outcome::Used);
+    }
+
+    /// Completed speculations of a trace not used yet, with their response,
+    /// for chained prediction.
+    pub(crate) fn done_for(&self, trace: TraceKey) -> Vec<(Key, Arc<Stored>)> {
+        let entries = self.entries.lock();
+        let Some(t) = entries.get(&trace) else {
+            return Vec::new();
+        };
+        t.iter()
+            .filter(|(_, e)| matches!(e.state, State::Done))
+            .filter_map(|(k, _)| Some((k.clone(), self.responses.get(k)?)))
+            .collect()
+    }
+
+    /// Forgets a closed context's speculations; returns the outcome of each
+    /// that was never used, by dependency.
+    pub(crate) fn close(&self, trace: TraceKey) -> Vec<(Arc<str>, Outcome)> {
+        self.spans.lock().remove(&trace);
+        let Some(entries) = self.entries.lock().remove(&trace) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, entry) in entries {
+            match entry.state {
+                State::Done => {
+                    self.responses.remove(&key);
+                    self.finished(entry.info, Outcome::Wasted);
+                    out.push((entry.dependency, Outcome::Wasted));
+                }
+                // Counted as cancelled when its response comes back.
+                State::InFlight(..) | State::Failed | State::Real | State::Used => {}
+            }
+        }
+        out
+    }
+
+    /// Bytes of responses held now.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.responses.weight()
+    }
+
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Open traces with speculations, for bounding memory.
+    pub(crate) fn traces(&self) -> usize {
+        self.entries.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hasher: &SecretHasher, trace: TraceKey, auth: &str, accept: &str) -> Key {
+        let headers = vec![
+            ("authorization".to_string(), auth.to_string()),
+            ("accept".to_string(), accept.to_string()),
+        ];
+        Key::new(
+            hasher,
+            trace,
+            "users",
+            "GET",
+            "/users/7?x=1",
+            &headers,
+            None,
+        )
+    }
+
+    fn info() -> Arc<Info> {
+        Arc::new(Info {
+            route: "GET /r".into(),
+            dependency: "users".into(),
+            method: "GET".into(),
+            path: "/users/7".into(),
+            probability: 1.0,
+            sent_unix_ms: 0,
+            sent: std::time::Instant::now(),
+        })
+    }
+
+    fn stored(body: &str) -> Stored {
+        Stored {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+            prediction: augur_predictor::Prediction {
+                dependency: "users".into(),
+                method: "GET".into(),
+                path: "/users/7".into(),
+                query: Some("x=1".into()),
+                headers: Vec::new(),
+                body: None,
+                probability: 1.0,
+                expected_start_us: 0,
+                expected_latency_us: 0,
+                shape: 0,
+                occurrence: 0,
+            },
+            json: None,
+        }
+    }
+
+    #[test]
+    fn keys_differ_by_trace_and_by_every_header_that_matters() {
+        let h = SecretHasher::new();
+        let base = key(&h, 1, "Bearer alice", "application/json");
+        assert_eq!(base, key(&h, 1, "Bearer alice", "application/json"));
+        assert_ne!(
+            base,
+            key(&h, 2, "Bearer alice", "application/json"),
+            "another request"
+        );
+        assert_ne!(
+            base,
+            key(&h, 1, "Bearer mallory", "application/json"),
+            "another principal"
+        );
+        assert_ne!(
+            base,
+            key(&h, 1, "Bearer alice", "text/html"),
+            "another representation"
+        );
+        let other_path = Key::new(&h, 1, "users", "GET", "/users/8?x=1", &[], None);
+        assert_ne!(
+            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None),
+            other_path
+        );
+        assert_ne!(
+            Key::new(&h, 1, "users", "HEAD", "/users/7?x=1", &[], None),
+            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None)
+        );
+        assert!(
+            !format!("{base:?}").contains("alice"),
+            "a key never shows its credential"
+        );
+    }
+
+    #[test]
+    fn a_response_is_served_once_and_only_to_its_own_key() {
+        let h = SecretHasher::new();
+        let table = SpeculationTable::new(1 << 20, 8, 0.25);
+        table.open(1, 1);
+        table.open(2, 2);
+        let alice = key(&h, 1, "Bearer alice", "*/*");
+        let mallory = key(&h, 1, "Bearer mallory", "*/*");
+        let other_request = key(&h, 2, "Bearer alice", "*/*");
+        assert!(table.begin(&alice, info(), Duration::from_millis(5)));
+        assert!(
+            !table.begin(&alice, info(), Duration::from_millis(5)),
+            "sent once"
+        );
+        assert_eq!(table.complete(&alice, Some(stored("alice's")), None), None);
+        assert!(matches!(
+            table.claim(&mallory, &"users".into()),
+            Found::Nothing
+        ));
+        assert!(matches!(
+            table.claim(&other_request, &"users".into()),
+            Found::Nothing
+        ));
+        match table.claim(&alice, &"users".into()) {
+            Found::Done(s) => assert_eq!(s.body, "alice's"),
+            _ => panic!("alice's own call must find it"),
+        }
+        assert!(
+            matches!(table.claim(&alice, &"users".into()), Found::Nothing),
+            "served once"
+        );
+        assert_eq!(table.held_bytes(), 0);
+    }
+
+    #[test]
+    fn unusable_and_unclaimed_speculations_are_counted() {
+        let h = SecretHasher::new();
+        let table = SpeculationTable::new(1 << 20, 1, 0.25);
+        table.open(1, 1);
+        table.open(3, 3);
+        let a = key(&h, 1, "a", "*/*");
+        let b = key(&h, 1, "b", "*/*");
+        assert!(table.begin(&a, info(), Duration::from_millis(5)));
+        assert!(
+            !table.begin(&b, info(), Duration::from_millis(5)),
+            "max_inflight is 1"
+        );
+        assert_eq!(table.complete(&a, None, None), Some(Outcome::Failed));
+        assert!(
+            matches!(table.claim(&a, &"users".into()), Found::Nothing),
+            "a failure is never served"
+        );
+        assert!(table.begin(&b, info(), Duration::from_millis(5)));
+        assert_eq!(table.complete(&b, Some(stored("b")), None), None);
+        let closed = table.close(1);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].1, Outcome::Wasted);
+        assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
+        // A speculation whose context closed before it came back.
+        let c = key(&h, 3, "c", "*/*");
+        assert!(
+            !table.begin(&key(&h, 9, "x", "*/*"), info(), Duration::from_millis(5)),
+            "trace 9 is not open"
+        );
+        assert!(table.begin(&c, info(), Duration::from_millis(5)));
+        assert!(table.close(3).is_empty());
+        assert_eq!(
+            table.complete(&c, Some(stored("late")), Some(info())),
+            Some(Outcome::Cancelled)
+        );
+        assert_eq!(table.traces(), 0);
+        let outcomes: Vec<&str> = table.recent(10).iter().map(|f| f.outcome).collect();
+        assert_eq!(outcomes, ["cancelled", "wasted", "failed"]);
+    }
+}
