@@ -1,5 +1,5 @@
-//! augur's configuration: the TOML schema of `DESIGN.md`, loaded and
-//! validated into typed [`Config`] settings.
+//! augur's configuration: the TOML schema of the README's Configuration
+//! section, loaded and validated into typed [`Config`] settings.
 //!
 //! ```no_run
 //! let config = augur_config::load(std::path::Path::new("augur.toml"))?;

@@ -16,15 +16,25 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::cli::humantime_duration;
 use crate::load::{self, Planned};
 use crate::procs::{self, Proc, free_port, local};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// The augur binary (default: the one built beside this program).
+    #[arg(long)]
     pub augur: Option<PathBuf>,
+    /// Length of each measured run.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     pub duration: Duration,
+    /// Fixed request rates to measure, comma separated.
+    #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
     pub rates: Vec<u32>,
+    #[arg(long, default_value_t = 1024)]
     pub body_bytes: usize,
+    /// Measure only direct and augur.
+    #[arg(long)]
     pub skip_peers: bool,
 }
 

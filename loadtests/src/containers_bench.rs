@@ -24,33 +24,51 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::cli::humantime_duration;
 use crate::procs::{self, free_port, local};
 use crate::server::{self, respond};
 
 const IMAGE: &str = "augur-demo:latest";
 const CONTAINER_DEPS: [&str; 2] = ["pricing", "tax"];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// The augur binary (default: the one built beside this program).
+    #[arg(long)]
     pub augur: Option<PathBuf>,
     /// Bursts measured per policy (after the warm-up bursts).
+    #[arg(long, default_value_t = 10)]
     pub bursts: usize,
+    #[arg(long, default_value_t = 3)]
     pub warmup_bursts: usize,
     /// Requests per burst, `spacing` apart.
+    #[arg(long, default_value_t = 6)]
     pub burst_size: usize,
+    #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
     pub spacing: Duration,
-    /// Idle gaps between bursts: uniform in this range.
-    pub gap: (Duration, Duration),
+    /// Shortest idle gap between bursts (gaps are uniform up to the
+    /// longest).
+    #[arg(long, default_value = "8s", value_parser = humantime_duration)]
+    pub gap_min: Duration,
+    /// Longest idle gap between bursts.
+    #[arg(long, default_value = "14s", value_parser = humantime_duration)]
+    pub gap_max: Duration,
     /// How long `catalog` takes.
+    #[arg(long, default_value = "1500ms", value_parser = humantime_duration)]
     pub catalog: Duration,
     /// How long the containers' application takes to start listening.
+    #[arg(long, default_value = "800ms", value_parser = humantime_duration)]
     pub startup: Duration,
-    /// The fixed keep-alives compared.
+    /// Fixed keep-alives to compare, comma separated.
+    #[arg(long, default_value = "5s,15s", value_parser = humantime_duration, value_delimiter = ',')]
     pub fixed_keep_alive: Vec<Duration>,
     /// The keep-alive of the prestart policy.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
     pub prestart_keep_alive: Duration,
-    /// Only these policies (all when empty).
+    /// Only the policies whose names start with these (comma separated).
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
 
@@ -328,7 +346,10 @@ async fn burst(addr: SocketAddr, opts: &Options) -> Vec<anyhow::Result<Duration>
 }
 
 async fn gap(rng: &mut fastrand::Rng, opts: &Options) {
-    let (lo, hi) = (opts.gap.0.as_millis() as u64, opts.gap.1.as_millis() as u64);
+    let (lo, hi) = (
+        opts.gap_min.as_millis() as u64,
+        opts.gap_max.as_millis() as u64,
+    );
     let ms = if hi > lo { rng.u64(lo..=hi) } else { lo };
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
@@ -360,8 +381,8 @@ fn table(rows: &[Row], opts: &Options) -> String {
         "Bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per policy; catalog {} ms, container app start-up {} ms.\n\n",
         opts.burst_size,
         opts.spacing.as_millis(),
-        opts.gap.0.as_secs_f64(),
-        opts.gap.1.as_secs_f64(),
+        opts.gap_min.as_secs_f64(),
+        opts.gap_max.as_secs_f64(),
         opts.warmup_bursts,
         opts.bursts,
         opts.catalog.as_millis(),

@@ -9,7 +9,7 @@
 //! | `POST /reservation?hotelId&inDate&outDate&username` | user (check) → reservation (a POST: never to be speculated) |
 //!
 //! Every answer is a pure function of the request, so the load generator
-//! can check every response body against the truth ([`expected`]).
+//! can check every response body against the truth ([`Ask::expected`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -471,7 +471,7 @@ pub fn ask(n: u64) -> Ask {
         "2026-12-0".to_string() + &((r >> 20) % 5 + 1).to_string(),
         "2026-12-1".to_string() + &((r >> 24) % 5).to_string(),
     );
-    match r % 20 {
+    let (label, method, target, expected) = match r % 20 {
         0..=11 => {
             let ids = nearby(lat, lon);
             let expected = format!(
@@ -481,13 +481,12 @@ pub fn ask(n: u64) -> Ask {
                 availability_body(&ids, &inn, &out),
                 profiles_body(&ids)
             );
-            Ask {
-                label: "GET /hotels",
-                method: "GET",
-                target: format!("/hotels?lat={lat}&lon={lon}&inDate={inn}&outDate={out}"),
-                auth,
+            (
+                "GET /hotels",
+                "GET",
+                format!("/hotels?lat={lat}&lon={lon}&inDate={inn}&outDate={out}"),
                 expected,
-            }
+            )
         }
         12..=15 => {
             let require = ["dis", "rate", "price"][(r >> 28) as usize % 3];
@@ -497,23 +496,21 @@ pub fn ask(n: u64) -> Ask {
                 ids_text(&ids),
                 profiles_body(&ids)
             );
-            Ask {
-                label: "GET /recommendations",
-                method: "GET",
-                target: format!("/recommendations?require={require}&lat={lat}&lon={lon}"),
-                auth,
+            (
+                "GET /recommendations",
+                "GET",
+                format!("/recommendations?require={require}&lat={lat}&lon={lon}"),
                 expected,
-            }
+            )
         }
         16..=18 => {
             let expected = format!("{{\"user\":{}}}", user_body(&user, &auth));
-            Ask {
-                label: "GET /user",
-                method: "GET",
-                target: format!("/user?username={user}"),
-                auth,
+            (
+                "GET /user",
+                "GET",
+                format!("/user?username={user}"),
                 expected,
-            }
+            )
         }
         _ => {
             let hotel = nearby(lat, lon)[0];
@@ -521,16 +518,20 @@ pub fn ask(n: u64) -> Ask {
                 "{{\"user\":{},\"reservation\":{{\"reserved\":true,\"hotelId\":{hotel}}}}}",
                 user_body(&user, &auth)
             );
-            Ask {
-                label: "POST /reservation",
-                method: "POST",
-                target: format!(
-                    "/reservation?hotelId={hotel}&inDate={inn}&outDate={out}&username={user}"
-                ),
-                auth,
+            (
+                "POST /reservation",
+                "POST",
+                format!("/reservation?hotelId={hotel}&inDate={inn}&outDate={out}&username={user}"),
                 expected,
-            }
+            )
         }
+    };
+    Ask {
+        label,
+        method,
+        target,
+        auth,
+        expected,
     }
 }
 

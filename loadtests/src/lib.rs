@@ -7,6 +7,7 @@
 //! container-policy benchmark, `load.rs` the load generator.
 
 pub mod bench;
+pub mod cli;
 pub mod containers_bench;
 pub mod demo;
 pub mod hotel;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use augur_loadtests::cli::humantime_duration;
 use augur_loadtests::{bench, containers_bench, demo, server};
 use clap::{Parser, Subcommand};
 
@@ -62,19 +63,8 @@ enum Command {
     /// The pass-through benchmark: direct, augur, nginx and haproxy in one
     /// run. Prints a Markdown table.
     BenchPassthrough {
-        #[arg(long)]
-        augur: Option<PathBuf>,
-        /// Length of each measured run.
-        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
-        duration: Duration,
-        /// Fixed request rates to measure, comma separated.
-        #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
-        rates: Vec<u32>,
-        #[arg(long, default_value_t = 1024)]
-        body_bytes: usize,
-        /// Measure only direct and augur.
-        #[arg(long)]
-        skip_peers: bool,
+        #[command(flatten)]
+        opts: bench::BenchOptions,
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -83,38 +73,8 @@ enum Command {
     /// container dependencies under four policies (scale to zero, fixed
     /// keep-alive, adaptive keep-alive, prestart). Prints a Markdown table.
     BenchContainers {
-        #[arg(long)]
-        augur: Option<PathBuf>,
-        /// Bursts measured per policy.
-        #[arg(long, default_value_t = 10)]
-        bursts: usize,
-        #[arg(long, default_value_t = 3)]
-        warmup_bursts: usize,
-        #[arg(long, default_value_t = 6)]
-        burst_size: usize,
-        #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
-        spacing: Duration,
-        /// Shortest idle gap between bursts.
-        #[arg(long, default_value = "8s", value_parser = humantime_duration)]
-        gap_min: Duration,
-        /// Longest idle gap between bursts.
-        #[arg(long, default_value = "14s", value_parser = humantime_duration)]
-        gap_max: Duration,
-        #[arg(long, default_value = "1500ms", value_parser = humantime_duration)]
-        catalog: Duration,
-        /// The containers' application start-up.
-        #[arg(long, default_value = "800ms", value_parser = humantime_duration)]
-        startup: Duration,
-        /// Fixed keep-alives to compare, comma separated.
-        #[arg(long, default_value = "5s,15s", value_parser = humantime_duration, value_delimiter = ',')]
-        fixed_keep_alive: Vec<Duration>,
-        #[arg(long, default_value = "2s", value_parser = humantime_duration)]
-        prestart_keep_alive: Duration,
-        /// Only the policies whose names start with these (comma separated).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
+        #[command(flatten)]
+        opts: containers_bench::Options,
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -189,21 +149,6 @@ async fn until_stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (like 10s or 200ms)"))
-}
-
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    s.strip_suffix('s')?
-        .parse()
-        .ok()
-        .map(Duration::from_secs_f64)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -249,56 +194,11 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
-            Command::BenchPassthrough {
-                augur,
-                duration,
-                rates,
-                body_bytes,
-                skip_peers,
-                out,
-            } => {
-                let table = bench::run(bench::BenchOptions {
-                    augur,
-                    duration,
-                    rates,
-                    body_bytes,
-                    skip_peers,
-                })
-                .await?;
-                emit(&table, out.as_deref())
+            Command::BenchPassthrough { opts, out } => {
+                emit(&bench::run(opts).await?, out.as_deref())
             }
-            Command::BenchContainers {
-                augur,
-                bursts,
-                warmup_bursts,
-                burst_size,
-                spacing,
-                gap_min,
-                gap_max,
-                catalog,
-                startup,
-                fixed_keep_alive,
-                prestart_keep_alive,
-                only,
-                seed,
-                out,
-            } => {
-                let table = containers_bench::run(containers_bench::Options {
-                    augur,
-                    bursts,
-                    warmup_bursts,
-                    burst_size,
-                    spacing,
-                    gap: (gap_min, gap_max),
-                    catalog,
-                    startup,
-                    fixed_keep_alive,
-                    prestart_keep_alive,
-                    only,
-                    seed,
-                })
-                .await?;
-                emit(&table, out.as_deref())
+            Command::BenchContainers { opts, out } => {
+                emit(&containers_bench::run(opts).await?, out.as_deref())
             }
             Command::ServeFast {
                 listen,

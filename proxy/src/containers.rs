@@ -10,6 +10,8 @@
 pub(crate) mod backend;
 pub(crate) mod capacity;
 pub(crate) mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod keepalive;
 pub(crate) mod keeper;
 pub(crate) mod pool;

@@ -238,3 +238,88 @@ fn pool_of(name: &str, c: &Container, env: &Environment<'_>) -> Arc<ContainerPoo
         counters,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::fake::Fake;
+
+    /// Dependencies as a configuration names them, on a fake engine.
+    fn dependencies(toml_tail: &str, backend: &Arc<Fake>) -> Vec<Dependency> {
+        let text = format!(
+            "[service]\nname = \"svc\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n{toml_tail}"
+        );
+        let config = augur_config::parse(&text).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let backend: Arc<dyn Backend> = backend.clone();
+        let env = Environment {
+            service: "svc",
+            backend: &backend,
+            capacity: &Capacity::new(4, None),
+            metrics: &metrics,
+            horizon: Duration::from_millis(200),
+        };
+        config
+            .dependencies
+            .iter()
+            .map(|d| Dependency::from_config(d, &env).unwrap())
+            .collect()
+    }
+
+    const BOTH: &str = r#"
+[[dependency]]
+name = "users"
+listen = "127.0.0.1:3"
+upstream = "127.0.0.1:9101"
+
+[[dependency]]
+name = "posts"
+listen = "127.0.0.1:4"
+[dependency.container]
+image = "none"
+port = 8080
+readiness = "tcp"
+"#;
+
+    #[tokio::test]
+    async fn a_static_dependency_lends_its_address_for_any_purpose() {
+        let deps = dependencies(BOTH, &Arc::new(Fake::default()));
+        let users = &deps[0];
+        assert!(users.containers().is_none());
+        assert!(users.takes_speculation());
+        for purpose in [Purpose::Call, Purpose::Speculation] {
+            let lease = users.lease(purpose).await.unwrap();
+            assert_eq!(lease.addr(), "127.0.0.1:9101".parse().unwrap());
+            assert!(lease.cold_wait().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_lease_is_given_back_when_it_drops() {
+        let backend = Arc::new(Fake::default());
+        let deps = dependencies(BOTH, &backend);
+        let posts = &deps[1];
+        let pool = posts.containers().unwrap().clone();
+        // A speculation never starts a container.
+        assert!(!posts.takes_speculation());
+        assert!(matches!(
+            posts.lease(Purpose::Speculation).await,
+            Err(PoolError::NoneReady)
+        ));
+        assert_eq!(backend.running.lock().len(), 0);
+        // A call does, and waits for it.
+        let lease = posts.lease(Purpose::Call).await.unwrap();
+        assert!(lease.cold_wait().is_some());
+        assert_eq!(pool.snapshot().inflight, 1);
+        drop(lease);
+        assert_eq!(pool.snapshot().inflight, 0, "given back on drop");
+        // Now a speculation may go, to the instance the call started.
+        assert!(posts.takes_speculation());
+        let spec = posts.lease(Purpose::Speculation).await.unwrap();
+        assert_eq!(pool.snapshot().inflight, 1);
+        // An instance that failed is given back and replaced.
+        spec.failed().await;
+        assert_eq!(pool.snapshot().ready, 0);
+        assert_eq!(backend.running.lock().len(), 0);
+    }
+}

@@ -43,28 +43,7 @@ enum Command {
     /// well it would have predicted: next_call_top1,
     /// speculation_precision, speculation_recall, hidden_latency_fraction,
     /// predict_us_p50/p99. Bad lines are reported and skipped.
-    Eval {
-        /// Trace files, replayed in the order given.
-        #[arg(required = true)]
-        traces: Vec<PathBuf>,
-        /// `online` (learns as it replays) or `onnx:PATH`.
-        #[arg(long, default_value = "online")]
-        model: String,
-        /// Share of contexts learned from before measuring (default: 0 for
-        /// online, which learns as it goes; 0.5 for onnx, which learns
-        /// parameter rules and timings from that share).
-        #[arg(long)]
-        train_fraction: Option<f64>,
-        /// Probability at or above which a prediction is speculated.
-        #[arg(long, default_value_t = 0.8)]
-        confidence: f64,
-        /// How far ahead a call may be expected and still be speculated.
-        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-        horizon: std::time::Duration,
-        /// Contexts a parameter rule must hold in before it is used.
-        #[arg(long, default_value_t = 3)]
-        min_observations: u32,
-    },
+    Eval(augur_proxy::offline::EvalArgs),
     /// Write the call sequences of trace files as JSON: the training data
     /// of `predictor/train/train.py`.
     ExportSequences {
@@ -73,30 +52,12 @@ enum Command {
     },
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { files } => check_config(&files),
-        Command::Eval {
-            traces,
-            model,
-            train_fraction,
-            confidence,
-            horizon,
-            min_observations,
-        } => eval(augur_proxy::offline::EvalArgs {
-            traces,
-            model,
-            train_fraction,
-            confidence,
-            horizon,
-            min_observations,
-        }),
+        Command::Eval(args) => eval(args),
         Command::ExportSequences { traces } => print_json(
             "export-sequences",
             augur_proxy::offline::export(&traces),

@@ -9,17 +9,32 @@ use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};
 use augur_predictor::{Context, Learner, Settings, trace};
 
 /// What `augur eval` was asked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
+    /// Trace files, replayed in the order given.
+    #[arg(required = true)]
     pub traces: Vec<PathBuf>,
-    /// `online`, or `onnx:PATH`.
+    /// `online` (learns as it replays) or `onnx:PATH`.
+    #[arg(long, default_value = "online")]
     pub model: String,
-    /// Share of contexts learned from before measuring; by default none for
-    /// the online model (it learns as it goes) and half for ONNX.
+    /// Share of contexts learned from before measuring (default: 0 for
+    /// online, which learns as it goes; 0.5 for onnx, which learns
+    /// parameter rules and timings from that share).
+    #[arg(long)]
     pub train_fraction: Option<f64>,
+    /// Probability at or above which a prediction is speculated.
+    #[arg(long, default_value_t = 0.8)]
     pub confidence: f64,
+    /// How far ahead a call may be expected and still be speculated.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub horizon: Duration,
+    /// Contexts a parameter rule must hold in before it is used.
+    #[arg(long, default_value_t = 3)]
     pub min_observations: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 /// Reads trace files in order; bad lines go to stderr with file and line.
@@ -70,7 +85,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let contexts = read_traces(&args.traces)?;
     let eval = EvalSettings {
         confidence: args.confidence,
-        horizon_us: u64::try_from(args.horizon.as_micros()).unwrap_or(u64::MAX),
+        horizon_us: crate::clock::micros(args.horizon),
         learn_online: online,
         train: (contexts.len() as f64 * fraction).round() as usize,
     };

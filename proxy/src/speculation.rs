@@ -197,7 +197,8 @@ impl Speculation {
         p: Prediction,
         dep: &Arc<Dependency>,
     ) {
-        let key = self.key(
+        let key = Key::new(
+            &self.hasher,
             trace,
             &p.dependency,
             &p.method,
@@ -308,26 +309,10 @@ impl Speculation {
         }
     }
 
-    /// The key of a request of the inbound request `trace`: `headers` are
-    /// the ones that matter, with their real values.
-    pub(crate) fn key(
-        &self,
-        trace: TraceKey,
-        dependency: &str,
-        method: &str,
-        path_and_query: &str,
-        headers: &[(String, String)],
-        body: Option<&serde_json::Value>,
-    ) -> Key {
-        Key::new(
-            &self.hasher,
-            trace,
-            dependency,
-            method,
-            path_and_query,
-            headers,
-            body,
-        )
+    /// Keys the hashes in speculation keys: a real call's key must be made
+    /// with it to find its speculation.
+    pub(crate) fn hasher(&self) -> &SecretHasher {
+        &self.hasher
     }
 
     /// The answer for a real call of `key`, when a speculation was sent for

@@ -23,7 +23,7 @@ use crate::context::{CallOutcome, CallRecord, Json, Recorded, TraceKey, parse_js
 use crate::dependency::{Dependency, Lease, Purpose};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
-use crate::speculation::Stored;
+use crate::speculation::{Key, Stored};
 
 pub(crate) struct Egress {
     pub(crate) common: Arc<Common>,
@@ -253,7 +253,8 @@ impl Egress {
         let wanted = headers::pairs(&req.headers, |n| speculation.key_headers().matters(n));
         let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let name = self.dependency.name();
-        let key = speculation.key(
+        let key = Key::new(
+            speculation.hasher(),
             trace,
             name,
             req.method.as_str(),

@@ -1,4 +1,4 @@
-//! Prometheus metrics, named as the README's "Metrics" section lists
+//! Prometheus metrics, named as the README's Admin API section lists
 //! them. One registry per process, rendered as text on the admin listener.
 
 use std::collections::HashSet;

@@ -1,46 +1,13 @@
 //! The pool against a fake engine (bound local sockets for containers).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
 use super::*;
 use crate::containers::backend::Started;
-
-/// Containers as bound local sockets: ready for a TCP probe at once.
-#[derive(Default)]
-struct Fake {
-    running: Mutex<HashMap<String, tokio::net::TcpListener>>,
-    next: AtomicUsize,
-    /// What stats report, in thousandths of a core.
-    cpu: AtomicUsize,
-}
-
-#[async_trait]
-impl Backend for Fake {
-    async fn start(&self, _spec: &Spec) -> Result<Started, ResourceError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let id = format!("fake{:08}", self.next.fetch_add(1, Ordering::SeqCst));
-        self.running.lock().insert(id.clone(), listener);
-        Ok(Started { id, addr })
-    }
-    async fn stop(&self, id: &str) -> Result<(), ResourceError> {
-        self.running.lock().remove(id);
-        Ok(())
-    }
-    async fn owned(&self, _service: &str) -> Result<Vec<String>, ResourceError> {
-        Ok(self.running.lock().keys().cloned().collect())
-    }
-    async fn stats(&self, _id: &str) -> Result<Usage, ResourceError> {
-        Ok(Usage {
-            cpu_cores: self.cpu.load(Ordering::SeqCst) as f64 / 1000.0,
-            memory_bytes: 32 << 20,
-        })
-    }
-}
+use crate::containers::fake::Fake;
 
 fn metrics() -> PoolMetrics {
     let vec = |n: &str| IntCounterVec::new(Opts::new(n, n), &["dependency", "reason"]).unwrap();
