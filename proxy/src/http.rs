@@ -48,10 +48,13 @@ pub(crate) struct Common {
 
 impl Common {
     /// A context has closed: its unused speculations are wasted, and the
-    /// learner gets it.
+    /// learner gets it — unless it shared its trace id with another inbound
+    /// request, which leaves what it recorded in doubt.
     fn context_closed(&self, closed: Closed) {
-        self.speculation.close(closed.trace);
-        self.learning.submit(closed);
+        self.speculation.close(closed.id);
+        if !closed.context.ambiguous {
+            self.learning.submit(closed);
+        }
     }
 
     fn inflight(&self) -> Inflight {

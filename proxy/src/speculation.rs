@@ -24,7 +24,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use crate::clock::unix_ms;
-use crate::context::{CallOutcome, ContextTable, TraceKey};
+use crate::context::{CallOutcome, ContextId, ContextTable};
 use crate::dependency::{Dependency, Purpose};
 use crate::http::traceparent::{TraceParent, fresh_id64};
 use crate::learning::Learning;
@@ -140,21 +140,21 @@ impl Speculation {
 
     /// Starts keeping speculations for an inbound request that just opened
     /// its context, and speculates what its route predicts.
-    pub(crate) fn open(self: &Arc<Self>, trace: TraceKey, tp: TraceParent) {
+    pub(crate) fn open(self: &Arc<Self>, context: ContextId, tp: TraceParent) {
         if !self.enabled() {
             return;
         }
-        self.table.open(trace, tp.parent_id);
-        self.run(trace, tp.flags);
+        self.table.open(context, tp.parent_id);
+        self.run(context, tp.flags);
     }
 
-    /// Predicts for the open context of `trace` and acts on what passes the
+    /// Predicts for the open context `context` and acts on what passes the
     /// gates. Cheap when nothing is predicted; never blocks.
-    pub(crate) fn run(self: &Arc<Self>, trace: TraceKey, flags: u8) {
+    pub(crate) fn run(self: &Arc<Self>, context: ContextId, flags: u8) {
         if !self.enabled() {
             return;
         }
-        let Some((mut live, elapsed)) = self.contexts.live(trace) else {
+        let Some((mut live, elapsed)) = self.contexts.live(context) else {
             return;
         };
         let Some(methods) = self.settings.methods_for(&live.route) else {
@@ -163,7 +163,7 @@ impl Speculation {
         // Speculative responses that no real call has taken yet count as
         // calls already made, so chains go on without waiting for the
         // service.
-        let mut done = self.table.done_for(trace);
+        let mut done = self.table.done_for(context);
         done.sort_by_key(|(_, s)| s.prediction.expected_start_us);
         live.calls
             .extend(done.iter().map(|(_, stored)| virtual_call(stored)));
@@ -182,7 +182,7 @@ impl Speculation {
                 && dep.takes_speculation()
                 && self.table.allows(&live.route, &p.dependency)
             {
-                self.send(trace, flags, &live.route, p, dep);
+                self.send(context, flags, &live.route, p, dep);
             }
         }
     }
@@ -191,7 +191,7 @@ impl Speculation {
     /// it (known already, not open, `max_inflight`) or no instance is free.
     fn send(
         self: &Arc<Self>,
-        trace: TraceKey,
+        context: ContextId,
         flags: u8,
         route: &str,
         p: Prediction,
@@ -199,7 +199,7 @@ impl Speculation {
     ) {
         let key = Key::new(
             &self.hasher,
-            trace,
+            context,
             &p.dependency,
             &p.method,
             &send::path_and_query(&p),
@@ -225,7 +225,7 @@ impl Speculation {
         {
             return;
         }
-        let span = self.span(trace, flags, &p);
+        let span = self.span(context, flags, &p);
         let this = self.clone();
         let dep = dep.clone();
         tokio::spawn(async move { this.fetch(key, p, dep, span, info).await });
@@ -234,9 +234,9 @@ impl Speculation {
     /// A span of its own for a speculative request, in the inbound
     /// request's trace and linked to its span, with the `traceparent` that
     /// goes with the request.
-    fn span(&self, trace: TraceKey, flags: u8, p: &Prediction) -> (MaybeSpan, TraceParent) {
-        let inbound = self.table.inbound_span(trace).map(|span| TraceParent {
-            trace_id: trace,
+    fn span(&self, context: ContextId, flags: u8, p: &Prediction) -> (MaybeSpan, TraceParent) {
+        let inbound = self.table.inbound_span(context).map(|span| TraceParent {
+            trace_id: context.trace,
             parent_id: span,
             flags,
         });
@@ -258,7 +258,7 @@ impl Speculation {
         let tp = match inbound {
             Some(_) => tp,
             None => TraceParent {
-                trace_id: trace,
+                trace_id: context.trace,
                 parent_id: fresh_id64(),
                 flags,
             },
@@ -305,7 +305,7 @@ impl Speculation {
             self.count(dep.name(), outcome);
         }
         if servable {
-            self.run(key.trace, tp.flags);
+            self.run(key.context, tp.flags);
         }
     }
 
@@ -339,8 +339,8 @@ impl Speculation {
 
     /// Drops what was speculated for a context that closed or expired,
     /// counting what was never used.
-    pub(crate) fn close(&self, trace: TraceKey) {
-        for (dependency, outcome) in self.table.close(trace) {
+    pub(crate) fn close(&self, context: ContextId) {
+        for (dependency, outcome) in self.table.close(context) {
             self.count(&dependency, outcome);
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::TraceKey;
+use super::ContextId;
 
 /// How augur answered a dependency call
 /// (`augur_dependency_calls_total{outcome}`).
@@ -97,6 +97,11 @@ pub(crate) struct ClosedContext {
     pub(crate) started_unix_ms: u64,
     pub(crate) duration_us: u64,
     pub(crate) status: u16,
+    /// Another inbound request with the same trace id was open meanwhile:
+    /// calls carrying it were proxied unrecorded, and the context is not
+    /// learned from.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ambiguous: bool,
     pub(crate) inbound: InboundRecord,
     pub(crate) calls: Vec<CallRecord>,
     /// Calls not recorded because the context held `max_calls` already.
@@ -107,7 +112,7 @@ pub(crate) struct ClosedContext {
 /// the context without them.
 #[derive(Debug)]
 pub(crate) struct Closed {
-    pub(crate) trace: TraceKey,
+    pub(crate) id: ContextId,
     pub(crate) context: Arc<ClosedContext>,
     pub(crate) inbound_body: Option<Json>,
     /// The captured request body of each call, in call order.

@@ -1,27 +1,35 @@
-//! The table of open contexts, by trace id.
+//! The table of open contexts. A context is augur's own, one per inbound
+//! request ([`ContextId`]); dependency calls find it by the trace id they
+//! carry. Client trace ids can repeat (a retry sends the same
+//! `traceparent`): while two inbound requests with one trace id are open,
+//! calls carrying it cannot be told apart — they are [`Attached::Ambiguous`],
+//! proxied and never recorded — and both contexts are marked ambiguous, so
+//! neither is learned from.
 //!
-//! The table is sharded so that concurrent requests rarely meet on a lock;
-//! each shard's lock is held only to insert, append or remove. It is bounded
-//! three ways: open contexts by count (past it, requests go untracked),
-//! open contexts by age (abandoned ones are expired by a background sweep),
-//! and calls per context.
+//! The table is sharded by trace id so that concurrent requests rarely meet
+//! on a lock, and the contexts of one trace id share a shard; each shard's
+//! lock is held only to insert, append or remove. It is bounded three ways:
+//! open contexts by count (past it, requests go untracked), open contexts
+//! by age (abandoned ones are expired by a background sweep), and calls per
+//! context.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::TraceKey;
 use super::records::{CallRecord, Closed, ClosedContext, InboundRecord, parse_json};
+use super::{ContextId, TraceKey};
 use crate::clock::{micros, unix_ms};
 use crate::recent::Recent;
 
 const SHARDS: usize = 32;
 
 struct OpenContext {
+    serial: u64,
     started: Instant,
     started_unix_ms: u64,
     inbound: InboundRecord,
@@ -32,7 +40,13 @@ struct OpenContext {
     /// Set when the inbound response ended while calls were still pending:
     /// its status and duration. The last pending call closes the context.
     closing: Option<(u16, Duration)>,
+    /// Another inbound request with this trace id was open at the same
+    /// time: what the context recorded may be incomplete.
+    ambiguous: bool,
 }
+
+/// The open contexts of one shard: by trace id, usually one each.
+type Shard = HashMap<TraceKey, Vec<OpenContext>>;
 
 /// What recording a call did.
 #[derive(Debug)]
@@ -52,22 +66,41 @@ impl Recorded {
     }
 }
 
+/// What a dependency call carrying a trace id finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attached {
+    /// The one open context of that trace id, and when it started.
+    Context(ContextId, Instant),
+    /// Several inbound requests with that trace id are open: the call
+    /// cannot be told apart.
+    Ambiguous,
+    /// No open context has that trace id.
+    None,
+}
+
 /// Why an inbound request is proxied without a context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Untracked {
     /// `max_open` contexts are open already.
     Full,
-    /// Another inbound request with the same trace id is still open.
-    Duplicate,
 }
 
 impl Untracked {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Untracked::Full => "full",
-            Untracked::Duplicate => "duplicate_trace",
         }
     }
+}
+
+/// A context just opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opened {
+    pub(crate) id: ContextId,
+    /// How many contexts this open made ambiguous (itself, and an earlier
+    /// one with its trace id that was not yet): 0 when its trace id is its
+    /// own.
+    pub(crate) made_ambiguous: u32,
 }
 
 /// How big the table may grow.
@@ -80,8 +113,9 @@ pub(crate) struct Limits {
 }
 
 pub(crate) struct ContextTable {
-    shards: Box<[Mutex<HashMap<TraceKey, OpenContext>>]>,
+    shards: Box<[Mutex<Shard>]>,
     open: AtomicUsize,
+    serial: AtomicU64,
     history: Recent<Arc<ClosedContext>>,
     limits: Limits,
 }
@@ -91,107 +125,120 @@ impl ContextTable {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             open: AtomicUsize::new(0),
+            serial: AtomicU64::new(1),
             history: Recent::new(limits.history),
             limits,
         }
     }
 
-    fn shard(&self, key: TraceKey) -> &Mutex<HashMap<TraceKey, OpenContext>> {
+    fn shard(&self, trace: TraceKey) -> &Mutex<Shard> {
         // Trace ids are random: their low bits spread well.
-        &self.shards[(key as usize) % SHARDS]
+        &self.shards[(trace as usize) % SHARDS]
     }
 
-    /// Opens a context for `key`, unless the table is full or the trace is
-    /// open already.
-    pub(crate) fn open(&self, key: TraceKey, inbound: InboundRecord) -> Result<(), Untracked> {
+    /// Runs `f` on the open context `id`, if it is still open.
+    fn with<T>(&self, id: ContextId, f: impl FnOnce(&mut OpenContext) -> T) -> Option<T> {
+        let mut shard = self.shard(id.trace).lock();
+        let ctx = shard
+            .get_mut(&id.trace)?
+            .iter_mut()
+            .find(|c| c.serial == id.serial)?;
+        Some(f(ctx))
+    }
+
+    /// Removes the open context `id` from its shard.
+    fn take(shard: &mut Shard, id: ContextId) -> Option<OpenContext> {
+        let contexts = shard.get_mut(&id.trace)?;
+        let at = contexts.iter().position(|c| c.serial == id.serial)?;
+        let ctx = contexts.swap_remove(at);
+        if contexts.is_empty() {
+            shard.remove(&id.trace);
+        }
+        Some(ctx)
+    }
+
+    /// Opens a context for an inbound request of trace `trace`, unless the
+    /// table is full.
+    pub(crate) fn open(
+        &self,
+        trace: TraceKey,
+        inbound: InboundRecord,
+    ) -> Result<Opened, Untracked> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_open {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Untracked::Full);
         }
-        let mut shard = self.shard(key).lock();
-        if shard.contains_key(&key) {
-            drop(shard);
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Untracked::Duplicate);
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(trace).lock();
+        let contexts = shard.entry(trace).or_default();
+        let mut made_ambiguous = 0;
+        if !contexts.is_empty() {
+            made_ambiguous = 1;
+            for other in contexts.iter_mut().filter(|c| !c.ambiguous) {
+                other.ambiguous = true;
+                made_ambiguous += 1;
+            }
         }
-        shard.insert(
-            key,
-            OpenContext {
-                started: Instant::now(),
-                started_unix_ms: unix_ms(),
-                inbound,
-                calls: Vec::new(),
-                calls_dropped: 0,
-                pending: 0,
-                closing: None,
-            },
-        );
-        Ok(())
+        contexts.push(OpenContext {
+            serial,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            inbound,
+            calls: Vec::new(),
+            calls_dropped: 0,
+            pending: 0,
+            closing: None,
+            ambiguous: made_ambiguous > 0,
+        });
+        Ok(Opened {
+            id: ContextId { trace, serial },
+            made_ambiguous,
+        })
     }
 
     /// Keeps the inbound request's captured body for the learner.
-    pub(crate) fn set_inbound_body(&self, key: TraceKey, body: Bytes) {
+    pub(crate) fn set_inbound_body(&self, id: ContextId, body: Bytes) {
         let json = parse_json(Some(body));
-        if let Some(ctx) = self.shard(key).lock().get_mut(&key) {
-            ctx.inbound.body = json;
+        self.with(id, |ctx| ctx.inbound.body = json);
+    }
+
+    /// The predictor's view of the open context `id` — its inbound request
+    /// with real header values and the calls recorded so far — and the
+    /// microseconds since it opened.
+    pub(crate) fn live(&self, id: ContextId) -> Option<(augur_predictor::Context, u64)> {
+        self.with(id, |ctx| (live_view(ctx), micros(ctx.started.elapsed())))
+    }
+
+    /// Attaches a starting call carrying `trace` to the one open context of
+    /// that trace id, which then stays open until the call is
+    /// [recorded](Self::record).
+    pub(crate) fn attach(&self, trace: TraceKey) -> Attached {
+        let mut shard = self.shard(trace).lock();
+        let Some(contexts) = shard.get_mut(&trace) else {
+            return Attached::None;
+        };
+        match contexts.as_mut_slice() {
+            [ctx] if ctx.closing.is_none() => {
+                ctx.pending += 1;
+                let id = ContextId {
+                    trace,
+                    serial: ctx.serial,
+                };
+                Attached::Context(id, ctx.started)
+            }
+            [_] => Attached::None,
+            _ => Attached::Ambiguous,
         }
     }
 
-    /// The predictor's view of the open context of `key` — its inbound
-    /// request with real header values and the calls recorded so far — and
-    /// the microseconds since it opened.
-    pub(crate) fn live(&self, key: TraceKey) -> Option<(augur_predictor::Context, u64)> {
-        let shard = self.shard(key).lock();
-        let ctx = shard.get(&key)?;
-        let inbound = augur_predictor::Request {
-            method: ctx.inbound.method.clone(),
-            path: ctx.inbound.path.clone(),
-            query: ctx.inbound.query.clone(),
-            headers: ctx.inbound.raw_headers.clone(),
-            body: ctx.inbound.body.as_deref().cloned(),
-        };
-        let calls = ctx
-            .calls
-            .iter()
-            .map(|c| augur_predictor::Call {
-                dependency: c.dependency.to_string(),
-                request: augur_predictor::Request {
-                    method: c.method.clone(),
-                    path: c.path.clone(),
-                    query: c.query.clone(),
-                    headers: Vec::new(),
-                    body: None,
-                },
-                status: c.status,
-                start_us: c.start_offset_us,
-                duration_us: c.duration_us,
-                response: c.response.as_deref().cloned(),
-            })
-            .collect();
-        let live = augur_predictor::Context {
-            route: ctx.inbound.route.to_string(),
-            inbound,
-            calls,
-        };
-        Some((live, micros(ctx.started.elapsed())))
-    }
-
-    /// Attaches a starting call to the open context of `key`, which then
-    /// stays open until the call is [recorded](Self::record). Returns when
-    /// the context started, or `None` when there is no open context.
-    pub(crate) fn attach(&self, key: TraceKey) -> Option<Instant> {
-        let mut shard = self.shard(key).lock();
-        let ctx = shard.get_mut(&key).filter(|c| c.closing.is_none())?;
-        ctx.pending += 1;
-        Some(ctx.started)
-    }
-
-    /// Records an attached call in the context of `key`; false when the
-    /// context is gone (expired). Closes the context if it was only waiting
-    /// for this call.
-    pub(crate) fn record(&self, key: TraceKey, call: CallRecord) -> Recorded {
-        let mut shard = self.shard(key).lock();
-        let Some(ctx) = shard.get_mut(&key) else {
+    /// Records an attached call in the context `id`. Closes the context if
+    /// it was only waiting for this call.
+    pub(crate) fn record(&self, id: ContextId, call: CallRecord) -> Recorded {
+        let mut shard = self.shard(id.trace).lock();
+        let Some(ctx) = shard
+            .get_mut(&id.trace)
+            .and_then(|cs| cs.iter_mut().find(|c| c.serial == id.serial))
+        else {
             return Recorded::NoContext;
         };
         if ctx.calls.len() < self.limits.max_calls {
@@ -206,32 +253,35 @@ impl ContextTable {
         }
         ctx.pending = ctx.pending.saturating_sub(1);
         if let (0, Some((status, duration))) = (ctx.pending, ctx.closing) {
-            if let Some(ctx) = shard.remove(&key) {
+            if let Some(ctx) = Self::take(&mut shard, id) {
                 drop(shard);
-                return Recorded::Closed(self.finish(key, ctx, status, duration));
+                return Recorded::Closed(self.finish(id, ctx, status, duration));
             }
         }
         Recorded::Open
     }
 
-    /// Closes the context of `key` with the inbound response's status. If
-    /// calls are still pending, the last of them closes it; then `None`.
-    pub(crate) fn close(&self, key: TraceKey, status: u16) -> Option<Closed> {
-        let mut shard = self.shard(key).lock();
-        let ctx = shard.get_mut(&key)?;
+    /// Closes the context `id` with the inbound response's status. If calls
+    /// are still pending, the last of them closes it; then `None`.
+    pub(crate) fn close(&self, id: ContextId, status: u16) -> Option<Closed> {
+        let mut shard = self.shard(id.trace).lock();
+        let ctx = shard
+            .get_mut(&id.trace)?
+            .iter_mut()
+            .find(|c| c.serial == id.serial)?;
         let duration = ctx.started.elapsed();
         if ctx.pending > 0 {
             ctx.closing = Some((status, duration));
             return None;
         }
-        let ctx = shard.remove(&key)?;
+        let ctx = Self::take(&mut shard, id)?;
         drop(shard);
-        Some(self.finish(key, ctx, status, duration))
+        Some(self.finish(id, ctx, status, duration))
     }
 
     fn finish(
         &self,
-        key: TraceKey,
+        id: ContextId,
         mut ctx: OpenContext,
         status: u16,
         duration: Duration,
@@ -246,17 +296,18 @@ impl ContextTable {
             .collect();
         let responses = ctx.calls.iter_mut().map(|c| c.response.take()).collect();
         let closed = Arc::new(ClosedContext {
-            trace_id: format!("{key:032x}"),
+            trace_id: format!("{:032x}", id.trace),
             started_unix_ms: ctx.started_unix_ms,
             duration_us: micros(duration),
             status,
+            ambiguous: ctx.ambiguous,
             inbound: ctx.inbound,
             calls: ctx.calls,
             calls_dropped: ctx.calls_dropped,
         });
         self.history.push(closed.clone());
         Closed {
-            trace: key,
+            id,
             context: closed,
             inbound_body,
             request_bodies,
@@ -264,17 +315,23 @@ impl ContextTable {
         }
     }
 
-    /// Drops open contexts older than `max_age`; returns their trace ids.
-    pub(crate) fn expire(&self) -> Vec<TraceKey> {
+    /// Drops open contexts older than `max_age`; returns them.
+    pub(crate) fn expire(&self) -> Vec<ContextId> {
         let now = Instant::now();
         let mut expired = Vec::new();
         for shard in self.shards.iter() {
-            shard.lock().retain(|key, c| {
-                let keep = now.duration_since(c.started) < self.limits.max_age;
-                if !keep {
-                    expired.push(*key);
-                }
-                keep
+            shard.lock().retain(|trace, contexts| {
+                contexts.retain(|c| {
+                    let keep = now.duration_since(c.started) < self.limits.max_age;
+                    if !keep {
+                        expired.push(ContextId {
+                            trace: *trace,
+                            serial: c.serial,
+                        });
+                    }
+                    keep
+                });
+                !contexts.is_empty()
             });
         }
         self.open.fetch_sub(expired.len(), Ordering::AcqRel);
@@ -288,6 +345,40 @@ impl ContextTable {
 
     pub(crate) fn open_count(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+/// The predictor's view of an open context.
+fn live_view(ctx: &OpenContext) -> augur_predictor::Context {
+    let inbound = augur_predictor::Request {
+        method: ctx.inbound.method.clone(),
+        path: ctx.inbound.path.clone(),
+        query: ctx.inbound.query.clone(),
+        headers: ctx.inbound.raw_headers.clone(),
+        body: ctx.inbound.body.as_deref().cloned(),
+    };
+    let calls = ctx
+        .calls
+        .iter()
+        .map(|c| augur_predictor::Call {
+            dependency: c.dependency.to_string(),
+            request: augur_predictor::Request {
+                method: c.method.clone(),
+                path: c.path.clone(),
+                query: c.query.clone(),
+                headers: Vec::new(),
+                body: None,
+            },
+            status: c.status,
+            start_us: c.start_offset_us,
+            duration_us: c.duration_us,
+            response: c.response.as_deref().cloned(),
+        })
+        .collect();
+    augur_predictor::Context {
+        route: ctx.inbound.route.to_string(),
+        inbound,
+        calls,
     }
 }
 
@@ -334,22 +425,41 @@ mod tests {
         }
     }
 
+    /// Opens a context of `trace` that nothing else shares.
+    fn open(t: &ContextTable, trace: TraceKey) -> ContextId {
+        let opened = t.open(trace, inbound()).unwrap();
+        assert_eq!(opened.made_ambiguous, 0);
+        opened.id
+    }
+
+    fn attached(t: &ContextTable, trace: TraceKey) -> ContextId {
+        match t.attach(trace) {
+            Attached::Context(id, _) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn calls_join_their_own_context() {
         let t = ContextTable::new(limits());
-        t.open(1, inbound()).unwrap();
-        t.open(2, inbound()).unwrap();
-        assert!(t.attach(1).is_some() && t.attach(2).is_some());
-        assert!(t.attach(3).is_none());
-        assert!(t.record(1, call("a")).joined());
-        assert!(t.record(2, call("b")).joined());
-        assert!(!t.record(3, call("c")).joined());
-        let one = t.close(1, 200).unwrap();
-        assert_eq!(one.context.calls.len(), 1);
-        assert_eq!(&*one.context.calls[0].dependency, "a");
-        assert_eq!(one.responses, [Some(Arc::new(serde_json::json!({})))]);
+        let one = open(&t, 1);
+        let two = open(&t, 2);
+        assert_eq!(attached(&t, 1), one);
+        assert_eq!(attached(&t, 2), two);
+        assert_eq!(t.attach(3), Attached::None);
+        assert!(t.record(one, call("a")).joined());
+        assert!(t.record(two, call("b")).joined());
+        let gone = ContextId {
+            trace: 3,
+            serial: 99,
+        };
+        assert!(!t.record(gone, call("c")).joined());
+        let closed = t.close(one, 200).unwrap();
+        assert_eq!(closed.context.calls.len(), 1);
+        assert_eq!(&*closed.context.calls[0].dependency, "a");
+        assert_eq!(closed.responses, [Some(Arc::new(serde_json::json!({})))]);
         assert!(
-            one.context.calls[0].response.is_none(),
+            closed.context.calls[0].response.is_none(),
             "bodies leave the history"
         );
         assert_eq!(t.open_count(), 1);
@@ -358,18 +468,17 @@ mod tests {
     #[test]
     fn bounded_by_count_calls_and_history() {
         let t = ContextTable::new(limits());
-        t.open(1, inbound()).unwrap();
-        assert_eq!(t.open(1, inbound()), Err(Untracked::Duplicate));
-        t.open(2, inbound()).unwrap();
+        let one = open(&t, 1);
+        let two = open(&t, 2);
         assert_eq!(t.open(3, inbound()), Err(Untracked::Full));
         for _ in 0..5 {
-            t.record(1, call("a"));
+            t.record(one, call("a"));
         }
-        let c = t.close(1, 200).unwrap().context;
+        let c = t.close(one, 200).unwrap().context;
         assert_eq!((c.calls.len(), c.calls_dropped), (2, 3));
-        t.close(2, 200);
-        t.open(4, inbound()).unwrap();
-        t.close(4, 500);
+        t.close(two, 200);
+        let four = open(&t, 4);
+        t.close(four, 500);
         let recent = t.recent(10);
         assert_eq!(recent.len(), 2);
         assert_eq!(recent[0].status, 500);
@@ -377,16 +486,44 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_trace_id_makes_its_calls_ambiguous_and_both_contexts_unlearnable() {
+        let t = ContextTable::new(Limits {
+            max_open: 8,
+            ..limits()
+        });
+        let first = open(&t, 7);
+        let retry = t.open(7, inbound()).unwrap();
+        assert_eq!(retry.made_ambiguous, 2, "the retry and the first");
+        assert_ne!(retry.id, first, "every inbound request has its own");
+        assert_eq!(t.attach(7), Attached::Ambiguous);
+        let third = t.open(7, inbound()).unwrap();
+        assert_eq!(third.made_ambiguous, 1, "the others were already");
+        for id in [retry.id, third.id] {
+            assert!(t.close(id, 200).unwrap().context.ambiguous);
+        }
+        // Alone again, the first takes its calls, but is not learned from.
+        assert_eq!(attached(&t, 7), first);
+        t.record(first, call("a"));
+        let closed = t.close(first, 200).unwrap();
+        assert!(closed.context.ambiguous);
+        assert_eq!(closed.context.calls.len(), 1);
+        // A trace id used again later is a fresh start.
+        let later = open(&t, 7);
+        assert!(!t.close(later, 200).unwrap().context.ambiguous);
+        assert_eq!(t.open_count(), 0);
+    }
+
+    #[test]
     fn calls_are_kept_in_the_order_they_started() {
         let t = ContextTable::new(limits());
-        t.open(1, inbound()).unwrap();
+        let id = open(&t, 1);
         let at = |dep: &str, start: u64| CallRecord {
             start_offset_us: start,
             ..call(dep)
         };
-        t.record(1, at("second", 20));
-        t.record(1, at("first", 10));
-        let closed = t.close(1, 200).unwrap();
+        t.record(id, at("second", 20));
+        t.record(id, at("first", 10));
+        let closed = t.close(id, 200).unwrap();
         let deps: Vec<&str> = closed
             .context
             .calls
@@ -399,18 +536,19 @@ mod tests {
     #[test]
     fn a_context_waits_for_its_pending_calls_before_closing() {
         let t = ContextTable::new(limits());
-        t.open(1, inbound()).unwrap();
-        t.attach(1).unwrap();
-        t.attach(1).unwrap();
-        assert!(t.close(1, 200).is_none(), "two calls still pending");
-        assert!(
-            t.attach(1).is_none(),
+        let id = open(&t, 1);
+        attached(&t, 1);
+        attached(&t, 1);
+        assert!(t.close(id, 200).is_none(), "two calls still pending");
+        assert_eq!(
+            t.attach(1),
+            Attached::None,
             "a closing context takes no new calls"
         );
         assert_eq!(t.open_count(), 1);
-        assert!(matches!(t.record(1, call("a")), Recorded::Open));
+        assert!(matches!(t.record(id, call("a")), Recorded::Open));
         assert!(t.recent(10).is_empty());
-        assert!(matches!(t.record(1, call("b")), Recorded::Closed(_)));
+        assert!(matches!(t.record(id, call("b")), Recorded::Closed(_)));
         let closed = t.recent(10);
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].status, closed[0].calls.len()), (200, 2));
@@ -423,9 +561,9 @@ mod tests {
             max_age: Duration::ZERO,
             ..limits()
         });
-        t.open(1, inbound()).unwrap();
-        assert_eq!(t.expire(), [1]);
+        let id = open(&t, 1);
+        assert_eq!(t.expire(), [id]);
         assert_eq!(t.open_count(), 0);
-        assert!(t.close(1, 200).is_none());
+        assert!(t.close(id, 200).is_none());
     }
 }

@@ -19,7 +19,7 @@ use super::capture::Capture;
 use super::traceparent::{self, TraceParent};
 use super::{Common, failure, headers, request};
 use crate::clock::micros;
-use crate::context::{CallOutcome, CallRecord, Json, Recorded, TraceKey, parse_json};
+use crate::context::{Attached, CallOutcome, CallRecord, ContextId, Json, Recorded, parse_json};
 use crate::dependency::{Dependency, Lease, Purpose};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
@@ -35,7 +35,7 @@ pub(crate) struct CallCtx {
     /// Set once the request header was read and accepted.
     accepted: bool,
     /// The context this call belongs to, with the time it opened.
-    context: Option<(TraceKey, Instant)>,
+    context: Option<(ContextId, Instant)>,
     /// The `traceparent` sent upstream, when the call came with one.
     traceparent: Option<TraceParent>,
     span: MaybeSpan,
@@ -87,10 +87,14 @@ impl ProxyHttp for Egress {
         }
         let req = session.req_header();
         let parent = request::traceparent(req);
-        ctx.context = parent.and_then(|p| {
-            let started = common.contexts.attach(p.trace_id)?;
-            Some((p.trace_id, started))
-        });
+        ctx.context = match parent.map(|p| common.contexts.attach(p.trace_id)) {
+            Some(Attached::Context(id, started)) => Some((id, started)),
+            Some(Attached::Ambiguous) => {
+                common.metrics.calls_ambiguous.inc();
+                None
+            }
+            Some(Attached::None) | None => None,
+        };
         let name = self.dependency.name();
         let (span, tp) = common.telemetry.start(SpanKind::Client, parent, || {
             let attributes = vec![
@@ -103,7 +107,7 @@ impl ProxyHttp for Egress {
         ctx.span = span;
         ctx.traceparent = parent.map(|_| tp);
         ctx.accepted = true;
-        let Some((trace, _)) = ctx.context else {
+        let Some((context, _)) = ctx.context else {
             return Ok(false);
         };
         let key_headers = common.speculation.key_headers();
@@ -111,7 +115,7 @@ impl ProxyHttp for Egress {
         ctx.headers = headers::recorded(&req.headers, &common.redact, &common.hasher, |n| {
             key_headers.matters(n)
         });
-        self.answer_from_speculation(session, trace, ctx).await
+        self.answer_from_speculation(session, context, ctx).await
     }
 
     async fn request_body_filter(
@@ -242,7 +246,7 @@ impl Egress {
     async fn answer_from_speculation(
         &self,
         session: &mut Session,
-        trace: TraceKey,
+        context: ContextId,
         ctx: &mut CallCtx,
     ) -> Result<bool> {
         let speculation = &self.common.speculation;
@@ -255,7 +259,7 @@ impl Egress {
         let name = self.dependency.name();
         let key = Key::new(
             speculation.hasher(),
-            trace,
+            context,
             name,
             req.method.as_str(),
             path_and_query,

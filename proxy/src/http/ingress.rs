@@ -18,7 +18,7 @@ use super::capture::Capture;
 use super::traceparent::{self, TraceParent};
 use super::upstream::Target;
 use super::{Common, failure, headers, request};
-use crate::context::{InboundRecord, TraceKey};
+use crate::context::{ContextId, InboundRecord};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
 
@@ -30,8 +30,8 @@ pub(crate) struct Ingress {
 pub(crate) struct InboundCtx {
     started: Instant,
     route: Option<Arc<str>>,
-    /// The trace id, when this request has an open context.
-    context: Option<TraceKey>,
+    /// The request's context, when it has one.
+    context: Option<ContextId>,
     /// The `traceparent` the service receives.
     traceparent: Option<TraceParent>,
     span: MaybeSpan,
@@ -84,10 +84,16 @@ impl ProxyHttp for Ingress {
             raw_headers: headers::pairs(&req.headers, |_| true),
         };
         match common.contexts.open(tp.trace_id, inbound) {
-            Ok(()) => {
-                ctx.context = Some(tp.trace_id);
+            Ok(opened) => {
+                ctx.context = Some(opened.id);
                 ctx.body = Capture::start(&req.headers, common.body_limit);
-                common.speculation.open(tp.trace_id, tp);
+                if opened.made_ambiguous > 0 {
+                    common
+                        .metrics
+                        .contexts_ambiguous
+                        .inc_by(u64::from(opened.made_ambiguous));
+                }
+                common.speculation.open(opened.id, tp);
             }
             Err(why) => common
                 .metrics

@@ -34,6 +34,8 @@ pub(crate) struct Metrics {
     pub(crate) contexts_open: IntGauge,
     pub(crate) contexts_untracked: IntCounterVec,
     pub(crate) contexts_expired: prometheus::IntCounter,
+    pub(crate) contexts_ambiguous: prometheus::IntCounter,
+    pub(crate) calls_ambiguous: prometheus::IntCounter,
     pub(crate) container_starts: IntCounterVec,
     pub(crate) container_starts_denied: IntCounterVec,
     pub(crate) container_evictions: IntCounterVec,
@@ -70,11 +72,24 @@ impl Metrics {
             };
         let contexts_open = IntGauge::new("augur_contexts_open", "Execution contexts open now")?;
         registry.register(Box::new(contexts_open.clone()))?;
-        let contexts_expired = prometheus::IntCounter::new(
+        let plain_counter =
+            |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
+                let c = prometheus::IntCounter::new(name, help)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let contexts_expired = plain_counter(
             "augur_contexts_expired_total",
             "Open contexts dropped because they outlived contexts.max_age",
         )?;
-        registry.register(Box::new(contexts_expired.clone()))?;
+        let contexts_ambiguous = plain_counter(
+            "augur_contexts_ambiguous_total",
+            "Inbound requests that shared their trace id with another open one: their calls cannot be told apart, so none is answered from speculation or learned from",
+        )?;
+        let calls_ambiguous = plain_counter(
+            "augur_calls_ambiguous_total",
+            "Dependency calls whose trace id belonged to several open inbound requests: proxied, never answered from speculation, not recorded",
+        )?;
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -130,16 +145,14 @@ impl Metrics {
             "augur_speculation_traces",
             "Open inbound requests with speculation state",
         )?;
-        let learner_contexts = prometheus::IntCounter::new(
+        let learner_contexts = plain_counter(
             "augur_learner_contexts_total",
             "Closed contexts the predictor learned from",
         )?;
-        registry.register(Box::new(learner_contexts.clone()))?;
-        let learner_dropped = prometheus::IntCounter::new(
+        let learner_dropped = plain_counter(
             "augur_learner_dropped_total",
             "Closed contexts not learned from because the learner's queue was full",
         )?;
-        registry.register(Box::new(learner_dropped.clone()))?;
         Ok(Self {
             inbound_requests: counter(
                 "augur_inbound_requests_total",
@@ -178,6 +191,8 @@ impl Metrics {
             )?,
             contexts_open,
             contexts_expired,
+            contexts_ambiguous,
+            calls_ambiguous,
             container_starts: counter(
                 "augur_container_starts_total",
                 "Containers started, by dependency and reason (cold: a call waited; prestart: ahead of a predicted call; prewarm: adaptive keep-alive expects a call; scale: every instance was busy)",

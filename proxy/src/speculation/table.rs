@@ -2,7 +2,8 @@
 //! outcome, and the responses that came back, held for the one inbound
 //! request they were fetched for.
 //!
-//! A key is the trace id plus a keyed hash of the request as sent
+//! A key is the context (augur's own id for the inbound request) plus a
+//! keyed hash of the request as sent
 //! (dependency, method, path and query, the headers that can change the
 //! answer, the body), so a response is only ever served to a real call of
 //! the same inbound request that asks for exactly the same thing — never
@@ -26,13 +27,14 @@ use tokio::sync::watch;
 use super::Outcome;
 use super::governor::Governor;
 use crate::clock::micros;
-use crate::context::{Json, TraceKey};
+use crate::context::{ContextId, Json};
 use crate::recent::Recent;
 
 /// A request as the table knows it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
-    pub(crate) trace: TraceKey,
+    /// The inbound request it belongs to.
+    pub(crate) context: ContextId,
     /// Keyed hash of the request; never the request itself, which may hold
     /// credentials.
     request: String,
@@ -40,7 +42,8 @@ pub(crate) struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}/{}", self.trace, self.request)
+        let ContextId { trace, serial } = self.context;
+        write!(f, "{trace:032x}.{serial}/{}", self.request)
     }
 }
 
@@ -49,7 +52,7 @@ impl Key {
     /// real values.
     pub(crate) fn new(
         hasher: &SecretHasher,
-        trace: TraceKey,
+        context: ContextId,
         dependency: &str,
         method: &str,
         path_and_query: &str,
@@ -70,7 +73,7 @@ impl Key {
             canonical.push_str(&b.to_string());
         }
         Self {
-            trace,
+            context,
             request: hasher.hash(&canonical),
         }
     }
@@ -178,9 +181,9 @@ const HISTORY: usize = 256;
 pub(crate) struct SpeculationTable {
     governor: Governor,
     history: Recent<Finished>,
-    entries: Mutex<HashMap<TraceKey, HashMap<Key, Entry>>>,
-    /// The inbound span of each open trace, for linking speculative spans.
-    spans: Mutex<HashMap<TraceKey, u64>>,
+    entries: Mutex<HashMap<ContextId, HashMap<Key, Entry>>>,
+    /// The inbound span of each open context, for linking speculative spans.
+    spans: Mutex<HashMap<ContextId, u64>>,
     responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
     inflight: AtomicUsize,
     max_inflight: usize,
@@ -204,23 +207,23 @@ impl SpeculationTable {
     }
 
     /// Starts keeping speculations for an inbound request that just
-    /// opened. Only an open trace takes speculations, so one that races its
-    /// context's close can never bring the trace back.
-    pub(crate) fn open(&self, trace: TraceKey, inbound_span: u64) {
-        self.entries.lock().entry(trace).or_default();
-        self.spans.lock().insert(trace, inbound_span);
+    /// opened. Only an open context takes speculations, so one that races
+    /// its context's close can never bring the context back.
+    pub(crate) fn open(&self, context: ContextId, inbound_span: u64) {
+        self.entries.lock().entry(context).or_default();
+        self.spans.lock().insert(context, inbound_span);
     }
 
-    /// The span of the inbound request of an open trace.
-    pub(crate) fn inbound_span(&self, trace: TraceKey) -> Option<u64> {
-        self.spans.lock().get(&trace).copied()
+    /// The span of the inbound request of an open context.
+    pub(crate) fn inbound_span(&self, context: ContextId) -> Option<u64> {
+        self.spans.lock().get(&context).copied()
     }
 
-    /// Registers a speculation about to be sent, unless its trace is not
+    /// Registers a speculation about to be sent, unless its context is not
     /// open, its key is known already or `max_inflight` are in flight.
     pub(crate) fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
         let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.trace) else {
+        let Some(trace) = entries.get_mut(&key.context) else {
             return false;
         };
         if trace.contains_key(key) {
@@ -254,7 +257,7 @@ impl SpeculationTable {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         let result = result.map(Arc::new);
         let mut entries = self.entries.lock();
-        let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) else {
+        let Some(entry) = entries.get_mut(&key.context).and_then(|t| t.get_mut(key)) else {
             drop(entries);
             self.finished(info_of_cancelled, Outcome::Cancelled);
             return Some(Outcome::Cancelled);
@@ -310,7 +313,7 @@ impl SpeculationTable {
     /// served once. Nothing found marks the key as a real call on its way.
     pub(crate) fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
         let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.trace) else {
+        let Some(trace) = entries.get_mut(&key.context) else {
             return Found::Nothing;
         };
         match trace.get_mut(key) {
@@ -350,7 +353,7 @@ impl SpeculationTable {
     pub(crate) fn used(&self, key: &Key) {
         let mut entries = self.entries.lock();
         let mut info = None;
-        if let Some(entry) = entries.get_mut(&key.trace).and_then(|t| t.get_mut(key)) {
+        if let Some(entry) = entries.get_mut(&key.context).and_then(|t| t.get_mut(key)) {
             entry.state = State::Used;
             info = entry.info.clone();
         }
@@ -359,11 +362,11 @@ impl SpeculationTable {
         self.finished(info, Outcome::Used);
     }
 
-    /// Completed speculations of a trace not used yet, with their response,
+    /// Completed speculations of a context not used yet, with their response,
     /// for chained prediction.
-    pub(crate) fn done_for(&self, trace: TraceKey) -> Vec<(Key, Arc<Stored>)> {
+    pub(crate) fn done_for(&self, context: ContextId) -> Vec<(Key, Arc<Stored>)> {
         let entries = self.entries.lock();
-        let Some(t) = entries.get(&trace) else {
+        let Some(t) = entries.get(&context) else {
             return Vec::new();
         };
         t.iter()
@@ -374,9 +377,9 @@ impl SpeculationTable {
 
     /// Forgets a closed context's speculations; returns the outcome of each
     /// that was never used, by dependency.
-    pub(crate) fn close(&self, trace: TraceKey) -> Vec<(Arc<str>, Outcome)> {
-        self.spans.lock().remove(&trace);
-        let Some(entries) = self.entries.lock().remove(&trace) else {
+    pub(crate) fn close(&self, context: ContextId) -> Vec<(Arc<str>, Outcome)> {
+        self.spans.lock().remove(&context);
+        let Some(entries) = self.entries.lock().remove(&context) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -403,7 +406,7 @@ impl SpeculationTable {
         self.inflight.load(Ordering::Acquire)
     }
 
-    /// Open traces with speculations, for bounding memory.
+    /// Open contexts with speculations, for bounding memory.
     pub(crate) fn traces(&self) -> usize {
         self.entries.lock().len()
     }
@@ -413,14 +416,22 @@ impl SpeculationTable {
 mod tests {
     use super::*;
 
-    fn key(hasher: &SecretHasher, trace: TraceKey, auth: &str, accept: &str) -> Key {
+    /// The context of the `n`-th inbound request.
+    fn ctx(n: u64) -> ContextId {
+        ContextId {
+            trace: u128::from(n),
+            serial: n,
+        }
+    }
+
+    fn key(hasher: &SecretHasher, n: u64, auth: &str, accept: &str) -> Key {
         let headers = vec![
             ("authorization".to_string(), auth.to_string()),
             ("accept".to_string(), accept.to_string()),
         ];
         Key::new(
             hasher,
-            trace,
+            ctx(n),
             "users",
             "GET",
             "/users/7?x=1",
@@ -483,14 +494,14 @@ mod tests {
             key(&h, 1, "Bearer alice", "text/html"),
             "another representation"
         );
-        let other_path = Key::new(&h, 1, "users", "GET", "/users/8?x=1", &[], None);
+        let other_path = Key::new(&h, ctx(1), "users", "GET", "/users/8?x=1", &[], None);
         assert_ne!(
-            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None),
+            Key::new(&h, ctx(1), "users", "GET", "/users/7?x=1", &[], None),
             other_path
         );
         assert_ne!(
-            Key::new(&h, 1, "users", "HEAD", "/users/7?x=1", &[], None),
-            Key::new(&h, 1, "users", "GET", "/users/7?x=1", &[], None)
+            Key::new(&h, ctx(1), "users", "HEAD", "/users/7?x=1", &[], None),
+            Key::new(&h, ctx(1), "users", "GET", "/users/7?x=1", &[], None)
         );
         assert!(
             !format!("{base:?}").contains("alice"),
@@ -502,8 +513,8 @@ mod tests {
     fn a_response_is_served_once_and_only_to_its_own_key() {
         let h = SecretHasher::new();
         let table = SpeculationTable::new(1 << 20, 8, 0.25);
-        table.open(1, 1);
-        table.open(2, 2);
+        table.open(ctx(1), 1);
+        table.open(ctx(2), 2);
         let alice = key(&h, 1, "Bearer alice", "*/*");
         let mallory = key(&h, 1, "Bearer mallory", "*/*");
         let other_request = key(&h, 2, "Bearer alice", "*/*");
@@ -536,8 +547,8 @@ mod tests {
     fn unusable_and_unclaimed_speculations_are_counted() {
         let h = SecretHasher::new();
         let table = SpeculationTable::new(1 << 20, 1, 0.25);
-        table.open(1, 1);
-        table.open(3, 3);
+        table.open(ctx(1), 1);
+        table.open(ctx(3), 3);
         let a = key(&h, 1, "a", "*/*");
         let b = key(&h, 1, "b", "*/*");
         assert!(table.begin(&a, info(), Duration::from_millis(5)));
@@ -552,7 +563,7 @@ mod tests {
         );
         assert!(table.begin(&b, info(), Duration::from_millis(5)));
         assert_eq!(table.complete(&b, Some(stored("b")), None), None);
-        let closed = table.close(1);
+        let closed = table.close(ctx(1));
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].1, Outcome::Wasted);
         assert_eq!(table.held_bytes(), 0, "wasted responses are dropped");
@@ -560,10 +571,10 @@ mod tests {
         let c = key(&h, 3, "c", "*/*");
         assert!(
             !table.begin(&key(&h, 9, "x", "*/*"), info(), Duration::from_millis(5)),
-            "trace 9 is not open"
+            "context 9 is not open"
         );
         assert!(table.begin(&c, info(), Duration::from_millis(5)));
-        assert!(table.close(3).is_empty());
+        assert!(table.close(ctx(3)).is_empty());
         assert_eq!(
             table.complete(&c, Some(stored("late")), Some(info())),
             Some(Outcome::Cancelled)
@@ -571,5 +582,36 @@ mod tests {
         assert_eq!(table.traces(), 0);
         let outcomes: Vec<&str> = table.recent(10).iter().map(|f| f.outcome).collect();
         assert_eq!(outcomes, ["cancelled", "wasted", "failed"]);
+    }
+
+    #[test]
+    fn a_late_completion_never_reaches_a_later_request_with_the_same_trace_id() {
+        let h = SecretHasher::new();
+        let table = SpeculationTable::new(1 << 20, 8, 0.25);
+        let first = ContextId {
+            trace: 5,
+            serial: 1,
+        };
+        let retry = ContextId {
+            trace: 5,
+            serial: 2,
+        };
+        let request = |context| Key::new(&h, context, "users", "GET", "/users/7", &[], None);
+        table.open(first, 1);
+        assert!(table.begin(&request(first), info(), Duration::from_millis(5)));
+        assert!(table.close(first).is_empty());
+        table.open(retry, 2);
+        assert_eq!(
+            table.complete(&request(first), Some(stored("first's")), Some(info())),
+            Some(Outcome::Cancelled)
+        );
+        assert!(
+            matches!(
+                table.claim(&request(retry), &"users".into()),
+                Found::Nothing
+            ),
+            "the retry's identical request finds nothing of the first's"
+        );
+        assert_eq!(table.held_bytes(), 0);
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod containers;
 mod contexts;
 mod failures;
+mod fidelity;
 mod learning;
 mod passthrough;
 mod speculation;
