@@ -328,18 +328,26 @@ impl Egress {
     }
 }
 
-/// Writes a speculative response to the service as the dependency sent it.
+/// Writes a speculative response to the service as the dependency sent it:
+/// its status, every end-to-end header (`content-length` too), and its
+/// framing — chunked if it was, no body for HEAD, 204 and 304 (pingora
+/// writes none for them).
 async fn serve(session: &mut Session, stored: &Stored) -> Result<()> {
     let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 1))?;
     for (name, value) in &stored.headers {
-        if name != http::header::CONTENT_LENGTH {
-            resp.append_header(name.clone(), value.clone())?;
-        }
+        resp.append_header(name.clone(), value.clone())?;
     }
-    resp.insert_header(http::header::CONTENT_LENGTH, stored.body.len())?;
-    session.write_response_header(Box::new(resp), false).await?;
+    if stored.chunked {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let bodiless = stored.body.is_empty();
     session
-        .write_response_body(Some(stored.body.clone()), true)
+        .write_response_header(Box::new(resp), bodiless)
         .await?;
+    if !bodiless {
+        session
+            .write_response_body(Some(stored.body.clone()), true)
+            .await?;
+    }
     Ok(())
 }

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use augur_predictor::secret::SecretHasher;
-use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, UPGRADE};
+use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, with the legacy
@@ -27,9 +27,27 @@ const HOP_BY_HOP: [&str; 7] = [
 /// keeps `connection` and `upgrade`.
 const FRAMING: [&str; 3] = ["connection", "transfer-encoding", "upgrade"];
 
-/// Whether the lowercase header `name` is hop-by-hop.
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
+/// The end-to-end headers of a message, as a proxy passes them on: every
+/// header but the hop-by-hop ones and those its `connection` names.
+pub(crate) fn end_to_end(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let named = connection_tokens(headers);
+    headers
+        .iter()
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether the body is sent chunked (`transfer-encoding` ending in
+/// `chunked`).
+pub(crate) fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The hop-by-hop headers the listeners remove themselves.

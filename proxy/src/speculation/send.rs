@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::table::Stored;
 use crate::context::Json;
-use crate::http::headers::is_hop_by_hop;
+use crate::http::headers;
 use crate::http::traceparent::{self, TraceParent};
 
 /// The largest speculative response kept; larger ones are not served.
@@ -39,7 +39,8 @@ impl Client {
 
     /// Sends `p` to `addr`; `Ok(None)` when its answer must not be served
     /// (not 2xx, `no-store`, a `vary` on a header the key does not hold,
-    /// too large).
+    /// too large, or framed by closing the connection, which cannot be
+    /// replayed exactly).
     pub(super) async fn fetch(
         &self,
         p: &Prediction,
@@ -70,18 +71,24 @@ impl Client {
             .await
             .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
             .to_bytes();
-        if !status.is_success() || no_store(&headers) || varies_beyond(&headers, key_headers) {
+        let chunked = headers::is_chunked(&headers);
+        let framed = chunked
+            || headers.contains_key(http::header::CONTENT_LENGTH)
+            || p.method == "HEAD"
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        if !status.is_success()
+            || !framed
+            || no_store(&headers)
+            || varies_beyond(&headers, key_headers)
+        {
             return Ok(None);
         }
         let json: Option<Json> = serde_json::from_slice(&body).ok().map(Arc::new);
-        let kept = headers
-            .iter()
-            .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
         Ok(Some(Stored {
             status: status.as_u16(),
-            headers: kept,
+            headers: headers::end_to_end(&headers),
+            chunked,
             body,
             prediction: p.clone(),
             json,

@@ -83,7 +83,12 @@ impl Key {
 #[derive(Debug)]
 pub(crate) struct Stored {
     pub(crate) status: u16,
+    /// Every end-to-end header as the dependency sent it, `content-length`
+    /// included.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// The dependency sent the body chunked: it reaches the service
+    /// chunked too.
+    pub(crate) chunked: bool,
     pub(crate) body: Bytes,
     /// The prediction it was sent for, to chain further predictions on its
     /// response.
@@ -456,6 +461,7 @@ mod tests {
         Stored {
             status: 200,
             headers: Vec::new(),
+            chunked: false,
             body: Bytes::from(body.to_string()),
             prediction: augur_predictor::Prediction {
                 dependency: "users".into(),

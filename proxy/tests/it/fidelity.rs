@@ -155,3 +155,112 @@ async fn learned(augur: &Augur, n: f64) {
     })
     .await;
 }
+
+/// store: answers each way a dependency frames a response — `HEAD` with
+/// the length a GET would have, 204 with no body, a chunked body — each
+/// with end-to-end headers a proxy must pass unchanged.
+async fn store() -> SocketAddr {
+    serve(|req: Request<Incoming>| async move {
+        let path = req.uri().path().to_string();
+        let id: usize = path.rsplit('/').next().unwrap().parse().unwrap();
+        let resp = Response::builder()
+            .header("set-cookie", format!("s={id}; Path=/"))
+            .header("cache-control", "max-age=5")
+            .header("x-custom", id.to_string());
+        if path.starts_with("/items/") {
+            // HEAD: the length of the body a GET would get, and no body.
+            resp.body(Body::from(vec![b'i'; 100 + id])).unwrap()
+        } else if path.starts_with("/empty/") {
+            resp.status(204).body(Body::default()).unwrap()
+        } else {
+            resp.header("transfer-encoding", "chunked")
+                .body(Body::from(format!("chunk-{id}")))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// The frontend: `GET /f/{id}` makes the three calls and answers with what
+/// it got from each — status, framing headers, end-to-end headers, body.
+async fn framing_frontend(store: SocketAddr) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/f/").to_string();
+        let mut seen = Vec::new();
+        for (method, path) in [("HEAD", "items"), ("GET", "empty"), ("GET", "stream")] {
+            let mut call = Request::builder()
+                .method(method)
+                .uri(format!("http://{store}/{path}/{id}"));
+            if let Some(v) = req.headers().get("traceparent") {
+                call = call.header("traceparent", v);
+            }
+            let resp = client()
+                .request(call.body(Body::default()).unwrap())
+                .await
+                .unwrap();
+            let h = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let head = serde_json::json!({
+                "status": resp.status().as_u16(),
+                "content-length": h("content-length"),
+                "transfer-encoding": h("transfer-encoding"),
+                "set-cookie": h("set-cookie"),
+                "cache-control": h("cache-control"),
+                "x-custom": h("x-custom"),
+            });
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            seen.push(serde_json::json!({
+                "head": head,
+                "body": String::from_utf8_lossy(&body),
+            }));
+        }
+        Response::new(Body::from(serde_json::to_string(&seen).unwrap()))
+    })
+    .await
+}
+
+/// HEAD, 204 and chunked answers reach the service framed exactly as the
+/// dependency framed them, with every end-to-end header, whether augur
+/// went upstream or answered from speculation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculative_answers_keep_the_dependencys_framing_and_headers() {
+    let mut runs = Vec::new();
+    for enabled in [false, true] {
+        let ports = Ports::new(1);
+        let service = framing_frontend(local(ports.deps[0])).await;
+        let deps = [Dep::new("store", store().await)];
+        let extra = format!("[speculation]\nenabled = {enabled}\n");
+        let augur = Augur::start(&ports, service, &deps, &extra).await;
+        let mut answers = Vec::new();
+        for i in 0..30 {
+            let got = get(&augur.url(&format!("/f/{}", i % 5))).await;
+            assert_eq!(got.status, 200);
+            answers.push(got.text());
+        }
+        let served = augur
+            .metric("augur_dependency_calls_total{dependency=\"store\",outcome=\"hit\"}")
+            .await
+            + augur
+                .metric("augur_dependency_calls_total{dependency=\"store\",outcome=\"coalesced\"}")
+                .await;
+        runs.push((answers, served));
+    }
+    let (off, on) = (&runs[0], &runs[1]);
+    assert_eq!(off.1, 0.0);
+    assert!(on.1 >= 45.0, "speculation answered {} of 90 calls", on.1);
+    for (i, (a, b)) in off.0.iter().zip(&on.0).enumerate() {
+        assert_eq!(a, b, "request {i}: off vs on");
+    }
+    // And what the service saw is what the dependency sent.
+    let first: serde_json::Value = serde_json::from_str(&off.0[1]).unwrap();
+    assert_eq!(first[0]["head"]["content-length"], "101", "{first}");
+    assert_eq!(first[0]["body"], "");
+    assert_eq!(first[1]["head"]["status"], 204);
+    assert_eq!(first[1]["head"]["content-length"], serde_json::Value::Null);
+    assert_eq!(first[2]["head"]["transfer-encoding"], "chunked");
+    assert_eq!(first[2]["body"], "chunk-1");
+    assert_eq!(first[2]["head"]["set-cookie"], "s=1; Path=/");
+}
