@@ -233,6 +233,8 @@ fn speculation(mut s: Section<'_>) -> Option<Speculation> {
     let max_waste_ratio = or_default!(s, "max_waste_ratio", number, 0.0, 1.0; 0.25);
     let key_headers = or_default!(s, "key_headers", string_list; Vec::new())
         .map(|list| list.into_iter().map(|h| h.to_ascii_lowercase()).collect());
+    let ignore_headers = or_default!(s, "ignore_headers", string_list; Vec::new())
+        .map(|list| list.into_iter().map(|h| h.to_ascii_lowercase()).collect());
     s.finish();
     Some(Speculation {
         enabled: enabled?,
@@ -242,6 +244,7 @@ fn speculation(mut s: Section<'_>) -> Option<Speculation> {
         max_inflight: max_inflight?,
         max_waste_ratio: max_waste_ratio?,
         key_headers: key_headers?,
+        ignore_headers: ignore_headers?,
     })
 }
 

@@ -98,10 +98,14 @@ pub struct Speculation {
     pub methods: Vec<String>,
     pub max_inflight: u32,
     pub max_waste_ratio: f64,
-    /// Request headers that can change an answer, besides authorization,
-    /// cookie, accept, accept-language, accept-encoding and content-type:
-    /// part of every speculation's key (lowercase).
+    /// Every request header is part of a speculation's key but those on
+    /// the ignore list (tracing and request ids, hop-by-hop and framing
+    /// headers); these are part of it even if listed there (lowercase).
     pub key_headers: Vec<String>,
+    /// Headers left out of the key besides the default ignore list: ones a
+    /// service sends with a fresh value on every call but that never change
+    /// a dependency's answer (lowercase).
+    pub ignore_headers: Vec<String>,
 }
 
 /// `[predictor]`.

@@ -1,41 +1,67 @@
-//! Which request headers are part of a call's identity: the ones that can
-//! change the answer. Others (tracing, user agents, request ids) are neither
-//! learned nor predicted nor compared.
+//! Which request headers are part of a call's identity. Every header is,
+//! but those on the ignore list: tracing and request ids that change on
+//! every call without changing the answer, and the headers each hop sets
+//! for itself (hop-by-hop, framing, augur's own `sec-purpose`). A header
+//! that is part of the identity is learned and predicted like a path or
+//! query slot; a call with one that cannot be predicted is not speculated.
 
-/// Headers that can change a response, compared when matching a prediction
-/// to a real call. A deployment may add more (see [`KeyHeaders`]).
-pub const MATTER: [&str; 6] = [
-    "authorization",
-    "cookie",
-    "accept",
-    "accept-language",
-    "accept-encoding",
-    "content-type",
+/// Headers left out of a call's identity by default.
+pub const IGNORED: [&str; 14] = [
+    // Tracing and request ids (W3C, Zipkin single header, common ids).
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-request-id",
+    // Framing: the body itself is part of the identity.
+    "content-length",
+    // augur's mark on a speculative request.
+    "sec-purpose",
+    // Hop-by-hop (RFC 9110 §7.6.1) and their legacy kin.
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
+
+/// Header name prefixes left out by default (Zipkin's multi-header B3).
+pub const IGNORED_PREFIXES: [&str; 1] = ["x-b3-"];
 
 /// Headers whose values are credentials: hashed before the predictor sees
 /// them, never learned as constants.
 pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 /// The headers that are part of a call's identity in one deployment:
-/// [`MATTER`] and the deployment's own (a dependency's `vary` headers,
-/// say). Passed in by whoever builds the learner; nothing is global.
+/// every header but [`IGNORED`] (and [`IGNORED_PREFIXES`]) and the
+/// deployment's own ignored ones, except those it keeps explicitly.
+/// Passed in by whoever builds the learner; nothing is global.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyHeaders {
-    also: Vec<String>,
+    ignore: Vec<String>,
+    keep: Vec<String>,
 }
 
 impl KeyHeaders {
-    /// [`MATTER`] and `also` (any case).
-    pub fn new(also: &[String]) -> Self {
+    /// The default ignore list, plus `ignore`, less `keep` (any case).
+    pub fn new(ignore: &[String], keep: &[String]) -> Self {
+        let lower = |list: &[String]| list.iter().map(|n| n.to_ascii_lowercase()).collect();
         Self {
-            also: also.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            ignore: lower(ignore),
+            keep: lower(keep),
         }
     }
 
-    /// Whether the lowercase header `name` can change the answer.
+    /// Whether the lowercase header `name` is part of a call's identity.
     pub fn matters(&self, name: &str) -> bool {
-        MATTER.contains(&name) || self.also.iter().any(|h| h == name)
+        if self.keep.iter().any(|h| h == name) {
+            return true;
+        }
+        !(IGNORED.contains(&name)
+            || IGNORED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || self.ignore.iter().any(|h| h == name))
     }
 
     /// The headers that matter, sorted by name.
@@ -59,19 +85,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deployment_adds_its_own_headers() {
+    fn every_header_matters_but_the_ignored_ones() {
         let plain = KeyHeaders::default();
-        let tenant = KeyHeaders::new(&["X-Tenant".to_string()]);
-        assert!(plain.matters("accept") && tenant.matters("accept"));
-        assert!(!plain.matters("x-tenant"));
-        assert!(tenant.matters("x-tenant"));
+        for name in ["x-tenant", "accept", "authorization", "host", "user-agent"] {
+            assert!(plain.matters(name), "{name}");
+        }
+        for name in [
+            "traceparent",
+            "x-b3-traceid",
+            "content-length",
+            "sec-purpose",
+        ] {
+            assert!(!plain.matters(name), "{name}");
+        }
+        let own = KeyHeaders::new(&["X-Nonce".to_string()], &["x-request-id".to_string()]);
+        assert!(!own.matters("x-nonce"), "a deployment ignores its own");
+        assert!(own.matters("x-request-id"), "and keeps what it must");
         let pairs = vec![
             ("x-tenant".to_string(), "a".to_string()),
+            ("traceparent".to_string(), "00-…".to_string()),
             ("accept".to_string(), "*/*".to_string()),
-            ("user-agent".to_string(), "t".to_string()),
         ];
         assert_eq!(
-            tenant.select(&pairs),
+            plain.select(&pairs),
             [
                 ("accept".to_string(), "*/*".to_string()),
                 ("x-tenant".to_string(), "a".to_string())

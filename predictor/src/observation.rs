@@ -14,9 +14,10 @@ pub struct Request {
     /// The raw query string, without `?`; `None` when there is none.
     #[serde(default)]
     pub query: Option<String>,
-    /// Header names (lowercase) and values. Only headers that can change an
-    /// answer are kept (see [`crate::headers::MATTER`]); credentials are
-    /// keyed hashes.
+    /// Header names (lowercase) and values. Only headers that are part of
+    /// a call's identity are kept (all but those
+    /// [`crate::headers::KeyHeaders`] ignores); credentials are keyed
+    /// hashes.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The JSON body, when there was one and it parsed.

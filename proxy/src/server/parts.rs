@@ -98,13 +98,14 @@ pub(super) fn common(
         None => Telemetry::disabled(),
     });
     let c = &config.contexts;
+    let spec = &config.speculation;
     let contexts = Arc::new(ContextTable::new(Limits {
         max_open: c.max_open,
         max_age: c.max_age,
         max_calls: c.max_calls,
         history: c.history,
     }));
-    let key_headers = KeyHeaders::new(&config.speculation.key_headers);
+    let key_headers = KeyHeaders::new(&spec.ignore_headers, &spec.key_headers);
     let learning = Arc::new(Learning::start(
         learner(config, &key_headers),
         config.predictor.trace_log.as_deref(),
@@ -112,7 +113,6 @@ pub(super) fn common(
         metrics.learner_dropped.clone(),
     )?);
     let hasher = SecretHasher::new();
-    let spec = &config.speculation;
     let speculation = Speculation::new(speculation::Parts {
         settings: speculation_settings(config),
         capacity_bytes: config.cache.capacity,

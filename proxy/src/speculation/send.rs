@@ -58,7 +58,9 @@ impl Client {
             .header(traceparent::HEADER, tp.to_string());
         let body = match &p.body {
             Some(b) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                if !p.headers.iter().any(|(n, _)| n == "content-type") {
+                    req = req.header(http::header::CONTENT_TYPE, "application/json");
+                }
                 Bytes::from(b.to_string())
             }
             None => Bytes::new(),
@@ -115,8 +117,8 @@ fn no_store(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// A `vary` on anything but the headers that are part of the key means the
-/// real request might get another answer.
+/// A `vary` on a header that is not part of the key (an ignored one) means
+/// the real request might get another answer.
 fn varies_beyond(headers: &http::HeaderMap, key_headers: &KeyHeaders) -> bool {
     headers
         .get_all(http::header::VARY)

@@ -264,3 +264,104 @@ async fn speculative_answers_keep_the_dependencys_framing_and_headers() {
     assert_eq!(first[2]["body"], "chunk-1");
     assert_eq!(first[2]["head"]["set-cookie"], "s=1; Path=/");
 }
+
+/// users answers by a header the service forwards from its caller
+/// (`x-tenant`, as multi-tenant services do) and by a per-call `x-nonce`
+/// when there is one; it sends no `vary`.
+async fn users_by_header() -> SocketAddr {
+    serve(|req: Request<Incoming>| async move {
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .map_or("none", |v| v.to_str().unwrap())
+                .to_string()
+        };
+        let id = req.uri().path().trim_start_matches("/users/").to_string();
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(format!(
+                "{{\"id\":{id},\"tenant\":\"{}\",\"nonce\":\"{}\"}}",
+                h("x-tenant"),
+                h("x-nonce")
+            )))
+            .unwrap()
+    })
+    .await
+}
+
+/// A frontend that forwards `x-tenant` (and, when `nonce` is set, sends a
+/// fresh `x-nonce` on every call); answers with users' body.
+async fn header_frontend(users: SocketAddr, nonce: bool) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/p/").to_string();
+        let mut call = Request::get(format!("http://{users}/users/{id}"));
+        for name in ["traceparent", "x-tenant"] {
+            if let Some(v) = req.headers().get(name) {
+                call = call.header(name, v);
+            }
+        }
+        if nonce {
+            call = call.header("x-nonce", fastrand::u64(..).to_string());
+        }
+        let resp = client()
+            .request(call.body(Body::default()).unwrap())
+            .await
+            .unwrap();
+        Response::new(Body::from(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+        ))
+    })
+    .await
+}
+
+/// Sends 24 requests over 3 ids and 2 tenants; checks every answer (the
+/// nonce, which only the frontend knows, is checked to be one) and
+/// returns how many users calls speculation answered.
+async fn tenants_run(nonce: bool) -> f64 {
+    let ports = Ports::new(1);
+    let service = header_frontend(local(ports.deps[0]), nonce).await;
+    let augur = Augur::start(
+        &ports,
+        service,
+        &[Dep::new("users", users_by_header().await)],
+        "",
+    )
+    .await;
+    for i in 0..24u32 {
+        let tenant = ["acme", "globex"][i as usize % 2];
+        let req = Request::get(augur.url(&format!("/p/{}", i % 3)))
+            .header("x-tenant", tenant)
+            .body(Body::default())
+            .unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&send(req).await.body).unwrap();
+        assert_eq!(got["id"], i % 3, "request {i}");
+        assert_eq!(
+            got["tenant"], tenant,
+            "request {i}: another tenant's answer"
+        );
+        assert_eq!(got["nonce"] != "none", nonce, "request {i}: {got}");
+    }
+    let mut served = 0.0;
+    for outcome in ["hit", "coalesced"] {
+        let series =
+            format!("augur_dependency_calls_total{{dependency=\"users\",outcome=\"{outcome}\"}}");
+        served += augur.metric(&series).await;
+    }
+    served
+}
+
+/// Every header the service sends is part of the key and is predicted:
+/// a dependency that answers by a forwarded header gets it on the
+/// speculative request too, and no tenant gets another's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_the_dependency_answers_by_is_predicted_and_keyed() {
+    let served = tenants_run(false).await;
+    assert!(served >= 10.0, "speculation answered only {served} of 24");
+}
+
+/// A header augur cannot predict (a fresh value on every call) means no
+/// speculation for that call, rather than an answer to another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_that_cannot_be_predicted_means_no_speculation() {
+    assert_eq!(tenants_run(true).await, 0.0);
+}

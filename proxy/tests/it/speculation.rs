@@ -393,10 +393,11 @@ trait TapVary {
 }
 
 impl TapVary for Response<Body> {
-    /// Marks a response as varying on a header augur does not key on.
+    /// Marks a response as varying on a header augur does not key on (one
+    /// on its ignore list).
     fn tap_vary(mut self) -> Self {
         self.headers_mut()
-            .insert("vary", "x-tenant".parse().unwrap());
+            .insert("vary", "x-request-id".parse().unwrap());
         self
     }
 }
