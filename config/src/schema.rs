@@ -235,6 +235,19 @@ fn speculation(mut s: Section<'_>) -> Option<Speculation> {
         .map(|list| list.into_iter().map(|h| h.to_ascii_lowercase()).collect());
     let ignore_headers = or_default!(s, "ignore_headers", string_list; Vec::new())
         .map(|list| list.into_iter().map(|h| h.to_ascii_lowercase()).collect());
+    let write_barrier =
+        match or_default!(s, "write_barrier", string; "dependency".to_string()).as_deref() {
+            Some("dependency") => Some(WriteBarrier::Dependency),
+            Some("all") => Some(WriteBarrier::All),
+            Some(other) => {
+                s.problem(
+                    "write_barrier",
+                    format!("invalid write barrier {other:?} (\"dependency\" or \"all\")"),
+                );
+                None
+            }
+            None => None,
+        };
     s.finish();
     Some(Speculation {
         enabled: enabled?,
@@ -245,6 +258,7 @@ fn speculation(mut s: Section<'_>) -> Option<Speculation> {
         max_waste_ratio: max_waste_ratio?,
         key_headers: key_headers?,
         ignore_headers: ignore_headers?,
+        write_barrier: write_barrier?,
     })
 }
 

@@ -106,6 +106,19 @@ pub struct Speculation {
     /// service sends with a fresh value on every call but that never change
     /// a dependency's answer (lowercase).
     pub ignore_headers: Vec<String>,
+    /// What a call with side effects (any method but GET, HEAD, OPTIONS,
+    /// TRACE) holds back while it runs: no speculation sent before it
+    /// answers a real call that starts after it.
+    pub write_barrier: WriteBarrier,
+}
+
+/// The reach of a write's barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBarrier {
+    /// Speculations to the dependency written to (the default).
+    Dependency,
+    /// Speculations to every dependency.
+    All,
 }
 
 /// `[predictor]`.

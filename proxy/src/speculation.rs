@@ -30,7 +30,7 @@ use crate::http::traceparent::{TraceParent, fresh_id64};
 use crate::learning::Learning;
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::{self, MaybeSpan, Telemetry};
-pub(crate) use plan::{RouteRule, Settings};
+pub(crate) use plan::{Barrier, RouteRule, Settings, is_safe};
 use table::{Found, Info, SpeculationTable};
 pub(crate) use table::{Key, Stored};
 
@@ -112,6 +112,7 @@ impl Speculation {
                 parts.capacity_bytes,
                 parts.max_inflight,
                 parts.max_waste_ratio,
+                parts.settings.barrier,
             ),
             dependencies: parts
                 .dependencies
@@ -167,22 +168,24 @@ impl Speculation {
         done.sort_by_key(|(_, s)| s.prediction.expected_start_us);
         live.calls
             .extend(done.iter().map(|(_, stored)| virtual_call(stored)));
-        for p in self.learning.predict(&live, elapsed, self.ahead_us) {
+        let predicted = self.learning.predict(&live, elapsed, self.ahead_us);
+        for p in &predicted {
             let Some(dep) = self.dependencies.get(p.dependency.as_str()) else {
                 continue;
             };
             let facts = plan::Facts {
                 containers: dep.containers().is_some(),
             };
-            let decision = plan::decide(&p, elapsed, &self.settings, methods, facts);
+            let decision = plan::decide(p, elapsed, &self.settings, methods, facts);
             if let Some(due) = decision.prestart_in {
                 dep.prestart_for(p.probability, due);
             }
             if decision.send
+                && !plan::past_a_write(p, &predicted, self.settings.barrier)
                 && dep.takes_speculation()
                 && self.table.allows(&live.route, &p.dependency)
             {
-                self.send(context, flags, &live.route, p, dep);
+                self.send(context, flags, &live.route, p.clone(), dep);
             }
         }
     }
@@ -335,6 +338,26 @@ impl Speculation {
         };
         self.count(dependency, Outcome::Used);
         Some(Answer { stored, outcome })
+    }
+
+    /// A call with side effects to `dependency` starts in `context`: what
+    /// was speculated before it and may not see it is discarded (counted
+    /// wasted, and in `augur_speculations_discarded_total`), and nothing
+    /// it reaches is speculated until [`write_ended`](Self::write_ended).
+    pub(crate) fn write_started(&self, context: ContextId, dependency: &Arc<str>) {
+        for discarded in self.table.write_started(context, dependency) {
+            self.count(&discarded, Outcome::Wasted);
+            self.metrics
+                .speculations_discarded
+                .with_label_values(&[&*discarded])
+                .inc();
+        }
+    }
+
+    /// The write [`write_started`](Self::write_started) announced has
+    /// ended.
+    pub(crate) fn write_ended(&self, context: ContextId, dependency: &Arc<str>) {
+        self.table.write_ended(context, dependency);
     }
 
     /// Drops what was speculated for a context that closed or expired,

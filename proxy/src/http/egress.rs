@@ -23,7 +23,7 @@ use crate::context::{Attached, CallOutcome, CallRecord, ContextId, Json, Recorde
 use crate::dependency::{Dependency, Lease, Purpose};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
-use crate::speculation::{Key, Stored};
+use crate::speculation::{Key, Stored, is_safe};
 
 pub(crate) struct Egress {
     pub(crate) common: Arc<Common>,
@@ -55,6 +55,9 @@ pub(crate) struct CallCtx {
     lease: Option<Lease>,
     /// Set when a speculation answered the call: `hit` or `coalesced`.
     served: Option<(CallOutcome, Option<Json>)>,
+    /// The call has side effects and holds speculation back in its context
+    /// until it ends.
+    write: bool,
     _inflight: Inflight,
 }
 
@@ -75,6 +78,7 @@ impl ProxyHttp for Egress {
             request_body: Capture::default(),
             response: Capture::default(),
             served: None,
+            write: false,
             lease: None,
             _inflight: self.common.inflight(),
         }
@@ -110,6 +114,14 @@ impl ProxyHttp for Egress {
         let Some((context, _)) = ctx.context else {
             return Ok(false);
         };
+        if !is_safe(req.method.as_str()) {
+            // A write orders the reads after it: nothing speculated before
+            // it answers them.
+            ctx.write = true;
+            common
+                .speculation
+                .write_started(context, self.dependency.name());
+        }
         let key_headers = common.speculation.key_headers();
         ctx.request_body = Capture::start(&req.headers, common.body_limit);
         ctx.headers = headers::recorded(&req.headers, &common.redact, &common.hasher, |n| {
@@ -221,6 +233,11 @@ impl ProxyHttp for Egress {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
         ctx.lease = None;
+        if let (true, Some((context, _))) = (ctx.write, ctx.context) {
+            self.common
+                .speculation
+                .write_ended(context, self.dependency.name());
+        }
         if !ctx.accepted {
             return;
         }

@@ -31,6 +31,7 @@ pub(crate) struct Metrics {
     pub(crate) dependency_duration: HistogramVec,
     pub(crate) upstream_requests: IntCounterVec,
     pub(crate) speculations: IntCounterVec,
+    pub(crate) speculations_discarded: IntCounterVec,
     pub(crate) contexts_open: IntGauge,
     pub(crate) contexts_untracked: IntCounterVec,
     pub(crate) contexts_expired: prometheus::IntCounter,
@@ -183,6 +184,11 @@ impl Metrics {
                 "augur_speculations_total",
                 "Speculative requests by what became of them",
                 &["dependency", "outcome"],
+            )?,
+            speculations_discarded: counter(
+                "augur_speculations_discarded_total",
+                "Speculations discarded because a call with side effects started in their request before they were used (also counted wasted)",
+                &["dependency"],
             )?,
             contexts_untracked: counter(
                 "augur_contexts_untracked_total",

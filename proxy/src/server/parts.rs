@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use augur_config::{Config, PredictorKind};
+use augur_config::{Config, PredictorKind, WriteBarrier};
 use augur_predictor::headers::KeyHeaders;
 use augur_predictor::secret::SecretHasher;
 use augur_predictor::{Learner, Settings as LearnerSettings};
@@ -23,7 +23,7 @@ use crate::learning::Learning;
 use crate::ops::lifecycle::Lifecycle;
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::Telemetry;
-use crate::speculation::{self, RouteRule, Speculation};
+use crate::speculation::{self, Barrier, RouteRule, Speculation};
 
 /// Where requests go: the service and every dependency, with their
 /// listeners.
@@ -153,6 +153,10 @@ fn speculation_settings(config: &Config) -> speculation::Settings {
         confidence: spec.confidence,
         horizon_us: crate::clock::micros(spec.horizon),
         methods: spec.methods.clone(),
+        barrier: match spec.write_barrier {
+            WriteBarrier::Dependency => Barrier::Dependency,
+            WriteBarrier::All => Barrier::All,
+        },
         routes: config
             .routes
             .iter()

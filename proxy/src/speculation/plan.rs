@@ -16,8 +16,43 @@ pub(crate) struct Settings {
     pub(crate) confidence: f64,
     pub(crate) horizon_us: u64,
     pub(crate) methods: Vec<String>,
+    /// What a call with side effects holds back.
+    pub(crate) barrier: Barrier,
     /// Per-route overrides (`[[route]]`), by route name.
     pub(crate) routes: HashMap<String, RouteRule>,
+}
+
+/// What a write holds back: speculation to the dependency written to, or
+/// to every dependency (`speculation.write_barrier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    Dependency,
+    All,
+}
+
+impl Barrier {
+    /// Whether a write to `written` holds back speculation to `dependency`.
+    pub(crate) fn reaches(self, written: &str, dependency: &str) -> bool {
+        self == Barrier::All || written == dependency
+    }
+}
+
+/// Whether a method is safe (RFC 9110 §9.2.1): GET, HEAD, OPTIONS, TRACE.
+/// Any other is a write: a barrier for the reads after it.
+pub(crate) fn is_safe(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+/// Whether `p` is expected after a predicted write whose barrier reaches
+/// it: what it would read may not exist before that write, so it is not
+/// sent (chained speculation never runs past a write).
+pub(crate) fn past_a_write(p: &Prediction, predicted: &[Prediction], barrier: Barrier) -> bool {
+    predicted.iter().any(|w| {
+        !std::ptr::eq(w, p)
+            && !is_safe(&w.method)
+            && w.expected_start_us <= p.expected_start_us
+            && barrier.reaches(&w.dependency, &p.dependency)
+    })
 }
 
 /// A route's own speculation settings.
@@ -93,6 +128,7 @@ mod tests {
             confidence: 0.8,
             horizon_us: 200_000,
             methods: vec!["GET".into(), "HEAD".into()],
+            barrier: Barrier::Dependency,
             routes: HashMap::from([
                 (
                     "POST /orders".to_string(),
@@ -184,5 +220,26 @@ mod tests {
         assert_eq!(d, Decision::NOTHING, "not confident: not even a prestart");
         let d = decide(&prediction("GET", 0.9, 0), 0, &s, &s.methods, STATIC);
         assert_eq!(d.prestart_in, None, "nothing to start");
+    }
+
+    #[test]
+    fn nothing_is_sent_past_a_predicted_write_it_reaches() {
+        let at = |dependency: &str, method: &str, start_us: u64| Prediction {
+            dependency: dependency.into(),
+            ..prediction(method, 1.0, start_us)
+        };
+        let predicted = vec![
+            at("shop", "GET", 0),
+            at("shop", "POST", 10),
+            at("shop", "GET", 20),
+            at("mail", "GET", 30),
+        ];
+        let past = |i: usize, barrier| past_a_write(&predicted[i], &predicted, barrier);
+        assert!(!past(0, Barrier::Dependency), "before the write");
+        assert!(!past(1, Barrier::Dependency), "the write itself");
+        assert!(past(2, Barrier::Dependency), "after it, same dependency");
+        assert!(!past(3, Barrier::Dependency), "another dependency");
+        assert!(past(3, Barrier::All), "every dependency");
+        assert!(is_safe("HEAD") && !is_safe("PATCH") && !is_safe("PURGE"));
     }
 }

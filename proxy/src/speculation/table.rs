@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::Outcome;
 use super::governor::Governor;
+use super::plan::Barrier;
 use crate::clock::micros;
 use crate::context::{ContextId, Json};
 use crate::recent::Recent;
@@ -148,6 +149,9 @@ enum State {
     Real,
     /// Served to its real call.
     Used,
+    /// Sent before a write in its context that it may not see: never
+    /// served to a call that starts after the write.
+    Discarded,
 }
 
 struct Entry {
@@ -183,10 +187,29 @@ pub(crate) struct Finished {
 /// Finished speculations kept for `/debug/speculations`.
 const HISTORY: usize = 256;
 
+/// The speculations of one open context.
+#[derive(Default)]
+struct Open {
+    entries: HashMap<Key, Entry>,
+    /// Writes in flight, by dependency: while one runs, no speculation to
+    /// what it may change begins.
+    writes: Vec<(Arc<str>, u32)>,
+}
+
+impl Open {
+    /// Whether a write in flight holds back speculation to `dependency`.
+    fn held_back(&self, dependency: &str, barrier: Barrier) -> bool {
+        self.writes
+            .iter()
+            .any(|(d, n)| *n > 0 && barrier.reaches(d, dependency))
+    }
+}
+
 pub(crate) struct SpeculationTable {
     governor: Governor,
     history: Recent<Finished>,
-    entries: Mutex<HashMap<ContextId, HashMap<Key, Entry>>>,
+    entries: Mutex<HashMap<ContextId, Open>>,
+    barrier: Barrier,
     /// The inbound span of each open context, for linking speculative spans.
     spans: Mutex<HashMap<ContextId, u64>>,
     responses: quick_cache::sync::Cache<Key, Arc<Stored>, ByBytes>,
@@ -195,8 +218,14 @@ pub(crate) struct SpeculationTable {
 }
 
 impl SpeculationTable {
-    pub(crate) fn new(capacity_bytes: u64, max_inflight: usize, max_waste_ratio: f64) -> Self {
+    pub(crate) fn new(
+        capacity_bytes: u64,
+        max_inflight: usize,
+        max_waste_ratio: f64,
+        barrier: Barrier,
+    ) -> Self {
         Self {
+            barrier,
             governor: Governor::new(max_waste_ratio),
             history: Recent::new(HISTORY),
             entries: Mutex::new(HashMap::new()),
@@ -225,13 +254,14 @@ impl SpeculationTable {
     }
 
     /// Registers a speculation about to be sent, unless its context is not
-    /// open, its key is known already or `max_inflight` are in flight.
+    /// open, its key is known already, a write in its context holds it
+    /// back, or `max_inflight` are in flight.
     pub(crate) fn begin(&self, key: &Key, info: Arc<Info>, patience: std::time::Duration) -> bool {
         let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.context) else {
+        let Some(open) = entries.get_mut(&key.context) else {
             return false;
         };
-        if trace.contains_key(key) {
+        if open.entries.contains_key(key) || open.held_back(&info.dependency, self.barrier) {
             return false;
         }
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
@@ -239,7 +269,7 @@ impl SpeculationTable {
             return false;
         }
         let (tx, _) = watch::channel(None);
-        trace.insert(
+        open.entries.insert(
             key.clone(),
             Entry {
                 state: State::InFlight(tx, std::time::Instant::now() + patience),
@@ -262,11 +292,18 @@ impl SpeculationTable {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         let result = result.map(Arc::new);
         let mut entries = self.entries.lock();
-        let Some(entry) = entries.get_mut(&key.context).and_then(|t| t.get_mut(key)) else {
+        let Some(entry) = entries
+            .get_mut(&key.context)
+            .and_then(|o| o.entries.get_mut(key))
+        else {
             drop(entries);
             self.finished(info_of_cancelled, Outcome::Cancelled);
             return Some(Outcome::Cancelled);
         };
+        // Discarded by a write meanwhile: counted then, kept from everyone.
+        if matches!(entry.state, State::Discarded) {
+            return None;
+        }
         let State::InFlight(tx, _) = std::mem::replace(&mut entry.state, State::Failed) else {
             return Some(Outcome::Cancelled);
         };
@@ -286,6 +323,59 @@ impl SpeculationTable {
             return Some(Outcome::Failed);
         }
         None
+    }
+
+    /// A call with side effects to `dependency` starts in `context`: what
+    /// was speculated before it, within the barrier's reach, may not see
+    /// it, so none of it answers a call from now on (calls waiting for one
+    /// still in flight go upstream), and no speculation there begins until
+    /// the write ends. Returns what it discarded, by dependency.
+    pub(crate) fn write_started(&self, context: ContextId, dependency: &Arc<str>) -> Vec<Arc<str>> {
+        let mut entries = self.entries.lock();
+        let Some(open) = entries.get_mut(&context) else {
+            return Vec::new();
+        };
+        match open.writes.iter_mut().find(|(d, _)| d == dependency) {
+            Some((_, n)) => *n += 1,
+            None => open.writes.push((dependency.clone(), 1)),
+        }
+        let mut discarded = Vec::new();
+        for (key, entry) in &mut open.entries {
+            if !self.barrier.reaches(dependency, &entry.dependency) {
+                continue;
+            }
+            match std::mem::replace(&mut entry.state, State::Discarded) {
+                State::InFlight(tx, _) => {
+                    tx.send_replace(Some(None));
+                }
+                State::Done => {
+                    self.responses.remove(key);
+                }
+                other => {
+                    entry.state = other;
+                    continue;
+                }
+            }
+            discarded.push((entry.dependency.clone(), entry.info.clone()));
+        }
+        drop(entries);
+        discarded
+            .into_iter()
+            .map(|(dependency, info)| {
+                self.finished(info, Outcome::Wasted);
+                dependency
+            })
+            .collect()
+    }
+
+    /// The write to `dependency` that [`write_started`](Self::write_started)
+    /// announced has ended: speculation there may begin again.
+    pub(crate) fn write_ended(&self, context: ContextId, dependency: &Arc<str>) {
+        if let Some(open) = self.entries.lock().get_mut(&context) {
+            if let Some((_, n)) = open.writes.iter_mut().find(|(d, _)| d == dependency) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     /// Whether the governor lets `route` speculate on `dependency` now.
@@ -318,10 +408,10 @@ impl SpeculationTable {
     /// served once. Nothing found marks the key as a real call on its way.
     pub(crate) fn claim(&self, key: &Key, dependency: &Arc<str>) -> Found {
         let mut entries = self.entries.lock();
-        let Some(trace) = entries.get_mut(&key.context) else {
+        let Some(open) = entries.get_mut(&key.context) else {
             return Found::Nothing;
         };
-        match trace.get_mut(key) {
+        match open.entries.get_mut(key) {
             Some(entry) => match &entry.state {
                 State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
                 State::Done => match self.responses.remove(key) {
@@ -338,10 +428,10 @@ impl SpeculationTable {
                         Found::Nothing
                     }
                 },
-                State::Failed | State::Real | State::Used => Found::Nothing,
+                State::Failed | State::Real | State::Used | State::Discarded => Found::Nothing,
             },
             None => {
-                trace.insert(
+                open.entries.insert(
                     key.clone(),
                     Entry {
                         state: State::Real,
@@ -358,7 +448,10 @@ impl SpeculationTable {
     pub(crate) fn used(&self, key: &Key) {
         let mut entries = self.entries.lock();
         let mut info = None;
-        if let Some(entry) = entries.get_mut(&key.context).and_then(|t| t.get_mut(key)) {
+        if let Some(entry) = entries
+            .get_mut(&key.context)
+            .and_then(|o| o.entries.get_mut(key))
+        {
             entry.state = State::Used;
             info = entry.info.clone();
         }
@@ -371,10 +464,11 @@ impl SpeculationTable {
     /// for chained prediction.
     pub(crate) fn done_for(&self, context: ContextId) -> Vec<(Key, Arc<Stored>)> {
         let entries = self.entries.lock();
-        let Some(t) = entries.get(&context) else {
+        let Some(open) = entries.get(&context) else {
             return Vec::new();
         };
-        t.iter()
+        open.entries
+            .iter()
             .filter(|(_, e)| matches!(e.state, State::Done))
             .filter_map(|(k, _)| Some((k.clone(), self.responses.get(k)?)))
             .collect()
@@ -384,11 +478,11 @@ impl SpeculationTable {
     /// that was never used, by dependency.
     pub(crate) fn close(&self, context: ContextId) -> Vec<(Arc<str>, Outcome)> {
         self.spans.lock().remove(&context);
-        let Some(entries) = self.entries.lock().remove(&context) else {
+        let Some(open) = self.entries.lock().remove(&context) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (key, entry) in entries {
+        for (key, entry) in open.entries {
             match entry.state {
                 State::Done => {
                     self.responses.remove(&key);
@@ -396,7 +490,11 @@ impl SpeculationTable {
                     out.push((entry.dependency, Outcome::Wasted));
                 }
                 // Counted as cancelled when its response comes back.
-                State::InFlight(..) | State::Failed | State::Real | State::Used => {}
+                State::InFlight(..)
+                | State::Failed
+                | State::Real
+                | State::Used
+                | State::Discarded => {}
             }
         }
         out
@@ -518,7 +616,7 @@ mod tests {
     #[test]
     fn a_response_is_served_once_and_only_to_its_own_key() {
         let h = SecretHasher::new();
-        let table = SpeculationTable::new(1 << 20, 8, 0.25);
+        let table = SpeculationTable::new(1 << 20, 8, 0.25, Barrier::Dependency);
         table.open(ctx(1), 1);
         table.open(ctx(2), 2);
         let alice = key(&h, 1, "Bearer alice", "*/*");
@@ -552,7 +650,7 @@ mod tests {
     #[test]
     fn unusable_and_unclaimed_speculations_are_counted() {
         let h = SecretHasher::new();
-        let table = SpeculationTable::new(1 << 20, 1, 0.25);
+        let table = SpeculationTable::new(1 << 20, 1, 0.25, Barrier::Dependency);
         table.open(ctx(1), 1);
         table.open(ctx(3), 3);
         let a = key(&h, 1, "a", "*/*");
@@ -593,7 +691,7 @@ mod tests {
     #[test]
     fn a_late_completion_never_reaches_a_later_request_with_the_same_trace_id() {
         let h = SecretHasher::new();
-        let table = SpeculationTable::new(1 << 20, 8, 0.25);
+        let table = SpeculationTable::new(1 << 20, 8, 0.25, Barrier::Dependency);
         let first = ContextId {
             trace: 5,
             serial: 1,
@@ -619,5 +717,43 @@ mod tests {
             "the retry's identical request finds nothing of the first's"
         );
         assert_eq!(table.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_write_discards_what_was_speculated_before_it_and_holds_back_more() {
+        let h = SecretHasher::new();
+        let table = SpeculationTable::new(1 << 20, 8, 0.25, Barrier::Dependency);
+        table.open(ctx(1), 1);
+        let get = |path: &str| Key::new(&h, ctx(1), "users", "GET", path, &[], None);
+        let (done, flying) = (get("/users/1"), get("/users/2"));
+        assert!(table.begin(&done, info(), Duration::from_millis(5)));
+        assert!(table.begin(&flying, info(), Duration::from_millis(50)));
+        assert_eq!(table.complete(&done, Some(stored("before")), None), None);
+        let Found::InFlight(mut waiting, _) = table.claim(&flying, &"users".into()) else {
+            panic!("in flight");
+        };
+        let users: Arc<str> = "users".into();
+        let discarded = table.write_started(ctx(1), &users);
+        assert_eq!(discarded.len(), 2);
+        assert_eq!(table.held_bytes(), 0);
+        assert_eq!(
+            waiting.borrow_and_update().clone().map(|r| r.is_none()),
+            Some(true),
+            "a call waiting on it goes upstream"
+        );
+        assert!(matches!(table.claim(&done, &users), Found::Nothing));
+        assert_eq!(
+            table.complete(&flying, Some(stored("late")), None),
+            None,
+            "counted when discarded"
+        );
+        assert!(matches!(table.claim(&flying, &users), Found::Nothing));
+        let after = get("/users/3");
+        assert!(
+            !table.begin(&after, info(), Duration::from_millis(5)),
+            "nothing begins while the write runs"
+        );
+        table.write_ended(ctx(1), &users);
+        assert!(table.begin(&after, info(), Duration::from_millis(5)));
     }
 }

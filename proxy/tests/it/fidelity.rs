@@ -365,3 +365,112 @@ async fn a_header_the_dependency_answers_by_is_predicted_and_keyed() {
 async fn a_header_that_cannot_be_predicted_means_no_speculation() {
     assert_eq!(tenants_run(true).await, 0.0);
 }
+
+/// shop: `GET /stock/{id}` (100 less what was ordered),
+/// `POST /orders/{id}` (orders one), `GET /orders/{id}/count`.
+async fn shop() -> SocketAddr {
+    let orders: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
+        Default::default();
+    serve(move |req: Request<Incoming>| {
+        let orders = orders.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let body = match (req.method().as_str(), parts.as_slice()) {
+                ("GET", ["stock", id]) => {
+                    let n = orders.lock().unwrap().get(*id).copied().unwrap_or(0);
+                    format!("{{\"stock\":{}}}", 100 - n)
+                }
+                ("POST", ["orders", id]) => {
+                    *orders.lock().unwrap().entry(id.to_string()).or_default() += 1;
+                    "{\"ordered\":true}".to_string()
+                }
+                ("GET", ["orders", id, "count"]) => {
+                    let n = orders.lock().unwrap().get(*id).copied().unwrap_or(0);
+                    format!("{{\"count\":{n}}}")
+                }
+                _ => {
+                    return Response::builder()
+                        .status(404)
+                        .body(Body::default())
+                        .unwrap();
+                }
+            };
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// The frontend: `GET /buy/{id}` reads the stock, orders one, reads the
+/// order count, and answers with all three.
+async fn buy_frontend(shop: SocketAddr) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/buy/").to_string();
+        let mut out = Vec::new();
+        for (method, path) in [
+            ("GET", format!("/stock/{id}")),
+            ("POST", format!("/orders/{id}")),
+            ("GET", format!("/orders/{id}/count")),
+        ] {
+            let mut call = Request::builder()
+                .method(method)
+                .uri(format!("http://{shop}{path}"));
+            if let Some(v) = req.headers().get("traceparent") {
+                call = call.header("traceparent", v);
+            }
+            let body = if method == "POST" {
+                call = call.header("content-type", "application/json");
+                Body::from(format!("{{\"item\":\"{id}\"}}"))
+            } else {
+                Body::default()
+            };
+            let resp = client().request(call.body(body).unwrap()).await.unwrap();
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push(String::from_utf8_lossy(&got).into_owned());
+        }
+        Response::new(Body::from(out.join("|")))
+    })
+    .await
+}
+
+/// A write orders the reads after it (GET stock, POST order, GET count):
+/// nothing speculated before the write answers a read that comes after
+/// it, so every answer is what the service gets without speculation — and
+/// the read before the write is still answered from speculation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_orders_the_reads_after_it() {
+    let mut runs = Vec::new();
+    for enabled in [false, true] {
+        let ports = Ports::new(1);
+        let service = buy_frontend(local(ports.deps[0])).await;
+        let deps = [Dep::new("shop", shop().await)];
+        let extra = format!("[speculation]\nenabled = {enabled}\n");
+        let augur = Augur::start(&ports, service, &deps, &extra).await;
+        let mut answers = Vec::new();
+        for i in 0..24 {
+            let got = get(&augur.url(&format!("/buy/{}", i % 2))).await;
+            assert_eq!(got.status, 200);
+            answers.push(got.text());
+        }
+        let served = augur
+            .metric("augur_dependency_calls_total{dependency=\"shop\",outcome=\"hit\"}")
+            .await
+            + augur
+                .metric("augur_dependency_calls_total{dependency=\"shop\",outcome=\"coalesced\"}")
+                .await;
+        runs.push((answers, served));
+    }
+    let (off, on) = (&runs[0], &runs[1]);
+    for (i, (a, b)) in off.0.iter().zip(&on.0).enumerate() {
+        assert_eq!(a, b, "request {i}: off vs on");
+    }
+    assert_eq!(
+        off.0[23],
+        "{\"stock\":89}|{\"ordered\":true}|{\"count\":12}"
+    );
+    assert!(on.1 >= 10.0, "speculation answered only {} reads", on.1);
+}
