@@ -18,58 +18,16 @@ use std::time::Duration;
 use anyhow::bail;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::app::{App, Counts, dependency, json, mix, query};
+use crate::load::Planned;
 use crate::procs::local;
-use crate::server::{self, Body, respond};
-
-/// How long each dependency takes to answer.
-#[derive(Debug, Clone, Copy)]
-pub struct Latencies {
-    pub geo: Duration,
-    pub rate: Duration,
-    pub availability: Duration,
-    pub profile: Duration,
-    pub recommendation: Duration,
-    pub user: Duration,
-    pub reservation: Duration,
-}
-
-impl Latencies {
-    pub fn uniform(d: Duration) -> Self {
-        Self {
-            geo: d,
-            rate: d,
-            availability: d,
-            profile: d,
-            recommendation: d,
-            user: d,
-            reservation: d,
-        }
-    }
-}
-
-/// The dependencies, by name, in the order augur's config lists them.
-pub const DEPENDENCIES: [&str; 7] = [
-    "geo",
-    "rate",
-    "availability",
-    "profile",
-    "recommendation",
-    "user",
-    "reservation",
-];
-
-fn mix(a: u64, b: u64) -> u64 {
-    let mut x = a.wrapping_mul(0x9E3779B97F4A7C15) ^ b.wrapping_add(0x632BE59BD9B4E019);
-    x ^= x >> 31;
-    x = x.wrapping_mul(0xBF58476D1CE4E5B9);
-    x ^ (x >> 29)
-}
+use crate::server::{self, respond};
 
 /// The hotels near a point: five ids.
 pub fn nearby(lat: u64, lon: u64) -> Vec<u64> {
@@ -136,87 +94,10 @@ pub fn token(username: &str) -> String {
     format!("Bearer tok-{username}")
 }
 
-fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
-    q?.split('&')
-        .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
-}
-
 fn ids_param(q: Option<&str>) -> Vec<u64> {
     query(q, "hotelIds")
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
-}
-
-fn json(body: String) -> Response<Body> {
-    respond(200, "application/json", body)
-}
-
-/// Requests each dependency received: real ones and `sec-purpose:
-/// prefetch` ones, in [`DEPENDENCIES`] order.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub real: [std::sync::atomic::AtomicU64; 7],
-    pub prefetch: [std::sync::atomic::AtomicU64; 7],
-}
-
-impl Counts {
-    fn count(&self, dep: usize, req: &Request<Incoming>) {
-        let prefetch = req
-            .headers()
-            .get("sec-purpose")
-            .is_some_and(|v| v == "prefetch");
-        let slot = if prefetch {
-            &self.prefetch[dep]
-        } else {
-            &self.real[dep]
-        };
-        slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn real_total(&self) -> u64 {
-        self.real
-            .iter()
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    }
-
-    pub fn prefetch_total(&self) -> u64 {
-        self.prefetch
-            .iter()
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    }
-
-    pub fn reset(&self) {
-        for c in self.real.iter().chain(self.prefetch.iter()) {
-            c.store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Starts one dependency: it counts each request, waits `latency`, then
-/// answers with `answer`.
-async fn dependency<F, Fut>(
-    index: usize,
-    latency: Duration,
-    counts: &Arc<Counts>,
-    answer: F,
-) -> anyhow::Result<SocketAddr>
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
-{
-    let counts = counts.clone();
-    let addr = server::serve(local(0), move |req: Request<Incoming>| {
-        counts.count(index, &req);
-        let answer = answer.clone();
-        async move {
-            tokio::time::sleep(latency).await;
-            answer(req).await
-        }
-    })
-    .await?;
-    Ok(addr)
 }
 
 fn dates(q: Option<&str>) -> (&str, &str) {
@@ -226,13 +107,53 @@ fn dates(q: Option<&str>) -> (&str, &str) {
     )
 }
 
-/// Starts the dependencies; returns their addresses in [`DEPENDENCIES`] order.
-pub async fn start_dependencies(
-    l: Latencies,
-    counts: Arc<Counts>,
-) -> anyhow::Result<Vec<SocketAddr>> {
+/// The hotel-reservation application.
+pub struct Hotel;
+
+impl App for Hotel {
+    const NAME: &'static str = "hotel reservation";
+    const DEPENDENCIES: &'static [&'static str] = &[
+        "geo",
+        "rate",
+        "availability",
+        "profile",
+        "recommendation",
+        "user",
+        "reservation",
+    ];
+
+    async fn start_dependencies(
+        latency: Duration,
+        counts: Arc<Counts>,
+    ) -> anyhow::Result<Vec<SocketAddr>> {
+        start_dependencies(latency, counts).await
+    }
+
+    async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
+        start_frontend(deps).await
+    }
+
+    fn planned(n: u64) -> Planned {
+        let ask = ask(n);
+        Planned {
+            path: ask.target,
+            headers: vec![("authorization".into(), ask.auth)],
+            expect: Some(Bytes::from(ask.expected)),
+            method: Some(ask.method),
+            label: ask.label,
+        }
+    }
+
+    fn oracle(label: &str, latency: Duration) -> (Duration, Duration) {
+        oracle_path(label, latency)
+    }
+}
+
+/// Starts the dependencies, each answering after `l`; returns their
+/// addresses in [`Hotel::DEPENDENCIES`] order.
+async fn start_dependencies(l: Duration, counts: Arc<Counts>) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(vec![
-        dependency(0, l.geo, &counts, |req| async move {
+        dependency(0, l, &counts, |req| async move {
             let q = req.uri().query();
             match (
                 query(q, "lat").and_then(|v| v.parse().ok()),
@@ -246,23 +167,23 @@ pub async fn start_dependencies(
             }
         })
         .await?,
-        dependency(1, l.rate, &counts, |req| async move {
+        dependency(1, l, &counts, |req| async move {
             let q = req.uri().query();
             let (inn, out) = dates(q);
             json(rates_body(&ids_param(q), inn, out))
         })
         .await?,
-        dependency(2, l.availability, &counts, |req| async move {
+        dependency(2, l, &counts, |req| async move {
             let q = req.uri().query();
             let (inn, out) = dates(q);
             json(availability_body(&ids_param(q), inn, out))
         })
         .await?,
-        dependency(3, l.profile, &counts, |req| async move {
+        dependency(3, l, &counts, |req| async move {
             json(profiles_body(&ids_param(req.uri().query())))
         })
         .await?,
-        dependency(4, l.recommendation, &counts, |req| async move {
+        dependency(4, l, &counts, |req| async move {
             let q = req.uri().query();
             let coordinate = |k| query(q, k).and_then(|v| v.parse().ok()).unwrap_or(0);
             let ids = recommend(
@@ -273,7 +194,7 @@ pub async fn start_dependencies(
             json(format!("{{\"hotelIds\":[{}]}}", ids_text(&ids)))
         })
         .await?,
-        dependency(5, l.user, &counts, |req| async move {
+        dependency(5, l, &counts, |req| async move {
             let auth = req
                 .headers()
                 .get("authorization")
@@ -285,7 +206,7 @@ pub async fn start_dependencies(
             ))
         })
         .await?,
-        dependency(6, l.reservation, &counts, |req| async move {
+        dependency(6, l, &counts, |req| async move {
             let body = req
                 .into_body()
                 .collect()
@@ -347,8 +268,8 @@ fn ids_in(body: &Bytes, field: &str) -> Vec<u64> {
 }
 
 /// Starts the frontend, calling its dependencies at `deps` (direct, or
-/// augur's egress listeners), in [`DEPENDENCIES`] order.
-pub async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
+/// augur's egress listeners), in [`Hotel::DEPENDENCIES`] order.
+async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
     let client: Outbound = Client::builder(TokioExecutor::new()).build_http();
     let deps = std::sync::Arc::new(deps);
     let addr = server::serve(local(0), move |req: Request<Incoming>| {
@@ -452,17 +373,17 @@ async fn handle(
 }
 
 /// One request of the workload and the exact body it must get.
-pub struct Ask {
-    pub label: &'static str,
-    pub method: &'static str,
-    pub target: String,
-    pub auth: String,
-    pub expected: String,
+struct Ask {
+    label: &'static str,
+    method: &'static str,
+    target: String,
+    auth: String,
+    expected: String,
 }
 
 /// The `n`-th request of the workload: 60% search, 20% recommendations,
 /// 15% user checks, 5% reservations, over a few places, dates and users.
-pub fn ask(n: u64) -> Ask {
+fn ask(n: u64) -> Ask {
     let r = mix(n, 99);
     let (lat, lon) = (30 + r % 8, 100 + (r >> 8) % 8);
     let user = format!("user{}", (r >> 16) % 10);
@@ -537,15 +458,15 @@ pub fn ask(n: u64) -> Ask {
 
 /// The dependency calls of each endpoint on its critical path if every call
 /// ran as soon as its inputs existed, as (calls in sequence on the path).
-pub fn oracle_path(label: &str, l: &Latencies) -> (Duration, Duration) {
+fn oracle_path(label: &str, l: Duration) -> (Duration, Duration) {
     // (critical path, sum of all calls)
+    // geo, then rate, availability and profile side by side; the rest are
+    // chains, but for the reservation, whose user check and POST could
+    // run side by side.
     match label {
-        "GET /hotels" => (
-            l.geo + l.rate.max(l.availability).max(l.profile),
-            l.geo + l.rate + l.availability + l.profile,
-        ),
-        "GET /recommendations" => (l.recommendation + l.profile, l.recommendation + l.profile),
-        "GET /user" => (l.user, l.user),
-        _ => (l.user.max(l.reservation), l.user + l.reservation),
+        "GET /hotels" => (l * 2, l * 4),
+        "GET /recommendations" => (l * 2, l * 2),
+        "GET /user" => (l, l),
+        _ => (l, l * 2),
     }
 }

@@ -2,16 +2,20 @@
 //! HTTP, as a user's services would: it starts real processes (augur,
 //! nginx, haproxy, the demo services) on 127.0.0.1 and measures them.
 //!
-//! Start with `main.rs` for the commands; `demo.rs` is the end-to-end demo,
+//! Start with `main.rs` for the commands; `app_demo.rs` runs a demo
+//! application (`hotel.rs`, `shop.rs`; `app.rs` is what one is) direct and
+//! through augur; `demo.rs` is the tour,
 //! `bench.rs` the pass-through benchmark, `containers_bench.rs` the
 //! container-policy benchmark, `load.rs` the load generator.
 
+pub mod app;
+pub mod app_demo;
 pub mod bench;
 pub mod cli;
 pub mod containers_bench;
 pub mod demo;
 pub mod hotel;
-pub mod hotel_demo;
 pub mod load;
 pub mod procs;
 pub mod server;
+pub mod shop;

@@ -28,6 +28,8 @@ pub struct Report {
     pub errors: u64,
     /// Responses whose body did not match what was expected.
     pub wrong: u64,
+    /// The first of them: what was asked, what was expected, what came.
+    pub first_wrong: Option<(String, Bytes, Bytes)>,
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
     /// Latencies per [`Planned::label`].
@@ -40,6 +42,7 @@ impl Report {
             ok: 0,
             errors: 0,
             wrong: 0,
+            first_wrong: None,
             elapsed: Duration::ZERO,
             latency_us: histogram(),
             by_label: std::collections::BTreeMap::new(),
@@ -50,6 +53,9 @@ impl Report {
         self.ok += other.ok;
         self.errors += other.errors;
         self.wrong += other.wrong;
+        if self.first_wrong.is_none() {
+            self.first_wrong.clone_from(&other.first_wrong);
+        }
         let _ = self.latency_us.add(&other.latency_us);
         for (label, h) in &other.by_label {
             let _ = self.by_label.entry(label).or_insert_with(histogram).add(h);
@@ -142,8 +148,12 @@ fn record(report: &mut Report, planned: &Planned, got: Option<Bytes>, latency: D
     match got {
         Some(body) => {
             report.ok += 1;
-            if planned.expect.as_ref().is_some_and(|e| *e != body) {
+            if let Some(expected) = planned.expect.as_ref().filter(|e| **e != body) {
                 report.wrong += 1;
+                if report.first_wrong.is_none() {
+                    let asked = format!("{} {}", planned.method.unwrap_or("GET"), planned.path);
+                    report.first_wrong = Some((asked, expected.clone(), body.clone()));
+                }
             }
             let us = (latency.as_micros() as u64).max(1);
             let _ = report.latency_us.record(us);
@@ -254,4 +264,18 @@ async fn collect(workers: Vec<tokio::task::JoinHandle<Report>>, started: Instant
     }
     total.elapsed = started.elapsed();
     total
+}
+
+impl Report {
+    /// The first wrong response, to say what went wrong.
+    pub fn describe_first_wrong(&self) -> String {
+        match &self.first_wrong {
+            Some((asked, expected, got)) => format!(
+                "first wrong: {asked}: expected {} got {}",
+                String::from_utf8_lossy(expected),
+                String::from_utf8_lossy(got)
+            ),
+            None => String::new(),
+        }
+    }
 }

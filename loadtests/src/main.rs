@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use augur_loadtests::cli::humantime_duration;
-use augur_loadtests::{bench, containers_bench, demo, server};
+use augur_loadtests::hotel::Hotel;
+use augur_loadtests::shop::Shop;
+use augur_loadtests::{app_demo, bench, containers_bench, demo, server};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -19,29 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The demo: a hotel-reservation application (7 dependencies) run
+    /// The demo: an application — the hotel reservation (7 dependencies),
+    /// the shop (5, written to be hard on speculation), or both — run
     /// direct, through augur passing through, and through augur
-    /// speculating; checks every answer and prints one table.
+    /// speculating; checks every answer and prints one table each.
     Demo {
-        #[arg(long)]
-        augur: Option<PathBuf>,
-        /// Requests per second in each measured run.
-        #[arg(long, default_value_t = 100)]
-        rate: u32,
-        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
-        duration: Duration,
-        /// Warm-up requests per endpoint, at most.
-        #[arg(long, default_value_t = 50)]
-        warmup: usize,
-        /// How long each dependency takes to answer.
-        #[arg(long, default_value = "5ms", value_parser = humantime_duration)]
-        latency: Duration,
-        /// Have the speculating augur write its trace log here.
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Run only the speculating mode (a soak: it reports augur's memory).
-        #[arg(long)]
-        only_speculating: bool,
+        #[command(flatten)]
+        opts: app_demo::Options,
+        /// Which application: `hotel`, `shop`, or `both` (one after the
+        /// other).
+        #[arg(long, default_value = "both", value_parser = ["hotel", "shop", "both"])]
+        app: String,
     },
     /// A tour of what augur records: a frontend with two dependencies;
     /// prints augur's counters, contexts and what it learned.
@@ -149,6 +139,23 @@ async fn until_stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's options for one application: with several, each writes its
+/// own trace log (`trace.jsonl` → `trace-shop.jsonl`).
+fn per_app(opts: &app_demo::Options, name: &str, several: bool) -> app_demo::Options {
+    let mut opts = opts.clone();
+    if let (true, Some(path)) = (several, &opts.trace) {
+        let stem = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let file = match path.extension() {
+            Some(ext) => format!("{stem}-{name}.{}", ext.to_string_lossy()),
+            None => format!("{stem}-{name}"),
+        };
+        opts.trace = Some(path.with_file_name(file));
+    }
+    opts
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -158,25 +165,15 @@ fn main() -> anyhow::Result<()> {
         .context("start the runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Demo {
-                augur,
-                rate,
-                duration,
-                warmup,
-                latency,
-                trace,
-                only_speculating,
-            } => {
-                augur_loadtests::hotel_demo::run(augur_loadtests::hotel_demo::Options {
-                    augur,
-                    rate,
-                    duration,
-                    warmup_per_route: warmup,
-                    latency,
-                    trace,
-                    only_speculating,
-                })
-                .await
+            Command::Demo { opts, app } => {
+                let both = app == "both";
+                if both || app == "hotel" {
+                    app_demo::run::<Hotel>(&per_app(&opts, "hotel", both)).await?;
+                }
+                if both || app == "shop" {
+                    app_demo::run::<Shop>(&per_app(&opts, "shop", both)).await?;
+                }
+                Ok(())
             }
             Command::Tour {
                 augur,

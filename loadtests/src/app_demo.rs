@@ -1,6 +1,6 @@
-//! The demo: the hotel-reservation application driven three ways in one run
-//! — direct, through augur passing through, through augur speculating —
-//! with one table of what each cost.
+//! The demo: an application (the hotel, the shop) driven three ways in one
+//! run — direct, through augur passing through, through augur speculating
+//! — every response checked, with one table of what each cost.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,23 +10,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use bytes::Bytes;
 
-use crate::hotel::{self, Counts, DEPENDENCIES, Latencies};
+use crate::app::{App, Counts};
+use crate::cli::humantime_duration;
 use crate::load::{self, Planned, Report};
 use crate::procs::{self, Proc, free_port, local};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// The augur binary (default: the one built beside this program).
+    #[arg(long)]
     pub augur: Option<PathBuf>,
-    /// Requests per second during the measured run.
+    /// Requests per second in each measured run.
+    #[arg(long, default_value_t = 100)]
     pub rate: u32,
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     pub duration: Duration,
+    /// Warm-up requests per endpoint, at most.
+    #[arg(long = "warmup", default_value_t = 50)]
     pub warmup_per_route: usize,
+    /// How long each dependency takes to answer.
+    #[arg(long, default_value = "5ms", value_parser = humantime_duration)]
     pub latency: Duration,
-    /// Where the speculating augur writes its trace log.
+    /// Have the speculating augur write its trace log here (with several
+    /// applications, the application's name goes before the extension).
+    #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Run only the speculating mode (a soak: watch augur's memory).
+    /// Run only the speculating mode (a soak: it reports augur's memory).
+    #[arg(long)]
     pub only_speculating: bool,
 }
 
@@ -51,29 +62,18 @@ struct Run {
     report: Report,
     real: u64,
     prefetch: u64,
-    prefetched_posts: u64,
+    prefetched_writes: u64,
     speculated_calls: f64,
-}
-
-fn planned(n: u64) -> Planned {
-    let ask = hotel::ask(n);
-    Planned {
-        path: ask.target,
-        headers: vec![("authorization".into(), ask.auth)],
-        expect: Some(Bytes::from(ask.expected)),
-        method: Some(ask.method),
-        label: ask.label,
-    }
 }
 
 /// The warm-up: the workload's first requests, at most `per_route` of each
 /// endpoint. Returns them and where the measured run starts.
-fn warmup(per_route: usize) -> (Vec<Planned>, u64) {
+fn warmup<A: App>(per_route: usize) -> (Vec<Planned>, u64) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::new();
     let mut n = 0;
     while n < 10_000 {
-        let p = planned(n);
+        let p = A::planned(n);
         n += 1;
         let count = seen.entry(p.label).or_insert(0);
         if *count < per_route {
@@ -86,17 +86,18 @@ fn warmup(per_route: usize) -> (Vec<Planned>, u64) {
     (out, n)
 }
 
-pub async fn run(opts: Options) -> anyhow::Result<()> {
+/// Runs the demo of application `A`.
+pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
     let binary = procs::augur_binary(opts.augur.clone())?;
-    let dir = procs::scratch("hotel")?;
-    let latencies = Latencies::uniform(opts.latency);
-    let counts = Arc::new(Counts::default());
-    let deps = hotel::start_dependencies(latencies, counts.clone()).await?;
-    let (warm, first) = warmup(opts.warmup_per_route);
+    let dir = procs::scratch(A::NAME)?;
+    let counts = Arc::new(Counts::new(A::DEPENDENCIES.len()));
+    let (warm, first) = warmup::<A>(opts.warmup_per_route);
     let measured = (f64::from(opts.rate) * opts.duration.as_secs_f64()) as u64;
-    let plan: Vec<Planned> = (first..first + measured).map(planned).collect();
+    let plan: Vec<Planned> = (first..first + measured).map(A::planned).collect();
     println!(
-        "hotel reservation: 7 dependencies answering in {:?}; warm-up {} requests (at most {} per endpoint), then {} requests at {}/s",
+        "{}: {} dependencies answering in {:?}; warm-up {} requests (at most {} per endpoint), then {} requests at {}/s",
+        A::NAME,
+        A::DEPENDENCIES.len(),
         opts.latency,
         warm.len(),
         opts.warmup_per_route,
@@ -112,11 +113,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     for (i, &mode) in modes.iter().enumerate() {
         println!("[{}/3] {}: starting", i + 1, mode.name());
+        // Fresh dependencies for each mode: what one mode's writes did
+        // is not another's starting point.
+        let deps = A::start_dependencies(opts.latency, counts.clone()).await?;
         let (target, augur, admin) = match mode {
-            Mode::Direct => (hotel::start_frontend(deps.clone()).await?, None, None),
+            Mode::Direct => (A::start_frontend(deps.clone()).await?, None, None),
             _ => {
                 let (target, proc, admin) =
-                    start_augur(&binary, &dir, &deps, mode, opts.trace.as_ref()).await?;
+                    start_augur::<A>(&binary, &dir, &deps, mode, opts.trace.as_ref()).await?;
                 (target, Some(proc), Some(admin))
             }
         };
@@ -129,10 +133,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let w = load::closed_loop(target, warm.clone(), 4).await;
         if w.errors > 0 || w.wrong > 0 {
             bail!(
-                "{}: warm-up saw {} errors and {} wrong responses",
+                "{}: warm-up saw {} errors and {} wrong responses; {}",
                 mode.name(),
                 w.errors,
-                w.wrong
+                w.wrong,
+                w.describe_first_wrong()
             );
         }
         counts.reset();
@@ -158,7 +163,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Run {
                 real: counts.real_total(),
                 prefetch: counts.prefetch_total(),
-                prefetched_posts: counts.prefetch[6].load(std::sync::atomic::Ordering::Relaxed),
+                prefetched_writes: counts.prefetched_writes(),
                 speculated_calls,
                 report,
             },
@@ -190,35 +195,36 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if runs.len() < 3 {
         let r = &runs[0].1;
         println!(
-            "\n{} requests at {:.0}/s: {} wrong, {} errors, {} speculated POSTs, {} dependency requests ({} speculative)",
+            "\n{} requests at {:.0}/s: {} wrong, {} errors, {} speculated writes, {} dependency requests ({} speculative)",
             r.report.ok + r.report.errors,
             r.report.rps(),
             r.report.wrong,
             r.report.errors,
-            r.prefetched_posts,
+            r.prefetched_writes,
             r.real + r.prefetch,
             r.prefetch
         );
         return Ok(());
     }
-    println!("\n{}", table(&runs, &latencies));
+    println!("\n{}", table::<A>(&runs, opts.latency));
     let failed: Vec<String> = runs
         .iter()
-        .filter(|(_, r)| r.report.wrong > 0 || r.report.errors > 0 || r.prefetched_posts > 0)
+        .filter(|(_, r)| r.report.wrong > 0 || r.report.errors > 0 || r.prefetched_writes > 0)
         .map(|(m, r)| {
             format!(
-                "{}: {} wrong, {} errors, {} speculated POSTs",
+                "{}: {} wrong, {} errors, {} speculated writes; {}",
                 m.name(),
                 r.report.wrong,
                 r.report.errors,
-                r.prefetched_posts
+                r.prefetched_writes,
+                r.report.describe_first_wrong()
             )
         })
         .collect();
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
-    println!("demo ok: every response was right in every mode, and no POST was speculated.");
+    println!("demo ok: every response was right in every mode, and no write was speculated.");
     Ok(())
 }
 
@@ -235,7 +241,7 @@ fn speculated(admin: SocketAddr) -> anyhow::Result<f64> {
         .sum())
 }
 
-async fn start_augur(
+async fn start_augur<A: App>(
     binary: &std::path::Path,
     dir: &std::path::Path,
     deps: &[SocketAddr],
@@ -246,7 +252,7 @@ async fn start_augur(
     let egress: Vec<SocketAddr> = (0..deps.len())
         .map(|_| free_port().map(local))
         .collect::<Result<_, _>>()?;
-    let frontend = hotel::start_frontend(egress.clone()).await?;
+    let frontend = A::start_frontend(egress.clone()).await?;
     let speculate = mode == Mode::Speculating;
     let mut config = format!(
         "[service]\nname = \"frontend\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\n"
@@ -260,7 +266,7 @@ async fn start_augur(
             path.display().to_string()
         );
     }
-    for ((name, listen), upstream) in DEPENDENCIES.iter().zip(&egress).zip(deps) {
+    for ((name, listen), upstream) in A::DEPENDENCIES.iter().zip(&egress).zip(deps) {
         let _ = write!(
             config,
             "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
@@ -283,7 +289,7 @@ fn ms(r: &Report, label: &str, q: f64) -> f64 {
         .map_or(f64::NAN, |h| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-fn table(runs: &[(Mode, Run)], l: &Latencies) -> String {
+fn table<A: App>(runs: &[(Mode, Run)], latency: Duration) -> String {
     let mut out = String::new();
     let labels: Vec<&str> = runs[0].1.report.by_label.keys().copied().collect();
     let _ = writeln!(
@@ -305,7 +311,7 @@ fn table(runs: &[(Mode, Run)], l: &Latencies) -> String {
             })
             .collect();
         // Oracle: direct p50 with the dependency time cut to the critical path.
-        let (critical, total) = hotel::oracle_path(label, l);
+        let (critical, total) = A::oracle(label, latency);
         let oracle = ms(direct, label, 0.5) - (total - critical).as_secs_f64() * 1000.0;
         let (pass, spec) = (
             ms(&runs[1].1.report, label, 0.5),
@@ -323,7 +329,7 @@ fn table(runs: &[(Mode, Run)], l: &Latencies) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| mode | throughput req/s | dependency requests | of which speculative | extra vs direct | answered by speculation | wrong responses | errors | speculated POSTs |"
+        "\n| mode | throughput req/s | dependency requests | of which speculative | extra vs direct | answered by speculation | wrong responses | errors | speculated writes |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let base = runs[0].1.real + runs[0].1.prefetch;
@@ -339,7 +345,7 @@ fn table(runs: &[(Mode, Run)], l: &Latencies) -> String {
             r.speculated_calls,
             r.report.wrong,
             r.report.errors,
-            r.prefetched_posts
+            r.prefetched_writes
         );
     }
     let _ = writeln!(

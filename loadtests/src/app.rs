@@ -1,0 +1,150 @@
+//! What a demo application is to the demo driver (`app_demo.rs`): its
+//! dependencies, its frontend, its workload with the exact answer each
+//! request must get, and the fastest each endpoint could be. The hotel
+//! application (`hotel.rs`) and the shop (`shop.rs`) are the two.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::load::Planned;
+use crate::procs::local;
+use crate::server::{self, Body, respond};
+
+/// A demo application.
+pub trait App {
+    /// Its name in the demo's output.
+    const NAME: &'static str;
+    /// Its dependencies, by name, in the order the frontend takes them.
+    const DEPENDENCIES: &'static [&'static str];
+
+    /// Starts the dependencies, each answering after `latency`; returns
+    /// their addresses in [`Self::DEPENDENCIES`] order.
+    fn start_dependencies(
+        latency: Duration,
+        counts: Arc<Counts>,
+    ) -> impl Future<Output = anyhow::Result<Vec<SocketAddr>>> + Send;
+
+    /// Starts the frontend, calling its dependencies at `deps` (direct, or
+    /// augur's egress listeners).
+    fn start_frontend(
+        deps: Vec<SocketAddr>,
+    ) -> impl Future<Output = anyhow::Result<SocketAddr>> + Send;
+
+    /// The `n`-th request of the workload (a request and its exact answer).
+    fn planned(n: u64) -> Planned;
+
+    /// For an endpoint: its dependency time on the critical path if every
+    /// call ran as soon as its inputs existed, and in all.
+    fn oracle(label: &str, latency: Duration) -> (Duration, Duration);
+}
+
+/// Requests each dependency received: real ones and `sec-purpose:
+/// prefetch` ones, by dependency, and prefetches with side effects (which
+/// must never happen).
+#[derive(Debug)]
+pub struct Counts {
+    real: Vec<AtomicU64>,
+    prefetch: Vec<AtomicU64>,
+    prefetched_writes: AtomicU64,
+}
+
+impl Counts {
+    pub fn new(dependencies: usize) -> Self {
+        let zeros = || (0..dependencies).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            real: zeros(),
+            prefetch: zeros(),
+            prefetched_writes: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, dep: usize, req: &Request<Incoming>) {
+        let prefetch = req
+            .headers()
+            .get("sec-purpose")
+            .is_some_and(|v| v == "prefetch");
+        let slot = if prefetch {
+            &self.prefetch[dep]
+        } else {
+            &self.real[dep]
+        };
+        slot.fetch_add(1, Ordering::Relaxed);
+        let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE");
+        if prefetch && !safe {
+            self.prefetched_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn real_total(&self) -> u64 {
+        self.real.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn prefetch_total(&self) -> u64 {
+        self.prefetch
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Speculative requests with side effects (POST, PUT, …) received.
+    pub fn prefetched_writes(&self) -> u64 {
+        self.prefetched_writes.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        for c in self.real.iter().chain(&self.prefetch) {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.prefetched_writes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Starts dependency number `index`: it counts each request, waits
+/// `latency`, then answers with `answer`.
+pub async fn dependency<F, Fut>(
+    index: usize,
+    latency: Duration,
+    counts: &Arc<Counts>,
+    answer: F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let counts = counts.clone();
+    let addr = server::serve(local(0), move |req: Request<Incoming>| {
+        counts.count(index, &req);
+        let answer = answer.clone();
+        async move {
+            tokio::time::sleep(latency).await;
+            answer(req).await
+        }
+    })
+    .await?;
+    Ok(addr)
+}
+
+/// A JSON answer.
+pub fn json(body: String) -> Response<Body> {
+    respond(200, "application/json", body)
+}
+
+/// A deterministic mix of two numbers (splitmix64's finaliser).
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a.wrapping_mul(0x9E3779B97F4A7C15) ^ b.wrapping_add(0x632BE59BD9B4E019);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58476D1CE4E5B9);
+    x ^ (x >> 29)
+}
+
+/// A query parameter's raw value.
+pub fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+    q?.split('&')
+        .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+}
