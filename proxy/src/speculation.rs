@@ -14,6 +14,7 @@ mod send;
 mod table;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,10 @@ pub(crate) struct Speculation {
     /// How far ahead predictions look: the horizon, or further when a
     /// container may need starting.
     ahead_us: u64,
+    /// The service's address as the egress listeners see it (`None`
+    /// inside: not an IP), once a call has shown it: speculative requests
+    /// carry the forwarding headers a real call from it gets.
+    caller: parking_lot::Mutex<Option<Option<IpAddr>>>,
 }
 
 /// A real call answered from speculation.
@@ -127,11 +132,21 @@ impl Speculation {
             telemetry: parts.telemetry,
             hasher: parts.hasher,
             key_headers: parts.key_headers,
+            caller: parking_lot::Mutex::new(None),
         })
     }
 
     pub(crate) fn enabled(&self) -> bool {
         self.settings.enabled
+    }
+
+    /// A dependency call came from `caller` (the service, as the egress
+    /// sees it).
+    pub(crate) fn saw_caller(&self, caller: Option<IpAddr>) {
+        let mut known = self.caller.lock();
+        if *known != Some(caller) {
+            *known = Some(caller);
+        }
     }
 
     /// The headers that are part of a request's key.
@@ -279,14 +294,23 @@ impl Speculation {
         (mut span, tp): (MaybeSpan, TraceParent),
         info: Arc<Info>,
     ) {
-        // Only a speculation that is really sent takes an instance.
-        let stored = match dep.lease(Purpose::Speculation).await {
-            Ok(lease) => {
+        // Only a speculation that is really sent takes an instance; one
+        // whose caller is not known yet cannot be sent as the real call
+        // would be.
+        let caller = *self.caller.lock();
+        let lease = match caller {
+            Some(_) => dep.lease(Purpose::Speculation).await.ok(),
+            None => None,
+        };
+        let stored = match lease {
+            Some(lease) => {
                 self.metrics
                     .upstream_requests
                     .with_label_values(&[dep.name(), "speculative"])
                     .inc();
-                let sent = self.client.fetch(&p, lease.addr(), tp, &self.key_headers);
+                let sent =
+                    self.client
+                        .fetch(&p, lease.addr(), caller.flatten(), tp, &self.key_headers);
                 match tokio::time::timeout(dep.timeout(), sent).await {
                     Ok(Ok(stored)) => stored,
                     Ok(Err(e)) => {
@@ -297,7 +321,7 @@ impl Speculation {
                 }
             }
             // The instance went between the check and now.
-            Err(_) => None,
+            None => None,
         };
         let servable = stored.is_some();
         let status = stored.as_ref().map_or(0, |s| s.status);

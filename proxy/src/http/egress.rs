@@ -114,6 +114,7 @@ impl ProxyHttp for Egress {
         let Some((context, _)) = ctx.context else {
             return Ok(false);
         };
+        common.speculation.saw_caller(request::client_ip(session));
         if !is_safe(req.method.as_str()) {
             // A write orders the reads after it: nothing speculated before
             // it answers them.

@@ -111,27 +111,34 @@ pub(crate) fn strip_response(resp: &mut ResponseHeader) {
 /// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239).
 pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
     let Some(ip) = client else { return };
-    let xff = match req
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+    for (name, value) in forwarded(&req.headers, ip) {
+        let _ = req.insert_header(name, value);
+    }
+}
+
+/// The forwarding headers a request from `client` goes upstream with:
+/// `x-forwarded-for` and `forwarded` with the client appended to what the
+/// request had, and `x-forwarded-proto` unless it had one. One rule for a
+/// real call and for the speculative request that stands for it.
+pub(crate) fn forwarded(headers: &HeaderMap, client: IpAddr) -> Vec<(&'static str, String)> {
+    let prior = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let xff = match prior("x-forwarded-for") {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.to_string(),
     };
-    let _ = req.insert_header("x-forwarded-for", xff);
-    let node = match ip {
+    let node = match client {
         IpAddr::V4(v4) => format!("for={v4};proto=http"),
         IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
     };
-    let fwd = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+    let fwd = match prior("forwarded") {
         Some(prev) => format!("{prev}, {node}"),
         None => node,
     };
-    let _ = req.insert_header("forwarded", fwd);
-    if !req.headers.contains_key("x-forwarded-proto") {
-        let _ = req.insert_header("x-forwarded-proto", "http");
+    let mut out = vec![("x-forwarded-for", xff), ("forwarded", fwd)];
+    if !headers.contains_key("x-forwarded-proto") {
+        out.push(("x-forwarded-proto", "http".to_string()));
     }
+    out
 }
 
 /// Size of a request header block as it came on the wire (request line,

@@ -2,13 +2,14 @@
 //! out from its prediction (with `sec-purpose: prefetch`), and what of the
 //! response may be kept for the real call.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use augur_predictor::Prediction;
 use augur_predictor::headers::KeyHeaders;
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,31 +42,48 @@ impl Client {
     /// (not 2xx, `no-store`, a `vary` on a header the key does not hold,
     /// too large, or framed by closing the connection, which cannot be
     /// replayed exactly).
+    /// The request goes out as the real call would from `caller` (the
+    /// service's address as the egress sees it): the predicted headers,
+    /// the forwarding headers augur adds to a real call, and augur's own
+    /// `sec-purpose: prefetch` and `traceparent`.
     pub(super) async fn fetch(
         &self,
         p: &Prediction,
         addr: SocketAddr,
+        caller: Option<IpAddr>,
         tp: TraceParent,
         key_headers: &KeyHeaders,
     ) -> anyhow::Result<Option<Stored>> {
         let uri = format!("http://{addr}{}", path_and_query(p));
-        let mut req = http::Request::builder().method(p.method.as_str()).uri(uri);
+        let mut sent = HeaderMap::new();
         for (name, value) in &p.headers {
-            req = req.header(name.as_str(), value.as_str());
+            sent.append(HeaderName::from_bytes(name.as_bytes())?, value.parse()?);
         }
-        req = req
-            .header("sec-purpose", "prefetch")
-            .header(traceparent::HEADER, tp.to_string());
+        if let Some(ip) = caller {
+            for (name, value) in headers::forwarded(&sent, ip) {
+                sent.insert(name, value.parse()?);
+            }
+        }
+        sent.insert("sec-purpose", HeaderValue::from_static("prefetch"));
+        sent.insert(traceparent::HEADER, tp.to_string().parse()?);
         let body = match &p.body {
             Some(b) => {
-                if !p.headers.iter().any(|(n, _)| n == "content-type") {
-                    req = req.header(http::header::CONTENT_TYPE, "application/json");
+                if !sent.contains_key(http::header::CONTENT_TYPE) {
+                    sent.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
                 }
                 Bytes::from(b.to_string())
             }
             None => Bytes::new(),
         };
-        let resp = self.0.request(req.body(Full::new(body))?).await?;
+        let mut req = http::Request::builder()
+            .method(p.method.as_str())
+            .uri(uri)
+            .body(Full::new(body))?;
+        *req.headers_mut() = sent;
+        let resp = self.0.request(req).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = Limited::new(resp.into_body(), MAX_RESPONSE)

@@ -6,6 +6,7 @@
 mod cli;
 mod containers;
 mod contexts;
+mod differential;
 mod failures;
 mod fidelity;
 mod learning;
