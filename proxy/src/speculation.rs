@@ -384,6 +384,16 @@ impl Speculation {
         self.table.write_ended(context, dependency);
     }
 
+    /// Another inbound request with `context`'s trace id opened: its calls
+    /// can no longer be told to be its own, so nothing speculated for it
+    /// answers them, and nothing more is (counted `cancelled`; not held
+    /// against the route by the governor).
+    pub(crate) fn abandon(&self, context: ContextId) {
+        for dependency in self.table.abandon(context) {
+            self.count(&dependency, Outcome::Cancelled);
+        }
+    }
+
     /// Drops what was speculated for a context that closed or expired,
     /// counting what was never used.
     pub(crate) fn close(&self, context: ContextId) {

@@ -94,13 +94,16 @@ impl Untracked {
 }
 
 /// A context just opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Opened {
     pub(crate) id: ContextId,
     /// How many contexts this open made ambiguous (itself, and an earlier
     /// one with its trace id that was not yet): 0 when its trace id is its
     /// own.
     pub(crate) made_ambiguous: u32,
+    /// The earlier contexts it made ambiguous: what they speculated can no
+    /// longer be told to be theirs.
+    pub(crate) also: Vec<ContextId>,
 }
 
 /// How big the table may grow.
@@ -172,11 +175,16 @@ impl ContextTable {
         let mut shard = self.shard(trace).lock();
         let contexts = shard.entry(trace).or_default();
         let mut made_ambiguous = 0;
+        let mut also = Vec::new();
         if !contexts.is_empty() {
             made_ambiguous = 1;
             for other in contexts.iter_mut().filter(|c| !c.ambiguous) {
                 other.ambiguous = true;
                 made_ambiguous += 1;
+                also.push(ContextId {
+                    trace,
+                    serial: other.serial,
+                });
             }
         }
         contexts.push(OpenContext {
@@ -193,6 +201,7 @@ impl ContextTable {
         Ok(Opened {
             id: ContextId { trace, serial },
             made_ambiguous,
+            also,
         })
     }
 
@@ -494,10 +503,12 @@ mod tests {
         let first = open(&t, 7);
         let retry = t.open(7, inbound()).unwrap();
         assert_eq!(retry.made_ambiguous, 2, "the retry and the first");
+        assert_eq!(retry.also, [first]);
         assert_ne!(retry.id, first, "every inbound request has its own");
         assert_eq!(t.attach(7), Attached::Ambiguous);
         let third = t.open(7, inbound()).unwrap();
         assert_eq!(third.made_ambiguous, 1, "the others were already");
+        assert!(third.also.is_empty());
         for id in [retry.id, third.id] {
             assert!(t.close(id, 200).unwrap().context.ambiguous);
         }

@@ -87,13 +87,21 @@ impl ProxyHttp for Ingress {
             Ok(opened) => {
                 ctx.context = Some(opened.id);
                 ctx.body = Capture::start(&req.headers, common.body_limit);
-                if opened.made_ambiguous > 0 {
+                if opened.made_ambiguous == 0 {
+                    common.speculation.open(opened.id, tp);
+                } else {
+                    // Its calls cannot be told from another's: nothing is
+                    // speculated for it, and what the other speculated is
+                    // abandoned (not a misprediction: the governor does
+                    // not count it).
                     common
                         .metrics
                         .contexts_ambiguous
                         .inc_by(u64::from(opened.made_ambiguous));
+                    for other in &opened.also {
+                        common.speculation.abandon(*other);
+                    }
                 }
-                common.speculation.open(opened.id, tp);
             }
             Err(why) => common
                 .metrics

@@ -194,6 +194,9 @@ struct Open {
     /// Writes in flight, by dependency: while one runs, no speculation to
     /// what it may change begins.
     writes: Vec<(Arc<str>, u32)>,
+    /// Its calls can no longer be told from another request's: nothing
+    /// begins.
+    abandoned: bool,
 }
 
 impl Open {
@@ -261,7 +264,10 @@ impl SpeculationTable {
         let Some(open) = entries.get_mut(&key.context) else {
             return false;
         };
-        if open.entries.contains_key(key) || open.held_back(&info.dependency, self.barrier) {
+        if open.abandoned
+            || open.entries.contains_key(key)
+            || open.held_back(&info.dependency, self.barrier)
+        {
             return false;
         }
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
@@ -339,9 +345,49 @@ impl SpeculationTable {
             Some((_, n)) => *n += 1,
             None => open.writes.push((dependency.clone(), 1)),
         }
+        let discarded = self.discard(open, |d| self.barrier.reaches(dependency, d));
+        drop(entries);
+        discarded
+            .into_iter()
+            .map(|(dependency, info)| {
+                self.finished(info, Outcome::Wasted);
+                dependency
+            })
+            .collect()
+    }
+
+    /// Another inbound request with the same trace id opened: nothing
+    /// speculated for `context` may answer a call any more, and nothing
+    /// more begins. Returns what it dropped, by dependency; none of it is
+    /// held against the governor (no prediction was wrong).
+    pub(crate) fn abandon(&self, context: ContextId) -> Vec<Arc<str>> {
+        let mut entries = self.entries.lock();
+        let Some(open) = entries.get_mut(&context) else {
+            return Vec::new();
+        };
+        open.abandoned = true;
+        let dropped = self.discard(open, |_| true);
+        drop(entries);
+        dropped
+            .into_iter()
+            .map(|(dependency, info)| {
+                self.history_only(info, Outcome::Cancelled);
+                dependency
+            })
+            .collect()
+    }
+
+    /// Discards the speculations of `open` to the dependencies `reached`
+    /// names that could still answer a call: calls waiting for one in
+    /// flight go upstream, held responses are dropped. Returns them.
+    fn discard(
+        &self,
+        open: &mut Open,
+        reached: impl Fn(&str) -> bool,
+    ) -> Vec<(Arc<str>, Option<Arc<Info>>)> {
         let mut discarded = Vec::new();
         for (key, entry) in &mut open.entries {
-            if !self.barrier.reaches(dependency, &entry.dependency) {
+            if !reached(&entry.dependency) {
                 continue;
             }
             match std::mem::replace(&mut entry.state, State::Discarded) {
@@ -358,14 +404,7 @@ impl SpeculationTable {
             }
             discarded.push((entry.dependency.clone(), entry.info.clone()));
         }
-        drop(entries);
         discarded
-            .into_iter()
-            .map(|(dependency, info)| {
-                self.finished(info, Outcome::Wasted);
-                dependency
-            })
-            .collect()
     }
 
     /// The write to `dependency` that [`write_started`](Self::write_started)
@@ -390,8 +429,15 @@ impl SpeculationTable {
 
     /// Records an outcome in the history and with the governor.
     fn finished(&self, info: Option<Arc<Info>>, outcome: Outcome) {
+        if let Some(info) = &info {
+            self.governor.record(&info.route, &info.dependency, outcome);
+        }
+        self.history_only(info, outcome);
+    }
+
+    /// Records an outcome in the history only.
+    fn history_only(&self, info: Option<Arc<Info>>, outcome: Outcome) {
         let Some(info) = info else { return };
-        self.governor.record(&info.route, &info.dependency, outcome);
         self.history.push(Finished {
             after_us: micros(info.sent.elapsed()),
             outcome: outcome.as_str(),
@@ -755,5 +801,28 @@ mod tests {
         );
         table.write_ended(ctx(1), &users);
         assert!(table.begin(&after, info(), Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn an_abandoned_context_serves_nothing_and_begins_nothing_and_blames_no_one() {
+        let h = SecretHasher::new();
+        let table = SpeculationTable::new(1 << 20, 8, 0.0, Barrier::Dependency);
+        table.open(ctx(1), 1);
+        let get = |path: &str| Key::new(&h, ctx(1), "users", "GET", path, &[], None);
+        let done = get("/users/1");
+        assert!(table.begin(&done, info(), Duration::from_millis(5)));
+        assert_eq!(table.complete(&done, Some(stored("mine")), None), None);
+        assert_eq!(table.abandon(ctx(1)).len(), 1);
+        assert_eq!(table.held_bytes(), 0);
+        assert!(matches!(
+            table.claim(&done, &"users".into()),
+            Found::Nothing
+        ));
+        assert!(!table.begin(&get("/users/2"), info(), Duration::from_millis(5)));
+        assert!(
+            table.governor_states().is_empty(),
+            "abandoning is no misprediction: the governor never heard of it"
+        );
+        assert!(table.close(ctx(1)).is_empty(), "counted once");
     }
 }
