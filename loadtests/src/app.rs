@@ -9,8 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use crate::load::Planned;
 use crate::procs::local;
@@ -147,4 +152,49 @@ pub fn mix(a: u64, b: u64) -> u64 {
 pub fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
     q?.split('&')
         .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A frontend's client to its dependencies.
+pub type Outbound = Client<HttpConnector, Full<Bytes>>;
+
+pub fn outbound() -> Outbound {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One call of a frontend: passes on the inbound request's headers named in
+/// `passed` (as a service passes on `traceparent` and its caller's
+/// credential), sends `body` as JSON when there is one; a non-2xx answer is
+/// an error. Returns the status, headers and body.
+pub async fn call(
+    client: &Outbound,
+    inbound: &Request<Incoming>,
+    passed: &[&str],
+    method: &str,
+    url: String,
+    body: Option<String>,
+) -> anyhow::Result<(u16, http::HeaderMap, Bytes)> {
+    let mut out = Request::builder().method(method).uri(&url);
+    for name in passed {
+        if let Some(v) = inbound.headers().get(*name) {
+            out = out.header(*name, v);
+        }
+    }
+    if body.is_some() {
+        out = out.header("content-type", "application/json");
+    }
+    let resp = client
+        .request(out.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
+        .await?;
+    let status = resp.status();
+    if !status.is_success() {
+        anyhow::bail!("{method} {url}: {status}");
+    }
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status.as_u16(), headers, body))
+}
+
+/// A body as text.
+pub fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
 }

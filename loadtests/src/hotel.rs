@@ -17,14 +17,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::app::{App, Counts, dependency, json, mix, query};
+use crate::app::{self, App, Counts, Outbound, dependency, json, mix, outbound, query, text};
 use crate::load::Planned;
 use crate::procs::local;
 use crate::server::{self, respond};
@@ -224,8 +221,6 @@ async fn start_dependencies(l: Duration, counts: Arc<Counts>) -> anyhow::Result<
     ])
 }
 
-type Outbound = Client<HttpConnector, Full<Bytes>>;
-
 /// One call of the frontend, passing on traceparent and authorization.
 async fn call(
     client: &Outbound,
@@ -234,26 +229,10 @@ async fn call(
     url: String,
     body: Option<String>,
 ) -> anyhow::Result<Bytes> {
-    let mut out = Request::builder().method(method).uri(&url);
-    for name in ["traceparent", "authorization"] {
-        if let Some(v) = inbound.headers().get(name) {
-            out = out.header(name, v);
-        }
-    }
-    if body.is_some() {
-        out = out.header("content-type", "application/json");
-    }
-    let resp = client
-        .request(out.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
-        .await?;
-    if !resp.status().is_success() {
-        bail!("{url}: {}", resp.status());
-    }
-    Ok(resp.into_body().collect().await?.to_bytes())
-}
-
-fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    let passed = ["traceparent", "authorization"];
+    Ok(app::call(client, inbound, &passed, method, url, body)
+        .await?
+        .2)
 }
 
 fn ids_in(body: &Bytes, field: &str) -> Vec<u64> {
@@ -270,7 +249,7 @@ fn ids_in(body: &Bytes, field: &str) -> Vec<u64> {
 /// Starts the frontend, calling its dependencies at `deps` (direct, or
 /// augur's egress listeners), in [`Hotel::DEPENDENCIES`] order.
 async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
-    let client: Outbound = Client::builder(TokioExecutor::new()).build_http();
+    let client = outbound();
     let deps = std::sync::Arc::new(deps);
     let addr = server::serve(local(0), move |req: Request<Incoming>| {
         let (client, deps) = (client.clone(), deps.clone());

@@ -22,14 +22,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::app::{App, Counts, dependency, json, mix, query};
+use crate::app::{self, App, Counts, Outbound, dependency, json, mix, outbound, query, text};
 use crate::load::Planned;
 use crate::procs::local;
 use crate::server::{self, Body, respond};
@@ -176,7 +172,7 @@ impl App for Shop {
     }
 
     async fn start_frontend(deps: Vec<SocketAddr>) -> anyhow::Result<SocketAddr> {
-        let client: Outbound = Client::builder(TokioExecutor::new()).build_http();
+        let client = outbound();
         let deps = Arc::new(deps);
         let addr = server::serve(local(0), move |req: Request<Incoming>| {
             let (client, deps) = (client.clone(), deps.clone());
@@ -216,8 +212,6 @@ impl App for Shop {
     }
 }
 
-type Outbound = Client<HttpConnector, Full<Bytes>>;
-
 /// One call of the frontend, passing on what a service passes on:
 /// `traceparent`, the caller's credential, tenant and user.
 async fn call(
@@ -226,27 +220,8 @@ async fn call(
     method: &str,
     url: String,
 ) -> anyhow::Result<(u16, http::HeaderMap, Bytes)> {
-    let mut out = Request::builder().method(method).uri(&url);
-    for name in ["traceparent", "authorization", "x-tenant", "x-user"] {
-        if let Some(v) = inbound.headers().get(name) {
-            out = out.header(name, v);
-        }
-    }
-    let resp = client.request(out.body(Full::new(Bytes::new()))?).await?;
-    let status = resp.status();
-    if !status.is_success() {
-        bail!("{method} {url}: {status}");
-    }
-    let headers = resp.headers().clone();
-    Ok((
-        status.as_u16(),
-        headers,
-        resp.into_body().collect().await?.to_bytes(),
-    ))
-}
-
-fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    let passed = ["traceparent", "authorization", "x-tenant", "x-user"];
+    app::call(client, inbound, &passed, method, url, None).await
 }
 
 async fn handle(

@@ -5,8 +5,22 @@
 //! that is part of the identity is learned and predicted like a path or
 //! query slot; a call with one that cannot be predicted is not speculated.
 
-/// Headers left out of a call's identity by default.
-pub const IGNORED: [&str; 14] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, with the legacy `keep-alive` and
+/// `proxy-connection`): each hop sets its own, so they are never part of a
+/// call's identity, and a proxy never passes them on as they came.
+pub const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers left out of a call's identity by default, besides
+/// [`HOP_BY_HOP`].
+pub const IGNORED: [&str; 7] = [
     // Tracing and request ids (W3C, Zipkin single header, common ids).
     "traceparent",
     "tracestate",
@@ -17,14 +31,6 @@ pub const IGNORED: [&str; 14] = [
     "content-length",
     // augur's mark on a speculative request.
     "sec-purpose",
-    // Hop-by-hop (RFC 9110 §7.6.1) and their legacy kin.
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
 
 /// Header name prefixes left out by default (Zipkin's multi-header B3).
@@ -35,7 +41,7 @@ pub const IGNORED_PREFIXES: [&str; 1] = ["x-b3-"];
 pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 /// The headers that are part of a call's identity in one deployment:
-/// every header but [`IGNORED`] (and [`IGNORED_PREFIXES`]) and the
+/// every header but [`IGNORED`], [`HOP_BY_HOP`], [`IGNORED_PREFIXES`] and the
 /// deployment's own ignored ones, except those it keeps explicitly.
 /// Passed in by whoever builds the learner; nothing is global.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +66,7 @@ impl KeyHeaders {
             return true;
         }
         !(IGNORED.contains(&name)
+            || HOP_BY_HOP.contains(&name)
             || IGNORED_PREFIXES.iter().any(|p| name.starts_with(p))
             || self.ignore.iter().any(|h| h == name))
     }

@@ -4,23 +4,11 @@
 
 use std::net::IpAddr;
 
+use augur_predictor::headers::HOP_BY_HOP;
 use augur_predictor::secret::SecretHasher;
 use http::header::{CONNECTION, HeaderName, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1, with the legacy
-/// `keep-alive` and `proxy-connection`): never stored or forwarded as they
-/// came.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Hop-by-hop headers the proxy listeners leave to the framing layer:
 /// pingora re-frames bodies itself (`transfer-encoding`), and an upgrade

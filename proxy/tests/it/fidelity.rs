@@ -227,33 +227,14 @@ async fn framing_frontend(store: SocketAddr) -> SocketAddr {
 /// went upstream or answered from speculation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speculative_answers_keep_the_dependencys_framing_and_headers() {
-    let mut runs = Vec::new();
-    for enabled in [false, true] {
-        let ports = Ports::new(1);
-        let service = framing_frontend(local(ports.deps[0])).await;
-        let deps = [Dep::new("store", store().await)];
-        let extra = format!("[speculation]\nenabled = {enabled}\n");
-        let augur = Augur::start(&ports, service, &deps, &extra).await;
-        let mut answers = Vec::new();
-        for i in 0..30 {
-            let got = get(&augur.url(&format!("/f/{}", i % 5))).await;
-            assert_eq!(got.status, 200);
-            answers.push(got.text());
-        }
-        let served = augur
-            .metric("augur_dependency_calls_total{dependency=\"store\",outcome=\"hit\"}")
-            .await
-            + augur
-                .metric("augur_dependency_calls_total{dependency=\"store\",outcome=\"coalesced\"}")
-                .await;
-        runs.push((answers, served));
-    }
-    let (off, on) = (&runs[0], &runs[1]);
-    assert_eq!(off.1, 0.0);
+    let (off, on) = off_and_on(
+        "store",
+        30,
+        |i| format!("/f/{}", i % 5),
+        |dep| async move { (framing_frontend(dep).await, store().await) },
+    )
+    .await;
     assert!(on.1 >= 45.0, "speculation answered {} of 90 calls", on.1);
-    for (i, (a, b)) in off.0.iter().zip(&on.0).enumerate() {
-        assert_eq!(a, b, "request {i}: off vs on");
-    }
     // And what the service saw is what the dependency sent.
     let first: serde_json::Value = serde_json::from_str(&off.0[1]).unwrap();
     assert_eq!(first[0]["head"]["content-length"], "101", "{first}");
@@ -443,34 +424,62 @@ async fn buy_frontend(shop: SocketAddr) -> SocketAddr {
 /// the read before the write is still answered from speculation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_orders_the_reads_after_it() {
-    let mut runs = Vec::new();
-    for enabled in [false, true] {
-        let ports = Ports::new(1);
-        let service = buy_frontend(local(ports.deps[0])).await;
-        let deps = [Dep::new("shop", shop().await)];
-        let extra = format!("[speculation]\nenabled = {enabled}\n");
-        let augur = Augur::start(&ports, service, &deps, &extra).await;
-        let mut answers = Vec::new();
-        for i in 0..24 {
-            let got = get(&augur.url(&format!("/buy/{}", i % 2))).await;
-            assert_eq!(got.status, 200);
-            answers.push(got.text());
-        }
-        let served = augur
-            .metric("augur_dependency_calls_total{dependency=\"shop\",outcome=\"hit\"}")
-            .await
-            + augur
-                .metric("augur_dependency_calls_total{dependency=\"shop\",outcome=\"coalesced\"}")
-                .await;
-        runs.push((answers, served));
-    }
-    let (off, on) = (&runs[0], &runs[1]);
-    for (i, (a, b)) in off.0.iter().zip(&on.0).enumerate() {
-        assert_eq!(a, b, "request {i}: off vs on");
-    }
+    let (off, on) = off_and_on(
+        "shop",
+        24,
+        |i| format!("/buy/{}", i % 2),
+        |dep| async move { (buy_frontend(dep).await, shop().await) },
+    )
+    .await;
     assert_eq!(
         off.0[23],
         "{\"stock\":89}|{\"ordered\":true}|{\"count\":12}"
     );
     assert!(on.1 >= 10.0, "speculation answered only {} reads", on.1);
+}
+
+/// Sends `n` requests (`path(i)`) through augur with speculation off, then
+/// on, each time to fresh servers (`start` gets the address augur's egress
+/// for `dependency` will have and returns the service and the dependency),
+/// and checks that every answer is the same. Returns each run's answers and
+/// how many of `dependency`'s calls speculation answered.
+async fn off_and_on<S, Fut>(
+    dependency: &'static str,
+    n: usize,
+    path: impl Fn(usize) -> String,
+    start: S,
+) -> ((Vec<String>, f64), (Vec<String>, f64))
+where
+    S: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = (SocketAddr, SocketAddr)>,
+{
+    let mut runs = Vec::new();
+    for enabled in [false, true] {
+        let ports = Ports::new(1);
+        let (service, upstream) = start(local(ports.deps[0])).await;
+        let deps = [Dep::new(dependency, upstream)];
+        let extra = format!("[speculation]\nenabled = {enabled}\n");
+        let augur = Augur::start(&ports, service, &deps, &extra).await;
+        let mut answers = Vec::new();
+        for i in 0..n {
+            let got = get(&augur.url(&path(i))).await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            answers.push(got.text());
+        }
+        let mut served = 0.0;
+        for outcome in ["hit", "coalesced"] {
+            let series = format!(
+                "augur_dependency_calls_total{{dependency=\"{dependency}\",outcome=\"{outcome}\"}}"
+            );
+            served += augur.metric(&series).await;
+        }
+        runs.push((answers, served));
+    }
+    let on = runs.pop().unwrap();
+    let off = runs.pop().unwrap();
+    assert_eq!(off.1, 0.0);
+    for (i, (a, b)) in off.0.iter().zip(&on.0).enumerate() {
+        assert_eq!(a, b, "request {i}: speculation off vs on");
+    }
+    (off, on)
 }
