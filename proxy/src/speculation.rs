@@ -215,6 +215,7 @@ impl Speculation {
         p: Prediction,
         dep: &Arc<Dependency>,
     ) {
+        let body = p.body.as_ref().map(serde_json::Value::to_string);
         let key = Key::new(
             &self.hasher,
             context,
@@ -222,7 +223,7 @@ impl Speculation {
             &p.method,
             &send::path_and_query(&p),
             &p.headers,
-            p.body.as_ref(),
+            body.as_deref(),
         );
         // A real call waits for this speculation about as long as the call
         // itself is expected to take, then goes upstream.
@@ -336,6 +337,12 @@ impl Speculation {
         }
     }
 
+    /// Whether `context` sent a speculative `method` request to
+    /// `dependency`: only then is a real write's body read to match it.
+    pub(crate) fn sent(&self, context: ContextId, dependency: &str, method: &str) -> bool {
+        self.table.sent(context, dependency, method)
+    }
+
     /// Keys the hashes in speculation keys: a real call's key must be made
     /// with it to find its speculation.
     pub(crate) fn hasher(&self) -> &SecretHasher {
@@ -368,6 +375,8 @@ impl Speculation {
     /// was speculated before it and may not see it is discarded (counted
     /// wasted, and in `augur_speculations_discarded_total`), and nothing
     /// it reaches is speculated until [`write_ended`](Self::write_ended).
+    /// The write's own speculation, if it was sent and answered it, is
+    /// spent already.
     pub(crate) fn write_started(&self, context: ContextId, dependency: &Arc<str>) {
         for discarded in self.table.write_started(context, dependency) {
             self.count(&discarded, Outcome::Wasted);

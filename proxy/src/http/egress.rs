@@ -115,20 +115,22 @@ impl ProxyHttp for Egress {
             return Ok(false);
         };
         common.speculation.saw_caller(request::client_ip(session));
-        if !is_safe(req.method.as_str()) {
-            // A write orders the reads after it: nothing speculated before
-            // it answers them.
-            ctx.write = true;
-            common
-                .speculation
-                .write_started(context, self.dependency.name());
-        }
         let key_headers = common.speculation.key_headers();
+        ctx.write = !is_safe(req.method.as_str());
         ctx.request_body = Capture::start(&req.headers, common.body_limit);
         ctx.headers = headers::recorded(&req.headers, &common.redact, &common.hasher, |n| {
             key_headers.matters(n)
         });
-        self.answer_from_speculation(session, context, ctx).await
+        let answered = self.answer_from_speculation(session, context, ctx).await;
+        if ctx.write {
+            // A write orders the reads after it: nothing speculated before
+            // it answers them. (Its own speculation, when it answered it,
+            // is spent by now.)
+            common
+                .speculation
+                .write_started(context, self.dependency.name());
+        }
+        answered
     }
 
     async fn request_body_filter(
@@ -259,8 +261,11 @@ impl ProxyHttp for Egress {
 
 impl Egress {
     /// Answers a call of an open context from its speculation, when one
-    /// was sent for exactly this request. Anything else — no speculation, a
-    /// failed one, a call with a body — goes upstream.
+    /// was sent for exactly this request. A write's body is read first
+    /// (whole, when it is announced and small; pingora keeps it for
+    /// upstream) so that an opted-in write is answered by its speculation
+    /// and runs once. Anything else — no speculation, a failed one, a body
+    /// that cannot be read so — goes upstream.
     async fn answer_from_speculation(
         &self,
         session: &mut Session,
@@ -268,10 +273,28 @@ impl Egress {
         ctx: &mut CallCtx,
     ) -> Result<bool> {
         let speculation = &self.common.speculation;
-        let req = session.req_header();
-        if !speculation.enabled() || request::has_body(req) {
+        if !speculation.enabled() {
             return Ok(false);
         }
+        let req = session.req_header();
+        let matchable =
+            ctx.write && speculation.sent(context, self.dependency.name(), req.method.as_str());
+        let body = match (request::has_body(req), matchable) {
+            (false, _) => None,
+            (true, false) => return Ok(false),
+            (true, true) => match request::read_small_body(session).await? {
+                Some(body) => Some(body),
+                None => return Ok(false),
+            },
+        };
+        // The key holds the body as text; one that is not UTF-8 is not
+        // matched.
+        let text = match body.as_deref().map(std::str::from_utf8) {
+            Some(Ok(text)) => Some(text),
+            Some(Err(_)) => return Ok(false),
+            None => None,
+        };
+        let req = session.req_header();
         let wanted = headers::pairs(&req.headers, |n| speculation.key_headers().matters(n));
         let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let name = self.dependency.name();
@@ -282,11 +305,15 @@ impl Egress {
             req.method.as_str(),
             path_and_query,
             &wanted,
-            None,
+            text,
         );
         let Some(answer) = speculation.answer(&key, name).await else {
             return Ok(false);
         };
+        if let Some(body) = &body {
+            // It never reaches upstream, so the learner gets it here.
+            ctx.request_body.push(body);
+        }
         // The call ends before the service can see the answer and start
         // its next call, as an upstream answer's does.
         ctx.finished = Some(Instant::now());

@@ -32,6 +32,32 @@ pub(crate) fn has_body(req: &RequestHeader) -> bool {
         || req.headers.contains_key(http::header::TRANSFER_ENCODING)
 }
 
+/// The largest request body read whole to match a write to its
+/// speculation: pingora's retry buffer, which keeps it for upstream.
+const SMALL_BODY: usize = 64 * 1024;
+
+/// Reads a request body whole, keeping it for upstream, when its length is
+/// announced and at most [`SMALL_BODY`]; `None` (nothing read) otherwise.
+pub(crate) async fn read_small_body(session: &mut Session) -> Result<Option<Bytes>> {
+    let req = session.req_header();
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let small = length.is_some_and(|n| n <= SMALL_BODY)
+        && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !small {
+        return Ok(None);
+    }
+    session.enable_retry_buffering();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 pub(crate) fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()

@@ -50,7 +50,7 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     /// The key of a request: `headers` are the ones that matter, with their
-    /// real values.
+    /// real values; `body` is the body exactly as sent.
     pub(crate) fn new(
         hasher: &SecretHasher,
         context: ContextId,
@@ -58,7 +58,7 @@ impl Key {
         method: &str,
         path_and_query: &str,
         headers: &[(String, String)],
-        body: Option<&serde_json::Value>,
+        body: Option<&str>,
     ) -> Self {
         let mut canonical = format!("{dependency}\n{method}\n{path_and_query}\n");
         let mut sorted: Vec<&(String, String)> = headers.iter().collect();
@@ -69,9 +69,9 @@ impl Key {
             canonical.push_str(v);
             canonical.push('\n');
         }
-        if let Some(b) = body {
+        if let Some(b) = body.filter(|b| !b.is_empty()) {
             canonical.push('\n');
-            canonical.push_str(&b.to_string());
+            canonical.push_str(b);
         }
         Self {
             context,
@@ -415,6 +415,18 @@ impl SpeculationTable {
                 *n = n.saturating_sub(1);
             }
         }
+    }
+
+    /// Whether `context` sent a speculative `method` request to
+    /// `dependency` (a real call of that kind may be its match).
+    pub(crate) fn sent(&self, context: ContextId, dependency: &str, method: &str) -> bool {
+        self.entries.lock().get(&context).is_some_and(|open| {
+            open.entries.values().any(|e| {
+                e.info
+                    .as_ref()
+                    .is_some_and(|i| &*i.dependency == dependency && i.method == method)
+            })
+        })
     }
 
     /// Whether the governor lets `route` speculate on `dependency` now.

@@ -2,7 +2,9 @@
 //! hazard found on applications nobody on the team wrote has a test here
 //! that would catch it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -482,4 +484,84 @@ where
         assert_eq!(a, b, "request {i}: speculation off vs on");
     }
     (off, on)
+}
+
+/// orders: `POST /orders/{id}` places an order and answers how many times
+/// that order has run.
+async fn orders() -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let counted = runs.clone();
+    let addr = serve(move |req: Request<Incoming>| {
+        let runs = counted.clone();
+        async move {
+            let id = req.uri().path().trim_start_matches("/orders/").to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let n = {
+                let mut runs = runs.lock().unwrap();
+                let n = runs.entry(id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(format!(
+                    "{{\"order\":{id},\"runs\":{n},\"body\":{:?}}}",
+                    String::from_utf8_lossy(&body)
+                )))
+                .unwrap()
+        }
+    })
+    .await;
+    (addr, runs)
+}
+
+/// The frontend: `GET /order/{id}` places order `id` with a JSON body and
+/// answers with what orders said.
+async fn order_frontend(orders: SocketAddr) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let id = req.uri().path().trim_start_matches("/order/").to_string();
+        let mut call = Request::post(format!("http://{orders}/orders/{id}"))
+            .header("content-type", "application/json");
+        if let Some(v) = req.headers().get("traceparent") {
+            call = call.header("traceparent", v);
+        }
+        let body = Body::from(format!("{{\"item\":\"{id}\"}}"));
+        let resp = client().request(call.body(body).unwrap()).await.unwrap();
+        Response::new(Body::from(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+        ))
+    })
+    .await
+}
+
+/// A route that opts a write into speculation: the real call is matched by
+/// its body and answered from the speculation, so every order runs exactly
+/// once, however many are answered ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_write_runs_exactly_once() {
+    let ports = Ports::new(1);
+    let service = order_frontend(local(ports.deps[0])).await;
+    let (addr, runs) = orders().await;
+    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
+    let augur = Augur::start(&ports, service, &[Dep::new("orders", addr)], extra).await;
+    for id in 1000..1030 {
+        let got = get(&augur.url(&format!("/order/{id}"))).await;
+        assert_eq!(
+            got.text(),
+            format!("{{\"order\":{id},\"runs\":1,\"body\":\"{{\\\"item\\\":\\\"{id}\\\"}}\"}}")
+        );
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 30);
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "an order ran twice: {runs:?}"
+    );
+    let mut served = 0.0;
+    for outcome in ["hit", "coalesced"] {
+        let series =
+            format!("augur_dependency_calls_total{{dependency=\"orders\",outcome=\"{outcome}\"}}");
+        served += augur.metric(&series).await;
+    }
+    assert!(served >= 15.0, "only {served} orders were answered ahead");
 }
