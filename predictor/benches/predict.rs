@@ -39,7 +39,7 @@ fn context(i: u64) -> Context {
             start_us: now,
             duration_us: 1000,
             response: Some(
-                json!({"next": next, "items": [next, next + 1], "name": format!("n{next}")}),
+                json!({"next": next, "items": [next, next + 1], "name": format!("n{next}")}).into(),
             ),
         });
         key = next;

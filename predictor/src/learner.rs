@@ -78,7 +78,7 @@ impl Prediction {
             && req.path == self.path
             && req.query.as_deref().filter(|q| !q.is_empty()) == self.query.as_deref()
             && key.select(&req.headers) == self.headers
-            && req.body == self.body
+            && req.body.as_deref() == self.body.as_ref()
     }
 }
 
@@ -422,7 +422,7 @@ fn available<'a>(
             .iter()
             .enumerate()
             .filter(|(i, _)| include(*i))
-            .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_ref()?)))
+            .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_deref()?)))
             .collect(),
     }
 }

@@ -28,4 +28,4 @@ pub mod timing;
 pub mod trace;
 
 pub use learner::{Learner, Prediction, Settings};
-pub use observation::{Call, Context, Request};
+pub use observation::{Call, Context, Json, Request};

@@ -3,8 +3,14 @@
 //! replaced by a keyed hash (see [`crate::secret`]); the predictor compares
 //! them, never reads them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// A JSON document, shared: a live context hands its bodies to the
+/// predictor without copying them.
+pub type Json = Arc<Value>;
 
 /// One HTTP request: the inbound one, or a dependency call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,7 +28,7 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The JSON body, when there was one and it parsed.
     #[serde(default)]
-    pub body: Option<Value>,
+    pub body: Option<Json>,
 }
 
 impl Request {
@@ -62,7 +68,7 @@ pub struct Call {
     pub duration_us: u64,
     /// The JSON response body, when it was captured and parsed.
     #[serde(default)]
-    pub response: Option<Value>,
+    pub response: Option<Json>,
 }
 
 impl Call {

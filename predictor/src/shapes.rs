@@ -251,7 +251,11 @@ impl Shapes {
         if learn {
             if let Some(info) = self.infos.get_mut(id as usize) {
                 info.query_order = query_order;
-                info.body = req.body.clone().filter(|b| b.is_object() || b.is_array());
+                info.body = req
+                    .body
+                    .as_deref()
+                    .filter(|b| b.is_object() || b.is_array())
+                    .cloned();
                 for h in seen {
                     if !info.headers.contains(&h) {
                         info.headers.push(h);

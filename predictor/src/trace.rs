@@ -205,7 +205,7 @@ mod tests {
                     status: 200,
                     start_us: 10,
                     duration_us: 100,
-                    response: Some(serde_json::json!({"id": 1})),
+                    response: Some(std::sync::Arc::new(serde_json::json!({"id": 1}))),
                 }],
             },
         )

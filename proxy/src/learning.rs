@@ -16,7 +16,7 @@ use augur_predictor::{Call, Context, Learner, Request};
 use parking_lot::RwLock;
 use prometheus::IntCounter;
 
-use crate::context::{Closed, Json};
+use crate::context::Closed;
 
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
@@ -112,10 +112,6 @@ fn run(
     }
 }
 
-fn json(body: Option<&Json>) -> Option<serde_json::Value> {
-    body.map(|b| (**b).clone())
-}
-
 /// The predictor's view of a closed context.
 pub(crate) fn observation(closed: &Closed) -> Context {
     let c = &closed.context;
@@ -124,7 +120,7 @@ pub(crate) fn observation(closed: &Closed) -> Context {
         path: c.inbound.path.clone(),
         query: c.inbound.query.clone(),
         headers: c.inbound.headers.clone(),
-        body: json(closed.inbound_body.as_ref()),
+        body: closed.inbound_body.clone(),
     };
     let calls = c
         .calls
@@ -137,12 +133,12 @@ pub(crate) fn observation(closed: &Closed) -> Context {
                 path: call.path.clone(),
                 query: call.query.clone(),
                 headers: call.headers.clone(),
-                body: json(closed.request_bodies.get(i).and_then(Option::as_ref)),
+                body: closed.request_bodies.get(i).cloned().flatten(),
             },
             status: call.status,
             start_us: call.start_offset_us,
             duration_us: call.duration_us,
-            response: json(closed.responses.get(i).and_then(Option::as_ref)),
+            response: closed.responses.get(i).cloned().flatten(),
         })
         .collect();
     Context {

@@ -454,6 +454,6 @@ fn virtual_call(stored: &Stored) -> Call {
         status: stored.status,
         start_us: p.expected_start_us,
         duration_us: p.expected_latency_us,
-        response: stored.json.as_deref().cloned(),
+        response: stored.json.clone(),
     }
 }

@@ -77,7 +77,7 @@ impl Builder {
             status: 200,
             start_us: self.now,
             duration_us: duration,
-            response: Some(response),
+            response: Some(response.into()),
         });
         self.now += duration + 50;
         self
@@ -94,7 +94,7 @@ impl Builder {
                 status: 200,
                 start_us: start + i as u64,
                 duration_us: duration,
-                response: Some(response),
+                response: Some(response.into()),
             });
             end = end.max(start + duration);
         }
@@ -186,7 +186,7 @@ pub fn order(rng: &mut Rng) -> Context {
         "/orders",
         &[("x-tenant", &tenant), ("authorization", &auth)],
     );
-    inbound.body = Some(json!({"item": item, "qty": 2}));
+    inbound.body = Some(json!({"item": item, "qty": 2}).into());
     Builder::new("POST /orders", inbound)
         .call(
             "inventory",

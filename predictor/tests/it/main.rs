@@ -146,10 +146,11 @@ fn call_bodies_are_predicted_field_by_field() {
         let cart = rng.below(100_000);
         let total = 10 + rng.below(500);
         let mut inbound = request("POST", "/checkout", &[("content-type", "application/json")]);
-        inbound.body = Some(json!({"cart": cart}));
+        inbound.body = Some(json!({"cart": cart}).into());
         let mut pay = request("POST", "/payments", &[("content-type", "application/json")]);
         pay.body = Some(
-            json!({"cart": cart, "amount": total, "currency": "EUR", "meta": {"retry": false}}),
+            json!({"cart": cart, "amount": total, "currency": "EUR", "meta": {"retry": false}})
+                .into(),
         );
         Builder::new("POST /checkout", inbound)
             .call(
@@ -414,7 +415,7 @@ fn noisy_contexts_do_not_break_precision() {
                     status: 200,
                     start_us: start,
                     duration_us: 30,
-                    response: Some(json!({"n": rng.next()})),
+                    response: Some(json!({"n": rng.next()}).into()),
                 },
             );
         }

@@ -54,8 +54,8 @@ pub(crate) struct InboundRecord {
     pub(crate) raw_headers: Vec<(String, String)>,
 }
 
-/// A parsed JSON body, shared without copying.
-pub(crate) type Json = Arc<serde_json::Value>;
+/// A parsed JSON body, shared without copying (the predictor's own type).
+pub(crate) use augur_predictor::Json;
 
 /// Parses a captured body; `None` when it is not JSON after all.
 pub(crate) fn parse_json(body: Option<Bytes>) -> Option<Json> {

@@ -364,7 +364,7 @@ fn live_view(ctx: &OpenContext) -> augur_predictor::Context {
         path: ctx.inbound.path.clone(),
         query: ctx.inbound.query.clone(),
         headers: ctx.inbound.raw_headers.clone(),
-        body: ctx.inbound.body.as_deref().cloned(),
+        body: ctx.inbound.body.clone(),
     };
     let calls = ctx
         .calls
@@ -381,7 +381,7 @@ fn live_view(ctx: &OpenContext) -> augur_predictor::Context {
             status: c.status,
             start_us: c.start_offset_us,
             duration_us: c.duration_us,
-            response: c.response.as_deref().cloned(),
+            response: c.response.clone(),
         })
         .collect();
     augur_predictor::Context {

@@ -243,8 +243,8 @@ async fn call_request_bodies_reach_the_trace_log() {
     let call = &record.context.calls[0];
     assert_eq!(call.request.method, "POST");
     assert_eq!(
-        call.request.body,
-        Some(serde_json::json!({"item": 17, "qty": 2}))
+        call.request.body.as_deref(),
+        Some(&serde_json::json!({"item": 17, "qty": 2}))
     );
     let _ = std::fs::remove_file(&trace);
 }
