@@ -94,7 +94,7 @@ impl Prediction {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct RouteState {
     rules: HashMap<(ShapeId, u32), SlotRules>,
     timing: HashMap<(ShapeId, u32), CallTiming>,
@@ -105,6 +105,18 @@ pub struct Learner {
     shapes: Shapes,
     model: Box<dyn SequenceModel>,
     routes: HashMap<String, RouteState>,
+}
+
+/// A copy to predict from while the original goes on learning.
+impl Clone for Learner {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            shapes: self.shapes.clone(),
+            model: self.model.boxed_clone(),
+            routes: self.routes.clone(),
+        }
+    }
 }
 
 impl Learner {

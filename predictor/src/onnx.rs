@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::Session;
@@ -87,8 +87,13 @@ fn runtime() -> Result<&'static Environment, ModelError> {
         })
 }
 
+/// Distributions computed, by window of tokens.
+type Distributions = HashMap<Vec<i64>, Arc<[f32]>>;
+
+#[derive(Clone)]
 pub struct OnnxModel {
-    session: Mutex<Session>,
+    /// The network, shared by every copy of the model.
+    session: Arc<Mutex<Session>>,
     window: usize,
     vocab_size: usize,
     routes: HashMap<String, i64>,
@@ -99,7 +104,7 @@ pub struct OnnxModel {
     by_token: HashMap<i64, ShapeId>,
     /// Distributions already computed, by window: the model is a pure
     /// function of it, and a route's few histories recur.
-    cache: Mutex<HashMap<Vec<i64>, std::sync::Arc<[f32]>>>,
+    cache: Arc<Mutex<Distributions>>,
 }
 
 /// Windows whose distributions are kept at most; the cache starts over
@@ -185,14 +190,14 @@ impl OnnxModel {
             .map(|(i, s)| (s.clone(), (shape_offset + i) as i64))
             .collect();
         let mut model = Self {
-            session: Mutex::new(session),
+            session: Arc::new(Mutex::new(session)),
             window: vocab.window,
             vocab_size: shape_offset + vocab.shapes.len(),
             routes,
             shape_tokens,
             by_id: Vec::new(),
             by_token: HashMap::new(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
         };
         // One run proves the shapes line up.
         let (probs, _) = model
@@ -251,12 +256,12 @@ impl OnnxModel {
     }
 
     /// The next-token distribution of a window, from the cache or a run.
-    fn distribution(&self, window: Vec<i64>) -> Option<std::sync::Arc<[f32]>> {
+    fn distribution(&self, window: Vec<i64>) -> Option<Arc<[f32]>> {
         if let Some(hit) = self.cache.lock().ok()?.get(&window) {
             return Some(hit.clone());
         }
         let (probs, _) = self.run(&window).ok()?;
-        let probs: std::sync::Arc<[f32]> = probs.into();
+        let probs: Arc<[f32]> = probs.into();
         let mut cache = self.cache.lock().ok()?;
         if cache.len() >= CACHE {
             cache.clear();
@@ -269,6 +274,10 @@ impl OnnxModel {
 impl SequenceModel for OnnxModel {
     fn name(&self) -> &'static str {
         "onnx"
+    }
+
+    fn boxed_clone(&self) -> Box<dyn SequenceModel> {
+        Box::new(self.clone())
     }
 
     /// Trained offline: closed contexts teach it nothing.

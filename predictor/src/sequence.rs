@@ -31,6 +31,10 @@ pub trait SequenceModel: Send + Sync {
     /// Tells the model the name of a shape id when the learner first sees
     /// it (a model trained offline knows shapes by name, not by id).
     fn shape_added(&mut self, _id: ShapeId, _shape: &Shape) {}
+
+    /// A copy that learns on its own from here (what it cannot copy, such
+    /// as a trained network's weights, it may share).
+    fn boxed_clone(&self) -> Box<dyn SequenceModel>;
 }
 
 /// Settings of the online model.
@@ -134,7 +138,7 @@ fn with_start(shapes: &[ShapeId]) -> Vec<ShapeId> {
 /// outcomes and starts over when they disagree with the long run, so a
 /// changed call sequence is learned within a few contexts while stable
 /// branch probabilities keep their full history.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OnlineModel {
     settings: OnlineSettings,
     routes: HashMap<String, HashMap<Vec<ShapeId>, Node>>,
@@ -157,6 +161,10 @@ impl OnlineModel {
 impl SequenceModel for OnlineModel {
     fn name(&self) -> &'static str {
         "online"
+    }
+
+    fn boxed_clone(&self) -> Box<dyn SequenceModel> {
+        Box::new(self.clone())
     }
 
     fn observe(&mut self, route: &str, shapes: &[ShapeId]) {

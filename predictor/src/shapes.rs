@@ -174,14 +174,14 @@ fn typed_like(like: &Value, text: &str) -> Value {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Position {
     distinct: HashSet<String>,
     slot: bool,
 }
 
 /// Every shape seen, and what was learned about which segments vary.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Shapes {
     ids: HashMap<Shape, ShapeId>,
     infos: Vec<ShapeInfo>,

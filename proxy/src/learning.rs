@@ -3,12 +3,18 @@
 //! learns from them and appends them to the trace log. The request path
 //! only enqueues; when the queue is full a context is dropped and counted,
 //! never waited for.
+//!
+//! The request path predicts from a snapshot the thread publishes (a copy
+//! of the learner, behind an `Arc`): at once when the queue runs dry, every
+//! [`PUBLISH_EVERY`] under load. No lock is held while learning; readers
+//! only clone the `Arc`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use augur_predictor::trace::Record;
@@ -21,9 +27,15 @@ use crate::context::Closed;
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
 
+/// Under steady load, what was learned is published at least this often.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+
+/// The learner as the request path sees it: the last published copy.
+type Published = Arc<RwLock<Arc<Learner>>>;
+
 pub(crate) struct Learning {
     tx: SyncSender<Closed>,
-    learner: Arc<RwLock<Learner>>,
+    published: Published,
     dropped: IntCounter,
 }
 
@@ -37,16 +49,16 @@ impl Learning {
         dropped: IntCounter,
     ) -> anyhow::Result<Self> {
         let log = trace_log.map(TraceLog::open).transpose()?;
-        let learner = Arc::new(RwLock::new(learner));
+        let published: Published = Arc::new(RwLock::new(Arc::new(learner.clone())));
         let (tx, rx) = sync_channel(QUEUE);
-        let shared = learner.clone();
+        let shared = published.clone();
         std::thread::Builder::new()
             .name("augur-learner".into())
-            .spawn(move || run(rx, &shared, log, &learned))
+            .spawn(move || run(rx, learner, &shared, log, &learned))
             .context("cannot start the learner thread")?;
         Ok(Self {
             tx,
-            learner,
+            published,
             dropped,
         })
     }
@@ -59,12 +71,17 @@ impl Learning {
         elapsed_us: u64,
         ahead_us: u64,
     ) -> Vec<augur_predictor::Prediction> {
-        self.learner.read().predict(live, elapsed_us, ahead_us)
+        self.snapshot().predict(live, elapsed_us, ahead_us)
     }
 
     /// What the model has learned, for `/debug/model`.
     pub(crate) fn describe(&self) -> serde_json::Value {
-        self.learner.read().describe()
+        self.snapshot().describe()
+    }
+
+    /// The last published learner.
+    fn snapshot(&self) -> Arc<Learner> {
+        self.published.read().clone()
     }
 
     /// Hands a closed context to the learner without waiting.
@@ -76,30 +93,46 @@ impl Learning {
     }
 }
 
+/// The learner thread: learns each closed context, writes it to the trace
+/// log, and publishes what it learned for the request path — at once when
+/// nothing else is waiting, at most every [`PUBLISH_EVERY`] under load, so
+/// a copy is made at most that often.
 fn run(
     rx: Receiver<Closed>,
-    learner: &RwLock<Learner>,
+    mut learner: Learner,
+    published: &RwLock<Arc<Learner>>,
     mut log: Option<TraceLog>,
     learned: &IntCounter,
 ) {
+    let mut unpublished = 0u64;
+    let mut last_published = Instant::now();
     loop {
-        let closed = match rx.try_recv() {
-            Ok(c) => c,
-            Err(TryRecvError::Empty) => {
-                // Idle: make what was written durable, then wait.
-                if let Some(l) = &mut log {
-                    l.flush();
-                }
-                match rx.recv() {
-                    Ok(c) => c,
-                    Err(_) => return,
-                }
+        let next = if unpublished > 0 {
+            match rx.recv_timeout(PUBLISH_EVERY.saturating_sub(last_published.elapsed())) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            Err(TryRecvError::Disconnected) => return,
+        } else {
+            // Idle: make what was written durable, then wait.
+            if let Some(l) = &mut log {
+                l.flush();
+            }
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
         };
+        if unpublished > 0 && (next.is_none() || last_published.elapsed() >= PUBLISH_EVERY) {
+            *published.write() = Arc::new(learner.clone());
+            learned.inc_by(unpublished);
+            unpublished = 0;
+            last_published = Instant::now();
+        }
+        let Some(closed) = next else { continue };
         let ctx = observation(&closed);
-        learner.write().learn(&ctx);
-        learned.inc();
+        learner.learn(&ctx);
+        unpublished += 1;
         if let Some(l) = &mut log {
             let c = &closed.context;
             l.append(&Record::new(
