@@ -9,7 +9,8 @@
 //! | `POST /reservation?hotelId&inDate&outDate&username` | user (check) → reservation (a POST: never to be speculated) |
 //!
 //! Every answer is a pure function of the request, so the load generator
-//! can check every response body against the truth ([`Ask::expected`]).
+//! can check every response body against the truth (see
+//! [`App::planned`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
