@@ -6,9 +6,11 @@
 //! [`Speculation`] is the handle the request path holds. `plan.rs` is the
 //! gates (pure), `send.rs` the client, `table.rs` every speculation from
 //! prediction to outcome with the responses held for their real calls, and
-//! `governor.rs` pauses speculation where it keeps being wasted.
+//! `governor.rs` pauses speculation where it keeps being wasted; `key.rs`
+//! is what identifies a request.
 
 mod governor;
+mod key;
 mod plan;
 mod send;
 mod table;
@@ -31,9 +33,10 @@ use crate::http::traceparent::{TraceParent, fresh_id64};
 use crate::learning::Learning;
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::{self, MaybeSpan, Telemetry};
+pub(crate) use key::Key;
 pub(crate) use plan::{Barrier, RouteRule, Settings, is_safe};
+pub(crate) use table::Stored;
 use table::{Found, Info, SpeculationTable};
-pub(crate) use table::{Key, Stored};
 
 /// How far ahead a predicted call to a container dependency starts its
 /// container.
