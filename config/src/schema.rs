@@ -149,7 +149,9 @@ macro_rules! or_default {
 }
 
 fn timeouts(s: &mut Section<'_>) -> (Option<Duration>, Option<Duration>) {
-    let connect = or_default!(s, "connect_timeout", duration; SECOND);
+    // Not 1s: Linux retransmits a dropped SYN after 1s, so a 1s limit
+    // fails a request whenever a burst overflows a listener's queue once.
+    let connect = or_default!(s, "connect_timeout", duration; 5 * SECOND);
     let timeout = or_default!(s, "timeout", duration; 30 * SECOND);
     for (key, value) in [("connect_timeout", connect), ("timeout", timeout)] {
         if value.is_some_and(|d| d.is_zero()) {

@@ -41,6 +41,12 @@ fn body(code: u16, e: &Error, target: &Target) -> String {
         return format!("augur: {}: {why}\n", target.label);
     }
     match code {
+        504 if matches!(e.etype(), ConnectTimedout) => format!(
+            "augur: {} at {}: no connection within {}\n",
+            target.label,
+            target.addr,
+            humanize(target.connect_timeout)
+        ),
         504 => format!(
             "augur: {} at {} did not answer within {}\n",
             target.label,
@@ -98,5 +104,40 @@ pub(crate) async fn respond(session: &mut Session, e: &Error, target: &Target) -
     FailToProxy {
         error_code: code,
         can_reuse_downstream: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use augur_config::{Protocol, Upstream};
+    use std::time::Duration;
+
+    #[test]
+    fn a_connection_that_never_opens_is_not_called_a_slow_answer() {
+        let upstream = Upstream {
+            host: "127.0.0.1".into(),
+            port: 9,
+        };
+        let target = Target::new(
+            "dependency",
+            "posts",
+            &upstream,
+            Protocol::Http1,
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let connect = Error::explain(ConnectTimedout, "connecting").into_up();
+        assert_eq!(status_of(&connect), 504);
+        assert_eq!(
+            body(504, &connect, &target),
+            "augur: dependency \"posts\" at 127.0.0.1:9: no connection within 5s\n"
+        );
+        let read = Error::explain(ReadTimedout, "reading").into_up();
+        assert_eq!(
+            body(504, &read, &target),
+            "augur: dependency \"posts\" at 127.0.0.1:9 did not answer within 30s\n"
+        );
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Target {
     pub(crate) label: Arc<str>,
     pub(crate) addr: SocketAddr,
     pub(crate) timeout: Duration,
+    /// How long a connection may take to open.
+    pub(crate) connect_timeout: Duration,
     peer: HttpPeer,
 }
 
@@ -70,6 +72,7 @@ impl Target {
             label: format!("{kind} {name:?}").into(),
             addr,
             timeout,
+            connect_timeout,
             peer,
         }
     }
