@@ -140,6 +140,9 @@ fn program(rng: &mut fastrand::Rng, index: usize) -> Program {
 struct Mirror {
     addr: SocketAddr,
     writes: Arc<Mutex<HashMap<String, u32>>>,
+    /// Every request it executed (method, target, the headers it answers
+    /// by, body), and whether it was a speculative one.
+    received: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
 fn fnv(text: &str) -> u64 {
@@ -151,9 +154,10 @@ fn fnv(text: &str) -> u64 {
 async fn mirror() -> Mirror {
     let versions: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let writes: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let log = writes.clone();
+    let received: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let (log, all) = (writes.clone(), received.clone());
     let addr = serve(move |req: Request<Incoming>| {
-        let (versions, log) = (versions.clone(), log.clone());
+        let (versions, log, all) = (versions.clone(), log.clone(), all.clone());
         async move {
             let method = req.method().to_string();
             let uri = req.uri().to_string();
@@ -187,6 +191,7 @@ async fn mirror() -> Mirror {
                 *log.lock().unwrap().entry(signature).or_default() += 1;
             }
             let request = format!("{method} {uri} {} {body}", headers.join(";"));
+            all.lock().unwrap().push((request.clone(), prefetch));
             let h = fnv(&request);
             let status = [200, 200, 200, 200, 200, 204, 206, 304, 404, 500][(h % 10) as usize];
             let answer = format!("{{\"n\":{},\"v\":{version},\"echo\":{:?}}}", h % 7, request);
@@ -210,7 +215,11 @@ async fn mirror() -> Mirror {
         }
     })
     .await;
-    Mirror { addr, writes }
+    Mirror {
+        addr,
+        writes,
+        received,
+    }
 }
 
 fn value(piece: &Piece, req: &Request<Incoming>, answers: &[serde_json::Value]) -> String {
@@ -379,6 +388,9 @@ async fn send_inbound(augur: &Augur, inbound: &Inbound) -> String {
 struct Run {
     answers: Vec<String>,
     writes: Vec<HashMap<String, u32>>,
+    /// What each dependency executed, by request, and how many of each
+    /// were speculative.
+    received: Vec<HashMap<String, (u32, u32)>>,
     speculated: f64,
 }
 
@@ -430,9 +442,22 @@ async fn run(programs: &Arc<Vec<Program>>, inbound: &[Inbound], speculate: bool)
             .sum();
         assert_eq!(prefetched, 0, "a write was sent speculatively");
     }
+    let received = mirrors
+        .iter()
+        .map(|m| {
+            let mut by_request: HashMap<String, (u32, u32)> = HashMap::new();
+            for (request, prefetch) in m.received.lock().unwrap().iter() {
+                let counts = by_request.entry(request.clone()).or_default();
+                counts.0 += 1;
+                counts.1 += u32::from(*prefetch);
+            }
+            by_request
+        })
+        .collect();
     Run {
         answers,
         writes,
+        received,
         speculated,
     }
 }
@@ -471,6 +496,28 @@ async fn speculation_never_changes_what_the_client_gets_or_how_often_a_write_run
             off.writes, on.writes,
             "seed {seed}: writes ran a different number of times"
         );
+        // What each dependency got: every request the service's calls made
+        // without speculation reached it exactly as made (by the real call
+        // or by its speculation); anything more is a speculative read that
+        // was not used.
+        for (dep, (off, on)) in off.received.iter().zip(&on.received).enumerate() {
+            for (request, (n, _)) in off {
+                let got = on.get(request).map_or(0, |c| c.0);
+                assert!(
+                    got >= *n,
+                    "seed {seed}, dependency {dep}: {request:?} ran {got} times with speculation, {n} without"
+                );
+            }
+            for (request, (n, prefetched)) in on {
+                let without = off.get(request).map_or(0, |c| c.0);
+                let extra = n - without.min(*n);
+                let read = request.starts_with("GET ") || request.starts_with("HEAD ");
+                assert!(
+                    extra == 0 || (read && extra <= *prefetched),
+                    "seed {seed}, dependency {dep}: {request:?} ran {n} times with speculation ({prefetched} speculative), {without} without"
+                );
+            }
+        }
         speculated += on.speculated;
     }
     eprintln!("differential: {calls} dependency calls, {speculated} answered from speculation");
