@@ -29,7 +29,7 @@ pub fn dataset(contexts: &[Context]) -> Dataset {
     let mut shapes = Shapes::new(crate::headers::KeyHeaders::default());
     for ctx in contexts {
         for call in &ctx.calls {
-            shapes.classify(&call.dependency, &call.request, true);
+            shapes.classify_for(&call.dependency, &call.request, &ctx.inbound);
         }
     }
     let mut routes: Vec<String> = Vec::new();

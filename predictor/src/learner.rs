@@ -155,7 +155,9 @@ impl Learner {
         let mut ids: Vec<ShapeId> = Vec::with_capacity(ctx.calls.len());
         for c in &ctx.calls {
             let known = self.shapes.len();
-            let id = self.shapes.classify(&c.dependency, &c.request, true);
+            let id = self
+                .shapes
+                .classify_for(&c.dependency, &c.request, &ctx.inbound);
             if self.shapes.len() > known {
                 if let Some(info) = self.shapes.info(id) {
                     self.model.shape_added(id, &info.shape);

@@ -21,6 +21,10 @@ pub type ShapeId = u32;
 /// Distinct values under one prefix that make a position a slot.
 const DISTINCT_FOR_SLOT: usize = 8;
 
+/// Inbound values shorter than this do not make a segment a slot by
+/// equality (too likely to match by chance: `v1`, `en`).
+const MIN_CARRIED: usize = 3;
+
 /// The text of a path slot in a template.
 pub const SLOT: &str = "{}";
 
@@ -213,7 +217,30 @@ impl Shapes {
 
     /// The shape of a call, learning from it when `learn` is set.
     pub fn classify(&mut self, dependency: &str, req: &Request, learn: bool) -> ShapeId {
-        let template = self.template(dependency, &req.method, &req.path, learn);
+        self.classify_with(dependency, req, learn, &[])
+    }
+
+    /// The shape of a call made for `inbound`, learning from it: a path
+    /// segment equal to a value the inbound request carried (a path
+    /// segment, a query value, a header) varies with it, so it is a slot at
+    /// once rather than after [`DISTINCT_FOR_SLOT`] values — a user name
+    /// taken from an `x-user` header is a parameter, not a name.
+    pub fn classify_for(&mut self, dependency: &str, req: &Request, inbound: &Request) -> ShapeId {
+        let mut values: Vec<&str> = inbound.segments().collect();
+        values.extend(inbound.query_pairs().map(|(_, v)| v));
+        values.extend(inbound.headers.iter().map(|(_, v)| v.as_str()));
+        values.retain(|v| v.len() >= MIN_CARRIED);
+        self.classify_with(dependency, req, true, &values)
+    }
+
+    fn classify_with(
+        &mut self,
+        dependency: &str,
+        req: &Request,
+        learn: bool,
+        carried: &[&str],
+    ) -> ShapeId {
+        let template = self.template(dependency, &req.method, &req.path, learn, carried);
         let mut query_order: Vec<String> = Vec::new();
         for (k, _) in req.query_pairs() {
             if !query_order.iter().any(|q| q == k) {
@@ -283,7 +310,14 @@ impl Shapes {
             .copied()
     }
 
-    fn template(&mut self, dependency: &str, method: &str, path: &str, learn: bool) -> String {
+    fn template(
+        &mut self,
+        dependency: &str,
+        method: &str,
+        path: &str,
+        learn: bool,
+        carried: &[&str],
+    ) -> String {
         if !learn {
             return self.template_known(dependency, method, path);
         }
@@ -294,6 +328,10 @@ impl Shapes {
                 prefix.to_string(),
             );
             let pos = self.positions.entry(key).or_default();
+            if !pos.slot && carried.contains(&segment) {
+                pos.slot = true;
+                pos.distinct.clear();
+            }
             if !pos.slot && pos.distinct.len() < DISTINCT_FOR_SLOT {
                 pos.distinct.insert(segment.to_string());
                 if pos.distinct.len() >= DISTINCT_FOR_SLOT {
@@ -421,5 +459,23 @@ mod tests {
             Shapes::fill("/users/{}/posts/{}", &[(1, "7".into()), (3, "9".into())]),
             "/users/7/posts/9"
         );
+    }
+
+    #[test]
+    fn a_segment_the_inbound_request_carried_is_a_slot_at_once() {
+        let mut s = Shapes::new(KeyHeaders::default());
+        let inbound = |user: &str| Request {
+            method: "GET".into(),
+            path: "/me".into(),
+            headers: vec![("x-user".into(), user.into())],
+            ..Request::default()
+        };
+        let alice = s.classify_for("accounts", &get("/accounts/alice"), &inbound("alice"));
+        let bob = s.classify_for("accounts", &get("/accounts/bob"), &inbound("bob"));
+        assert_eq!(alice, bob, "one shape, the user a slot");
+        assert_eq!(s.info(alice).unwrap().shape.template, "/accounts/{}");
+        // A constant segment that the inbound request does not carry stays.
+        let settings = s.classify_for("accounts", &get("/settings/alice"), &inbound("bob"));
+        assert_eq!(s.info(settings).unwrap().shape.template, "/settings/alice");
     }
 }

@@ -1,8 +1,11 @@
 //! Self-control: each (route, dependency) keeps the outcomes of its last
-//! speculations; when more than `speculation.max_waste_ratio` of them were
-//! wasted (or failed, or cancelled), speculation pauses there, and resumes
-//! after a cool-down to see whether precision came back — each failed
-//! probe doubling the next pause, up to a limit.
+//! speculations; when it is clear that more than
+//! `speculation.max_waste_ratio` of them are wasted (or failed, or
+//! cancelled) — the lower bound of a 95% Wilson interval on the waste ratio
+//! is above it, so a few unlucky outcomes in a small sample do not count —
+//! speculation pauses there, and resumes after a cool-down to see whether
+//! precision came back, each failed probe doubling the next pause, up to a
+//! limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -27,10 +30,30 @@ struct Window {
 
 impl Window {
     fn waste_ratio(&self) -> f64 {
-        let bad = self.outcomes.iter().filter(|good| !**good).count();
-        bad as f64 / self.outcomes.len().max(1) as f64
+        self.bad() as f64 / self.outcomes.len().max(1) as f64
+    }
+
+    fn bad(&self) -> usize {
+        self.outcomes.iter().filter(|good| !**good).count()
+    }
+
+    /// Whether the waste ratio is above `max` with 95% confidence (the
+    /// lower bound of the Wilson score interval).
+    fn clearly_above(&self, max: f64) -> bool {
+        let n = self.outcomes.len() as f64;
+        if n == 0.0 {
+            return false;
+        }
+        let p = self.bad() as f64 / n;
+        let z2 = Z * Z;
+        let centre = p + z2 / (2.0 * n);
+        let spread = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+        (centre - spread) / (1.0 + z2 / n) > max
     }
 }
+
+/// The normal quantile of a 95% two-sided interval.
+const Z: f64 = 1.96;
 
 pub(crate) struct Governor {
     max_waste_ratio: f64,
@@ -76,7 +99,7 @@ impl Governor {
         }
         let now = Instant::now();
         let resumed = w.paused_until.is_some_and(|until| now >= until);
-        if w.outcomes.len() >= MIN_SAMPLES && w.waste_ratio() > self.max_waste_ratio {
+        if w.outcomes.len() >= MIN_SAMPLES && w.clearly_above(self.max_waste_ratio) {
             if w.paused_until.is_none() || resumed {
                 let pause = w.next_pause.unwrap_or(FIRST_PAUSE);
                 w.paused_until = Some(now + pause);
@@ -123,11 +146,36 @@ mod tests {
             g.record("r", "d", Outcome::Used);
         }
         assert!(g.allows("r", "d"));
-        for _ in 0..10 {
+        for _ in 0..20 {
             g.record("r", "d", Outcome::Wasted);
         }
-        assert!(!g.allows("r", "d"), "10 wasted of 30 is over 0.25");
+        assert!(!g.allows("r", "d"), "20 wasted of 40 is clearly over 0.25");
         assert!(g.allows("r", "other"), "only that pair pauses");
         assert!(g.states()[0].paused_for_ms.is_some());
+    }
+
+    #[test]
+    fn a_few_unlucky_outcomes_in_a_small_sample_do_not_pause() {
+        // One speculation in five refused (callers with a stale token, say)
+        // is within 0.25, even when the first ten happen to hold three.
+        let g = Governor::new(0.25);
+        for outcome in [0, 1, 0, 1, 0, 0, 1, 0, 0, 0] {
+            let o = if outcome == 1 {
+                Outcome::Failed
+            } else {
+                Outcome::Used
+            };
+            g.record("r", "d", o);
+        }
+        assert!(g.allows("r", "d"), "3 of 10 is not clearly over 0.25");
+        for i in 0..40 {
+            let o = if i % 5 == 4 {
+                Outcome::Failed
+            } else {
+                Outcome::Used
+            };
+            g.record("r", "d", o);
+        }
+        assert!(g.allows("r", "d"), "one in five never pauses");
     }
 }

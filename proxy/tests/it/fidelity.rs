@@ -565,3 +565,98 @@ async fn an_opted_in_write_runs_exactly_once() {
     }
     assert!(served >= 15.0, "only {served} orders were answered ahead");
 }
+
+/// accounts: `GET /accounts/{user}` for that user's own credential only.
+async fn accounts() -> SocketAddr {
+    serve(|req: Request<Incoming>| async move {
+        let user = req
+            .uri()
+            .path()
+            .trim_start_matches("/accounts/")
+            .to_string();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map_or("", |v| v.to_str().unwrap());
+        if auth != format!("Bearer tok-{user}") {
+            return Response::builder()
+                .status(403)
+                .body(Body::from(format!("not {user}'s")))
+                .unwrap();
+        }
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(format!("{{\"user\":\"{user}\"}}")))
+            .unwrap()
+    })
+    .await
+}
+
+/// The frontend: `GET /me` asks accounts for the user its caller names in
+/// `x-user`, with the caller's credential; answers with status and body.
+async fn me_frontend(accounts: SocketAddr) -> SocketAddr {
+    serve(move |req: Request<Incoming>| async move {
+        let user = req.headers()["x-user"].to_str().unwrap().to_string();
+        let mut call = Request::get(format!("http://{accounts}/accounts/{user}"));
+        for name in ["traceparent", "authorization"] {
+            if let Some(v) = req.headers().get(name) {
+                call = call.header(name, v);
+            }
+        }
+        let resp = client()
+            .request(call.body(Body::default()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Response::new(Body::from(format!(
+            "{status} {}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
+    .await
+}
+
+/// A call whose credential comes from the caller and whose path segment
+/// comes from a custom header is answered from speculation, and only ever
+/// with its own principal's answer: a caller naming another user with its
+/// own credential gets that user's refusal, never the user's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentialed_header_derived_calls_are_answered_ahead_and_never_across_principals() {
+    let ports = Ports::new(1);
+    let service = me_frontend(local(ports.deps[0])).await;
+    let augur = Augur::start(
+        &ports,
+        service,
+        &[Dep::new("accounts", accounts().await)],
+        "",
+    )
+    .await;
+    for i in 0..40 {
+        let user = ["alice", "bob", "carol"][i % 3];
+        // Every fifth request: mallory names the user with her own token.
+        let token = if i % 5 == 4 { "mallory" } else { user };
+        let req = Request::get(augur.url("/me"))
+            .header("x-user", user)
+            .header("authorization", format!("Bearer tok-{token}"))
+            .body(Body::default())
+            .unwrap();
+        let want = if token == user {
+            format!("200 {{\"user\":\"{user}\"}}")
+        } else {
+            format!("403 not {user}'s")
+        };
+        assert_eq!(send(req).await.text(), want, "request {i}");
+    }
+    let mut served = 0.0;
+    for outcome in ["hit", "coalesced"] {
+        let series = format!(
+            "augur_dependency_calls_total{{dependency=\"accounts\",outcome=\"{outcome}\"}}"
+        );
+        served += augur.metric(&series).await;
+    }
+    assert!(
+        served >= 20.0,
+        "only {served} of 40 account calls were answered ahead"
+    );
+}
