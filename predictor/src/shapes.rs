@@ -223,7 +223,7 @@ impl Shapes {
     /// The shape of a call made for `inbound`, learning from it: a path
     /// segment equal to a value the inbound request carried (a path
     /// segment, a query value, a header) varies with it, so it is a slot at
-    /// once rather than after [`DISTINCT_FOR_SLOT`] values — a user name
+    /// once rather than after eight distinct values — a user name
     /// taken from an `x-user` header is a parameter, not a name.
     pub fn classify_for(&mut self, dependency: &str, req: &Request, inbound: &Request) -> ShapeId {
         let mut values: Vec<&str> = inbound.segments().collect();
