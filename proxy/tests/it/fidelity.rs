@@ -43,34 +43,18 @@ async fn chain(users: SocketAddr, posts: SocketAddr) -> SocketAddr {
     serve(move |req: Request<Incoming>| async move {
         let id = req.uri().path().trim_start_matches("/p/").to_string();
         let call = |url: String| {
-            let mut call = Request::get(url);
-            if let Some(v) = req.headers().get("traceparent") {
-                call = call.header("traceparent", v);
-            }
-            call.body(Body::default()).unwrap()
+            passing(Request::get(url), &req, &["traceparent"])
+                .body(Body::default())
+                .unwrap()
         };
-        let user = client()
-            .request(call(format!("http://{users}/users/{id}")))
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+        let user = send(call(format!("http://{users}/users/{id}"))).await.body;
         let uid = serde_json::from_slice::<serde_json::Value>(&user).unwrap()["uid"]
             .as_str()
             .unwrap()
             .to_string();
-        let posts = client()
-            .request(call(format!("http://{posts}/posts?user={uid}")))
+        let posts = send(call(format!("http://{posts}/posts?user={uid}")))
             .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+            .body;
         Response::new(Body::from(format!(
             "{}|{}",
             String::from_utf8_lossy(&user),
@@ -190,33 +174,23 @@ async fn framing_frontend(store: SocketAddr) -> SocketAddr {
         let id = req.uri().path().trim_start_matches("/f/").to_string();
         let mut seen = Vec::new();
         for (method, path) in [("HEAD", "items"), ("GET", "empty"), ("GET", "stream")] {
-            let mut call = Request::builder()
+            let call = Request::builder()
                 .method(method)
                 .uri(format!("http://{store}/{path}/{id}"));
-            if let Some(v) = req.headers().get("traceparent") {
-                call = call.header("traceparent", v);
-            }
-            let resp = client()
-                .request(call.body(Body::default()).unwrap())
-                .await
-                .unwrap();
-            let h = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .map(|v| v.to_str().unwrap().to_string())
-            };
+            let call = passing(call, &req, &["traceparent"]);
+            let resp = send(call.body(Body::default()).unwrap()).await;
+            let h = |name: &str| resp.header(name).map(str::to_string);
             let head = serde_json::json!({
-                "status": resp.status().as_u16(),
+                "status": resp.status,
                 "content-length": h("content-length"),
                 "transfer-encoding": h("transfer-encoding"),
                 "set-cookie": h("set-cookie"),
                 "cache-control": h("cache-control"),
                 "x-custom": h("x-custom"),
             });
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
             seen.push(serde_json::json!({
                 "head": head,
-                "body": String::from_utf8_lossy(&body),
+                "body": resp.text(),
             }));
         }
         Response::new(Body::from(serde_json::to_string(&seen).unwrap()))
@@ -277,21 +251,13 @@ async fn users_by_header() -> SocketAddr {
 async fn header_frontend(users: SocketAddr, nonce: bool) -> SocketAddr {
     serve(move |req: Request<Incoming>| async move {
         let id = req.uri().path().trim_start_matches("/p/").to_string();
-        let mut call = Request::get(format!("http://{users}/users/{id}"));
-        for name in ["traceparent", "x-tenant"] {
-            if let Some(v) = req.headers().get(name) {
-                call = call.header(name, v);
-            }
-        }
+        let call = Request::get(format!("http://{users}/users/{id}"));
+        let mut call = passing(call, &req, &["traceparent", "x-tenant"]);
         if nonce {
             call = call.header("x-nonce", fastrand::u64(..).to_string());
         }
-        let resp = client()
-            .request(call.body(Body::default()).unwrap())
-            .await
-            .unwrap();
         Response::new(Body::from(
-            resp.into_body().collect().await.unwrap().to_bytes(),
+            send(call.body(Body::default()).unwrap()).await.body,
         ))
     })
     .await
@@ -399,21 +365,17 @@ async fn buy_frontend(shop: SocketAddr) -> SocketAddr {
             ("POST", format!("/orders/{id}")),
             ("GET", format!("/orders/{id}/count")),
         ] {
-            let mut call = Request::builder()
+            let call = Request::builder()
                 .method(method)
                 .uri(format!("http://{shop}{path}"));
-            if let Some(v) = req.headers().get("traceparent") {
-                call = call.header("traceparent", v);
-            }
+            let mut call = passing(call, &req, &["traceparent"]);
             let body = if method == "POST" {
                 call = call.header("content-type", "application/json");
                 Body::from(format!("{{\"item\":\"{id}\"}}"))
             } else {
                 Body::default()
             };
-            let resp = client().request(call.body(body).unwrap()).await.unwrap();
-            let got = resp.into_body().collect().await.unwrap().to_bytes();
-            out.push(String::from_utf8_lossy(&got).into_owned());
+            out.push(send(call.body(body).unwrap()).await.text());
         }
         Response::new(Body::from(out.join("|")))
     })
@@ -520,16 +482,11 @@ async fn orders() -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
 async fn order_frontend(orders: SocketAddr) -> SocketAddr {
     serve(move |req: Request<Incoming>| async move {
         let id = req.uri().path().trim_start_matches("/order/").to_string();
-        let mut call = Request::post(format!("http://{orders}/orders/{id}"))
+        let call = Request::post(format!("http://{orders}/orders/{id}"))
             .header("content-type", "application/json");
-        if let Some(v) = req.headers().get("traceparent") {
-            call = call.header("traceparent", v);
-        }
+        let call = passing(call, &req, &["traceparent"]);
         let body = Body::from(format!("{{\"item\":\"{id}\"}}"));
-        let resp = client().request(call.body(body).unwrap()).await.unwrap();
-        Response::new(Body::from(
-            resp.into_body().collect().await.unwrap().to_bytes(),
-        ))
+        Response::new(Body::from(send(call.body(body).unwrap()).await.body))
     })
     .await
 }
@@ -597,22 +554,10 @@ async fn accounts() -> SocketAddr {
 async fn me_frontend(accounts: SocketAddr) -> SocketAddr {
     serve(move |req: Request<Incoming>| async move {
         let user = req.headers()["x-user"].to_str().unwrap().to_string();
-        let mut call = Request::get(format!("http://{accounts}/accounts/{user}"));
-        for name in ["traceparent", "authorization"] {
-            if let Some(v) = req.headers().get(name) {
-                call = call.header(name, v);
-            }
-        }
-        let resp = client()
-            .request(call.body(Body::default()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Response::new(Body::from(format!(
-            "{status} {}",
-            String::from_utf8_lossy(&body)
-        )))
+        let call = Request::get(format!("http://{accounts}/accounts/{user}"));
+        let call = passing(call, &req, &["traceparent", "authorization"]);
+        let got = send(call.body(Body::default()).unwrap()).await;
+        Response::new(Body::from(format!("{} {}", got.status, got.text())))
     })
     .await
 }

@@ -156,6 +156,22 @@ pub async fn send(req: Request<Body>) -> Got {
     }
 }
 
+/// A frontend's outbound call with the inbound request's headers named in
+/// `pass` passed on, as a service passes on `traceparent` and its caller's
+/// credential.
+pub fn passing(
+    mut call: http::request::Builder,
+    inbound: &Request<hyper::body::Incoming>,
+    pass: &[&str],
+) -> http::request::Builder {
+    for name in pass {
+        if let Some(v) = inbound.headers().get(*name) {
+            call = call.header(*name, v);
+        }
+    }
+    call
+}
+
 pub async fn get(url: &str) -> Got {
     send(Request::get(url).body(Body::default()).unwrap()).await
 }
