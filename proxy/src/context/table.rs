@@ -97,13 +97,23 @@ impl Untracked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Opened {
     pub(crate) id: ContextId,
-    /// How many contexts this open made ambiguous (itself, and an earlier
-    /// one with its trace id that was not yet): 0 when its trace id is its
-    /// own.
-    pub(crate) made_ambiguous: u32,
-    /// The earlier contexts it made ambiguous: what they speculated can no
-    /// longer be told to be theirs.
+    /// Another open context has its trace id.
+    pub(crate) ambiguous: bool,
+    /// The earlier contexts it made ambiguous (those that were not yet):
+    /// what they speculated can no longer be told to be theirs.
     pub(crate) also: Vec<ContextId>,
+}
+
+impl Opened {
+    /// How many contexts this open made ambiguous: itself and `also`, or
+    /// none when its trace id is its own.
+    pub(crate) fn made_ambiguous(&self) -> u64 {
+        if self.ambiguous {
+            1 + self.also.len() as u64
+        } else {
+            0
+        }
+    }
 }
 
 /// How big the table may grow.
@@ -142,11 +152,15 @@ impl ContextTable {
     /// Runs `f` on the open context `id`, if it is still open.
     fn with<T>(&self, id: ContextId, f: impl FnOnce(&mut OpenContext) -> T) -> Option<T> {
         let mut shard = self.shard(id.trace).lock();
-        let ctx = shard
+        Some(f(Self::find(&mut shard, id)?))
+    }
+
+    /// The open context `id` in its shard.
+    fn find(shard: &mut Shard, id: ContextId) -> Option<&mut OpenContext> {
+        shard
             .get_mut(&id.trace)?
             .iter_mut()
-            .find(|c| c.serial == id.serial)?;
-        Some(f(ctx))
+            .find(|c| c.serial == id.serial)
     }
 
     /// Removes the open context `id` from its shard.
@@ -174,18 +188,14 @@ impl ContextTable {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(trace).lock();
         let contexts = shard.entry(trace).or_default();
-        let mut made_ambiguous = 0;
+        let ambiguous = !contexts.is_empty();
         let mut also = Vec::new();
-        if !contexts.is_empty() {
-            made_ambiguous = 1;
-            for other in contexts.iter_mut().filter(|c| !c.ambiguous) {
-                other.ambiguous = true;
-                made_ambiguous += 1;
-                also.push(ContextId {
-                    trace,
-                    serial: other.serial,
-                });
-            }
+        for other in contexts.iter_mut().filter(|c| !c.ambiguous) {
+            other.ambiguous = true;
+            also.push(ContextId {
+                trace,
+                serial: other.serial,
+            });
         }
         contexts.push(OpenContext {
             serial,
@@ -196,11 +206,11 @@ impl ContextTable {
             calls_dropped: 0,
             pending: 0,
             closing: None,
-            ambiguous: made_ambiguous > 0,
+            ambiguous,
         });
         Ok(Opened {
             id: ContextId { trace, serial },
-            made_ambiguous,
+            ambiguous,
             also,
         })
     }
@@ -244,10 +254,7 @@ impl ContextTable {
     /// it was only waiting for this call.
     pub(crate) fn record(&self, id: ContextId, call: CallRecord) -> Recorded {
         let mut shard = self.shard(id.trace).lock();
-        let Some(ctx) = shard
-            .get_mut(&id.trace)
-            .and_then(|cs| cs.iter_mut().find(|c| c.serial == id.serial))
-        else {
+        let Some(ctx) = Self::find(&mut shard, id) else {
             return Recorded::NoContext;
         };
         if ctx.calls.len() < self.limits.max_calls {
@@ -274,10 +281,7 @@ impl ContextTable {
     /// are still pending, the last of them closes it; then `None`.
     pub(crate) fn close(&self, id: ContextId, status: u16) -> Option<Closed> {
         let mut shard = self.shard(id.trace).lock();
-        let ctx = shard
-            .get_mut(&id.trace)?
-            .iter_mut()
-            .find(|c| c.serial == id.serial)?;
+        let ctx = Self::find(&mut shard, id)?;
         let duration = ctx.started.elapsed();
         if ctx.pending > 0 {
             ctx.closing = Some((status, duration));

@@ -87,7 +87,7 @@ impl ProxyHttp for Ingress {
             Ok(opened) => {
                 ctx.context = Some(opened.id);
                 ctx.body = Capture::start(&req.headers, common.body_limit);
-                if opened.made_ambiguous == 0 {
+                if !opened.ambiguous {
                     common.speculation.open(opened.id, tp);
                 } else {
                     // Its calls cannot be told from another's: nothing is
@@ -97,7 +97,7 @@ impl ProxyHttp for Ingress {
                     common
                         .metrics
                         .contexts_ambiguous
-                        .inc_by(u64::from(opened.made_ambiguous));
+                        .inc_by(opened.made_ambiguous());
                     for other in &opened.also {
                         common.speculation.abandon(*other);
                     }

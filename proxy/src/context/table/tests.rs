@@ -44,7 +44,7 @@ fn limits() -> Limits {
 /// Opens a context of `trace` that nothing else shares.
 fn open(t: &ContextTable, trace: TraceKey) -> ContextId {
     let opened = t.open(trace, inbound()).unwrap();
-    assert_eq!(opened.made_ambiguous, 0);
+    assert_eq!(opened.made_ambiguous(), 0);
     opened.id
 }
 
@@ -109,12 +109,12 @@ fn a_repeated_trace_id_makes_its_calls_ambiguous_and_both_contexts_unlearnable()
     });
     let first = open(&t, 7);
     let retry = t.open(7, inbound()).unwrap();
-    assert_eq!(retry.made_ambiguous, 2, "the retry and the first");
+    assert_eq!(retry.made_ambiguous(), 2, "the retry and the first");
     assert_eq!(retry.also, [first]);
     assert_ne!(retry.id, first, "every inbound request has its own");
     assert_eq!(t.attach(7), Attached::Ambiguous);
     let third = t.open(7, inbound()).unwrap();
-    assert_eq!(third.made_ambiguous, 1, "the others were already");
+    assert_eq!(third.made_ambiguous(), 1, "the others were already");
     assert!(third.also.is_empty());
     for id in [retry.id, third.id] {
         assert!(t.close(id, 200).unwrap().context.ambiguous);
