@@ -148,6 +148,16 @@ macro_rules! or_default {
     };
 }
 
+/// A duration that must be more than zero.
+fn positive(s: &mut Section<'_>, key: &str, default: Duration) -> Option<Duration> {
+    let value = or_default!(s, key, duration; default)?;
+    if value.is_zero() {
+        s.problem(key, "must be greater than zero");
+        return None;
+    }
+    Some(value)
+}
+
 fn timeouts(s: &mut Section<'_>) -> (Option<Duration>, Option<Duration>) {
     // Not 1s: Linux retransmits a dropped SYN after 1s, so a 1s limit
     // fails a request whenever a burst overflows a listener's queue once.
@@ -290,12 +300,16 @@ fn predictor(mut s: Section<'_>) -> Option<Predictor> {
     let min_observations = or_default!(s, "min_observations", count, 1, 1_000_000; 3);
     let trace_log = s.string("trace_log").map(PathBuf::from);
     let max_body_capture = or_default!(s, "max_body_capture", size; 64 << 10);
+    let max_routes = or_default!(s, "max_routes", count, 1, 1_000_000; 1000);
+    let max_shapes = or_default!(s, "max_shapes", count, 1, 10_000_000; 10_000);
     s.finish();
     Some(Predictor {
         kind: kind?,
         min_observations: min_observations?,
         trace_log,
         max_body_capture: max_body_capture?,
+        max_routes: max_routes? as usize,
+        max_shapes: max_shapes? as usize,
     })
 }
 
@@ -321,11 +335,22 @@ fn proxy(mut s: Section<'_>) -> Option<Proxy> {
         }
         ok
     });
+    // nginx: client_header_timeout and client_body_timeout 60s,
+    // keepalive_timeout 75s; Envoy: request_headers_timeout off, idle
+    // 1h. A sidecar's clients are local: a header takes milliseconds.
+    let header_timeout = positive(&mut s, "header_timeout", 10 * SECOND);
+    let body_timeout = positive(&mut s, "body_timeout", 60 * SECOND);
+    let idle_timeout = positive(&mut s, "idle_timeout", 60 * SECOND);
+    let max_connections = or_default!(s, "max_connections", count, 1, 10_000_000; 10_000);
     s.finish();
     Some(Proxy {
         threads: threads? as usize,
         shutdown_timeout: shutdown_timeout?,
         max_request_header_size: header?,
+        header_timeout: header_timeout?,
+        body_timeout: body_timeout?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections? as usize,
     })
 }
 
@@ -333,6 +358,7 @@ fn contexts(mut s: Section<'_>) -> Option<Contexts> {
     let max_open = or_default!(s, "max_open", count, 1, 10_000_000; 10_000);
     let max_age = or_default!(s, "max_age", duration; 60 * SECOND);
     let max_calls = or_default!(s, "max_calls", count, 1, 100_000; 256);
+    let max_body_bytes = or_default!(s, "max_body_bytes", size; 32 << 20);
     let history = or_default!(s, "history", count, 0, 1_000_000; 256);
     let redact = or_default!(s, "redact_headers", string_list; Vec::new());
     let redact = redact.map(|extra| {
@@ -350,6 +376,7 @@ fn contexts(mut s: Section<'_>) -> Option<Contexts> {
         max_open: max_open? as usize,
         max_age: max_age?,
         max_calls: max_calls? as usize,
+        max_body_bytes: max_body_bytes?,
         history: history? as usize,
         redact_headers: redact?,
     })

@@ -131,6 +131,10 @@ pub struct Predictor {
     /// Largest JSON body (request or response) captured for the learner;
     /// larger ones are proxied but not learned from.
     pub max_body_capture: u64,
+    /// Routes learned at most; past it, the least recently seen go.
+    pub max_routes: usize,
+    /// Call shapes learned at most; past it, the least recently seen go.
+    pub max_shapes: usize,
 }
 
 /// Which sequence model the predictor runs.
@@ -156,6 +160,17 @@ pub struct Proxy {
     pub shutdown_timeout: Duration,
     /// Largest request header block accepted; larger ones get 431.
     pub max_request_header_size: u64,
+    /// From a new connection's accept, or an idle one's first byte, to the
+    /// end of the request header; a slower client is disconnected.
+    pub header_timeout: Duration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Open client connections per listener at most (so a flood on the
+    /// ingress never shuts the service out of its egress listeners); past
+    /// it, new ones are closed at once.
+    pub max_connections: usize,
 }
 
 /// `[contexts]`: the bookkeeping of in-flight inbound requests.
@@ -167,6 +182,10 @@ pub struct Contexts {
     pub max_age: Duration,
     /// Dependency calls recorded per context at most.
     pub max_calls: usize,
+    /// Bytes of captured bodies held for the learner at most, across open
+    /// contexts and those waiting to be learned from; past it, bodies are
+    /// not kept (the calls still are).
+    pub max_body_bytes: u64,
     /// Closed contexts kept for `/debug/contexts`.
     pub history: usize,
     /// Header names (lowercase) whose values are never shown; always

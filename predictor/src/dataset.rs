@@ -26,7 +26,7 @@ pub struct Sequence {
 /// The sequences of `contexts`. Path templates are learned from all of them
 /// first, so each call is named as a learner that saw them all names it.
 pub fn dataset(contexts: &[Context]) -> Dataset {
-    let mut shapes = Shapes::new(crate::headers::KeyHeaders::default());
+    let mut shapes = Shapes::default();
     for ctx in contexts {
         for call in &ctx.calls {
             shapes.classify_for(&call.dependency, &call.request, &ctx.inbound);

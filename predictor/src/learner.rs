@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::headers::KeyHeaders;
+use crate::lru::Lru;
 use crate::observation::{Call, Context};
 use crate::provenance::{Available, Resolved, SlotRules};
 use crate::sequence::{OnlineModel, OnlineSettings, SequenceModel, lookahead};
@@ -24,10 +25,13 @@ pub struct Settings {
     pub min_path: f64,
     /// Occurrences of one shape per context that get their own rules.
     pub max_occurrences: u32,
-    /// (shape, occurrence) entries per route at most.
+    /// (shape, occurrence) entries per route at most; past it, the least
+    /// recently seen are forgotten.
     pub max_entries_per_route: usize,
-    /// Routes at most; later ones are not learned.
+    /// Routes at most; past it, the least recently seen are forgotten.
     pub max_routes: usize,
+    /// Call shapes at most; past it, the least recently seen are forgotten.
+    pub max_shapes: usize,
     /// JSON leaves indexed per document at most.
     pub max_leaves: usize,
     /// The request headers that are part of a call's identity.
@@ -43,6 +47,7 @@ impl Default for Settings {
             max_occurrences: 32,
             max_entries_per_route: 512,
             max_routes: 1000,
+            max_shapes: crate::shapes::DEFAULT_MAX_SHAPES,
             max_leaves: 2000,
             key_headers: KeyHeaders::default(),
         }
@@ -94,17 +99,37 @@ impl Prediction {
     }
 }
 
+/// What is known of one (shape, occurrence) of a route: where its
+/// parameters come from and when it starts.
 #[derive(Debug, Default, Clone)]
+struct CallState {
+    rules: SlotRules,
+    timing: CallTiming,
+}
+
+#[derive(Debug, Clone)]
 struct RouteState {
-    rules: HashMap<(ShapeId, u32), SlotRules>,
-    timing: HashMap<(ShapeId, u32), CallTiming>,
+    calls: Lru<(ShapeId, u32), CallState>,
+}
+
+/// What the learner forgot to stay within its bounds, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Evictions {
+    pub routes: u64,
+    pub shapes: u64,
+    /// Path positions whose segment values were being counted.
+    pub positions: u64,
+    /// (shape, occurrence) entries of routes.
+    pub calls: u64,
 }
 
 pub struct Learner {
     settings: Settings,
     shapes: Shapes,
     model: Box<dyn SequenceModel>,
-    routes: HashMap<String, RouteState>,
+    routes: Lru<String, RouteState>,
+    /// Entries of evicted routes, which their maps no longer count.
+    calls_evicted_before: u64,
 }
 
 /// A copy to predict from while the original goes on learning.
@@ -115,6 +140,7 @@ impl Clone for Learner {
             shapes: self.shapes.clone(),
             model: self.model.boxed_clone(),
             routes: self.routes.clone(),
+            calls_evicted_before: self.calls_evicted_before,
         }
     }
 }
@@ -131,11 +157,29 @@ impl Learner {
     /// A learner with another sequence model (the ONNX one).
     pub fn with_model(settings: Settings, model: Box<dyn SequenceModel>) -> Self {
         Self {
-            shapes: Shapes::new(settings.key_headers.clone()),
+            shapes: Shapes::new(settings.key_headers.clone(), settings.max_shapes),
+            routes: Lru::new(settings.max_routes),
             settings,
             model,
-            routes: HashMap::new(),
+            calls_evicted_before: 0,
         }
+    }
+
+    /// What was forgotten to stay within bounds.
+    pub fn evictions(&self) -> Evictions {
+        let (shapes, positions) = self.shapes.evicted();
+        Evictions {
+            routes: self.routes.evicted(),
+            shapes,
+            positions,
+            calls: self.calls_evicted_before
+                + self.routes.values().map(|r| r.calls.evicted()).sum::<u64>(),
+        }
+    }
+
+    /// Shapes known now.
+    pub fn shape_count(&self) -> usize {
+        self.shapes.len()
     }
 
     pub fn shapes(&self) -> &Shapes {
@@ -148,17 +192,24 @@ impl Learner {
     }
 
     /// Learns from one closed context.
+    ///
+    /// A context without calls on a route not known yet teaches nothing
+    /// (there is nothing to predict on it), so a scan of paths that call
+    /// nothing leaves the learner as it was.
     pub fn learn(&mut self, ctx: &Context) {
-        if !self.routes.contains_key(&ctx.route) && self.routes.len() >= self.settings.max_routes {
+        if ctx.calls.is_empty() && !self.routes.contains_key(ctx.route.as_str()) {
             return;
         }
         let mut ids: Vec<ShapeId> = Vec::with_capacity(ctx.calls.len());
         for c in &ctx.calls {
-            let known = self.shapes.len();
+            let new_from = self.shapes.next_id();
             let id = self
                 .shapes
                 .classify_for(&c.dependency, &c.request, &ctx.inbound);
-            if self.shapes.len() > known {
+            for gone in self.shapes.take_evicted() {
+                self.model.shape_removed(gone);
+            }
+            if self.shapes.next_id() != new_from {
                 if let Some(info) = self.shapes.info(id) {
                     self.model.shape_added(id, &info.shape);
                 }
@@ -166,34 +217,43 @@ impl Learner {
             ids.push(id);
         }
         let occurrences = occurrences(&ids);
-        self.model.observe(&ctx.route, &ids);
         let settings = &self.settings;
-        let route = self.routes.entry(ctx.route.clone()).or_default();
+        let mut evicted = Vec::new();
+        let route = self.routes.get_or_insert_with(
+            ctx.route.clone(),
+            || RouteState {
+                calls: Lru::new(settings.max_entries_per_route),
+            },
+            &mut evicted,
+        );
         for (j, call) in ctx.calls.iter().enumerate() {
-            let key = (ids[j], occurrences[j]);
-            if occurrences[j] >= settings.max_occurrences
-                || (!route.rules.contains_key(&key)
-                    && route.rules.len() >= settings.max_entries_per_route)
-            {
+            if occurrences[j] >= settings.max_occurrences {
                 continue;
             }
-            let timing = route.timing.entry(key).or_default();
-            timing.start_us.add(call.start_us as f64);
-            timing.duration_us.add(call.duration_us as f64);
+            let key = (ids[j], occurrences[j]);
+            let state = route
+                .calls
+                .get_or_insert_with(key, CallState::default, &mut Vec::new());
+            state.timing.start_us.add(call.start_us as f64);
+            state.timing.duration_us.add(call.duration_us as f64);
 
             let avail = available(ctx, &ids, &occurrences, |i| {
                 ctx.calls[i].end_us() <= call.start_us && i < j
             });
             let index = avail.index(8, settings.max_leaves);
-            let rules = route.rules.entry(key).or_default();
             let Some(info) = self.shapes.info(ids[j]) else {
                 continue;
             };
             for slot in info.slots() {
                 let actual = slot.value_in(&call.request);
-                rules.observe(&slot, actual, &avail, &index);
+                state.rules.observe(&slot, actual, &avail, &index);
             }
         }
+        for (name, gone) in evicted {
+            self.calls_evicted_before += gone.calls.evicted();
+            self.model.route_removed(&name);
+        }
+        self.model.observe(&ctx.route, &ids);
     }
 
     /// The calls expected in `live` (a context still open: its inbound
@@ -226,14 +286,15 @@ impl Learner {
         let mut out = Vec::new();
         for e in expected {
             let key = (e.shape, e.occurrence);
-            let timing = route.timing.get(&key);
+            let call = route.calls.get(&key);
+            let timing = call.map(|c| &c.timing);
             let start = timing
                 .and_then(|t| t.start_us.get())
                 .map_or(elapsed_us, |s| s as u64);
             if start > elapsed_us.saturating_add(horizon_us) {
                 continue;
             }
-            let (Some(info), Some(rules)) = (self.shapes.info(e.shape), route.rules.get(&key))
+            let (Some(info), Some(rules)) = (self.shapes.info(e.shape), call.map(|c| &c.rules))
             else {
                 continue;
             };
@@ -307,19 +368,15 @@ impl Learner {
             .routes
             .iter()
             .map(|(name, state)| {
-                let mut calls: Vec<_> = state.rules.iter().collect();
-                calls.sort_by_key(|((shape, occ), _)| {
-                    let start = state
-                        .timing
-                        .get(&(*shape, *occ))
-                        .and_then(|t| t.start_us.get())
-                        .unwrap_or(0.0);
+                let mut calls: Vec<_> = state.calls.iter().collect();
+                calls.sort_by_key(|((shape, occ), call)| {
+                    let start = call.timing.start_us.get().unwrap_or(0.0);
                     (start as u64, *shape, *occ)
                 });
                 let calls: Vec<serde_json::Value> = calls
                     .into_iter()
-                    .map(|((shape, occ), rules)| {
-                        let timing = state.timing.get(&(*shape, *occ));
+                    .map(|((shape, occ), call)| {
+                        let (timing, rules) = (Some(&call.timing), &call.rules);
                         serde_json::json!({
                             "shape": self.shapes.info(*shape).map(|i| i.shape.to_string()),
                             "occurrence": occ,
@@ -385,11 +442,10 @@ impl Learner {
             .iter()
             .map(|(name, s)| {
                 name.len()
-                    + s.rules
+                    + s.calls
                         .values()
-                        .map(|r| 32 + r.memory_bytes())
+                        .map(|c| 96 + c.rules.memory_bytes())
                         .sum::<usize>()
-                    + s.timing.len() * 64
             })
             .sum();
         self.shapes.memory_bytes() + self.model.memory_bytes() + routes

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod headers;
 pub mod json;
 pub mod learner;
+pub mod lru;
 pub mod observation;
 #[cfg(feature = "onnx")]
 pub mod onnx;

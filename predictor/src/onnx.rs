@@ -99,7 +99,7 @@ pub struct OnnxModel {
     routes: HashMap<String, i64>,
     shape_tokens: HashMap<String, i64>,
     /// Token of each shape id the learner has named.
-    by_id: Vec<i64>,
+    by_id: HashMap<ShapeId, i64>,
     /// Shape id of each token the learner has named.
     by_token: HashMap<i64, ShapeId>,
     /// Distributions already computed, by window: the model is a pure
@@ -195,7 +195,7 @@ impl OnnxModel {
             vocab_size: shape_offset + vocab.shapes.len(),
             routes,
             shape_tokens,
-            by_id: Vec::new(),
+            by_id: HashMap::new(),
             by_token: HashMap::new(),
             cache: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -243,7 +243,7 @@ impl OnnxModel {
         seq.extend(
             history
                 .iter()
-                .map(|id| self.by_id.get(*id as usize).copied().unwrap_or(UNK)),
+                .map(|id| self.by_id.get(id).copied().unwrap_or(UNK)),
         );
         let tail = &seq[seq.len().saturating_sub(self.window)..];
         let mut window = vec![PAD; self.window - tail.len()];
@@ -309,7 +309,7 @@ impl SequenceModel for OnnxModel {
     fn memory_bytes(&self) -> usize {
         // The session's own memory is ONNX Runtime's; count the tables.
         (self.routes.len() + self.shape_tokens.len()) * 64
-            + self.by_id.len() * 8
+            + self.by_id.len() * 16
             + self.by_token.len() * 16
     }
 
@@ -323,13 +323,20 @@ impl SequenceModel for OnnxModel {
             .get(&shape.to_string())
             .copied()
             .unwrap_or(UNK);
-        let index = id as usize;
-        if self.by_id.len() <= index {
-            self.by_id.resize(index + 1, UNK);
-        }
-        self.by_id[index] = token;
+        self.by_id.insert(id, token);
         if token != UNK {
             self.by_token.insert(token, id);
+        }
+    }
+
+    fn shape_removed(&mut self, id: ShapeId) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+        if let Some(token) = self.by_id.remove(&id) {
+            if self.by_token.get(&token) == Some(&id) {
+                self.by_token.remove(&token);
+            }
         }
     }
 }

@@ -32,6 +32,13 @@ pub trait SequenceModel: Send + Sync {
     /// it (a model trained offline knows shapes by name, not by id).
     fn shape_added(&mut self, _id: ShapeId, _shape: &Shape) {}
 
+    /// Tells the model the learner forgot a shape: its id names nothing now.
+    fn shape_removed(&mut self, _id: ShapeId) {}
+
+    /// Tells the model the learner forgot a route: what the model holds
+    /// for it may go.
+    fn route_removed(&mut self, _route: &str) {}
+
     /// A copy that learns on its own from here (what it cannot copy, such
     /// as a trained network's weights, it may share).
     fn boxed_clone(&self) -> Box<dyn SequenceModel>;
@@ -185,6 +192,10 @@ impl SequenceModel for OnlineModel {
                 }
             }
         }
+    }
+
+    fn route_removed(&mut self, route: &str) {
+        self.routes.remove(route);
     }
 
     fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(Next, f64)> {

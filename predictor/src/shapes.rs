@@ -12,11 +12,24 @@ use serde_json::Value;
 
 use crate::headers::KeyHeaders;
 use crate::json;
+use crate::lru::Lru;
 use crate::observation::Request;
 use crate::shape::is_identifier;
 
-/// A shape's index in its [`Shapes`] table.
+/// A shape's number in its [`Shapes`] table; never reused for another
+/// shape while the table lives (an evicted shape's number stays unknown).
 pub type ShapeId = u32;
+
+/// Shapes kept by default; past it, the least recently seen are forgotten.
+pub const DEFAULT_MAX_SHAPES: usize = 10_000;
+
+/// Path positions (a prefix under which segments are counted) kept per
+/// shape allowed.
+const POSITIONS_PER_SHAPE: usize = 4;
+
+/// Headers that matter recorded per shape at most; a call with another is
+/// still proxied, it is only never predicted.
+const MAX_HEADERS_PER_SHAPE: usize = 32;
 
 /// Distinct values under one prefix that make a position a slot.
 const DISTINCT_FOR_SLOT: usize = 8;
@@ -184,27 +197,58 @@ struct Position {
     slot: bool,
 }
 
-/// Every shape seen, and what was learned about which segments vary.
-#[derive(Debug, Default, Clone)]
+/// Every shape seen recently, and what was learned about which segments
+/// vary; both bounded, forgetting the least recently seen.
+#[derive(Debug, Clone)]
 pub struct Shapes {
     ids: HashMap<Shape, ShapeId>,
-    infos: Vec<ShapeInfo>,
-    /// Per (dependency, method, prefix template, position): values seen.
-    positions: HashMap<(String, String, String), Position>,
+    infos: Lru<ShapeId, ShapeInfo>,
+    next_id: ShapeId,
+    /// Shapes evicted and not yet [taken](Self::take_evicted).
+    gone: Vec<ShapeId>,
+    /// Per (dependency, method, prefix template): values seen.
+    positions: Lru<(String, String, String), Position>,
     /// Which request headers are part of a shape.
     key_headers: KeyHeaders,
 }
 
+impl Default for Shapes {
+    fn default() -> Self {
+        Self::new(KeyHeaders::default(), DEFAULT_MAX_SHAPES)
+    }
+}
+
 impl Shapes {
-    pub fn new(key_headers: KeyHeaders) -> Self {
+    /// A table of at most `max_shapes` shapes.
+    pub fn new(key_headers: KeyHeaders, max_shapes: usize) -> Self {
         Self {
+            ids: HashMap::new(),
+            infos: Lru::new(max_shapes),
+            next_id: 0,
+            gone: Vec::new(),
+            positions: Lru::new(max_shapes.saturating_mul(POSITIONS_PER_SHAPE)),
             key_headers,
-            ..Self::default()
         }
     }
 
     pub fn info(&self, id: ShapeId) -> Option<&ShapeInfo> {
-        self.infos.get(id as usize)
+        self.infos.get(&id)
+    }
+
+    /// Shapes and path positions forgotten to stay within bounds.
+    pub fn evicted(&self) -> (u64, u64) {
+        (self.infos.evicted(), self.positions.evicted())
+    }
+
+    /// The shapes evicted since the last call: their ids name nothing now.
+    pub fn take_evicted(&mut self) -> Vec<ShapeId> {
+        std::mem::take(&mut self.gone)
+    }
+
+    /// The number the next new shape gets: a classification that returns
+    /// one at least this large made a new shape.
+    pub fn next_id(&self) -> ShapeId {
+        self.next_id
     }
 
     pub fn len(&self) -> usize {
@@ -264,19 +308,30 @@ impl Shapes {
         let id = match self.ids.get(&shape) {
             Some(id) => *id,
             None => {
-                let id = self.infos.len() as ShapeId;
+                let id = self.next_id;
+                // `ShapeId::MAX` marks a context's start in sequences.
+                self.next_id = self.next_id.wrapping_add(1) % ShapeId::MAX;
                 self.ids.insert(shape.clone(), id);
-                self.infos.push(ShapeInfo {
-                    shape,
-                    query_order: query_order.clone(),
-                    headers: Vec::new(),
-                    body: None,
-                });
+                let mut evicted = Vec::new();
+                self.infos.get_or_insert_with(
+                    id,
+                    || ShapeInfo {
+                        shape,
+                        query_order: query_order.clone(),
+                        headers: Vec::new(),
+                        body: None,
+                    },
+                    &mut evicted,
+                );
+                for (gone, info) in evicted {
+                    self.ids.remove(&info.shape);
+                    self.gone.push(gone);
+                }
                 id
             }
         };
         if learn {
-            if let Some(info) = self.infos.get_mut(id as usize) {
+            if let Some(info) = self.infos.get_mut(&id) {
                 info.query_order = query_order;
                 info.body = req
                     .body
@@ -284,7 +339,7 @@ impl Shapes {
                     .filter(|b| b.is_object() || b.is_array())
                     .cloned();
                 for h in seen {
-                    if !info.headers.contains(&h) {
+                    if !info.headers.contains(&h) && info.headers.len() < MAX_HEADERS_PER_SHAPE {
                         info.headers.push(h);
                         info.headers.sort();
                     }
@@ -327,7 +382,9 @@ impl Shapes {
                 method.to_string(),
                 prefix.to_string(),
             );
-            let pos = self.positions.entry(key).or_default();
+            let pos = self
+                .positions
+                .get_or_insert_with(key, Position::default, &mut Vec::new());
             if !pos.slot && carried.contains(&segment) {
                 pos.slot = true;
                 pos.distinct.clear();
@@ -376,7 +433,7 @@ impl Shapes {
     pub fn memory_bytes(&self) -> usize {
         let infos: usize = self
             .infos
-            .iter()
+            .values()
             .map(|i| 128 + i.shape.template.len() * 2 + i.shape.dependency.len() * 2)
             .sum();
         let positions: usize = self
@@ -407,7 +464,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_slots_at_once() {
-        let mut s = Shapes::new(KeyHeaders::default());
+        let mut s = Shapes::default();
         let a = s.classify("users", &get("/users/42"), true);
         let b = s.classify("users", &get("/users/7"), true);
         assert_eq!(a, b);
@@ -416,7 +473,7 @@ mod tests {
 
     #[test]
     fn names_become_slots_once_they_vary_enough() {
-        let mut s = Shapes::new(KeyHeaders::default());
+        let mut s = Shapes::default();
         let names = [
             "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
         ];
@@ -436,7 +493,7 @@ mod tests {
 
     #[test]
     fn query_keys_are_part_of_the_shape_and_values_are_slots() {
-        let mut s = Shapes::new(KeyHeaders::default());
+        let mut s = Shapes::default();
         let a = s.classify("p", &get("/posts?user=1&limit=10"), true);
         let b = s.classify("p", &get("/posts?limit=5&user=2"), true);
         let c = s.classify("p", &get("/posts?user=3"), true);
@@ -463,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_segment_the_inbound_request_carried_is_a_slot_at_once() {
-        let mut s = Shapes::new(KeyHeaders::default());
+        let mut s = Shapes::default();
         let inbound = |user: &str| Request {
             method: "GET".into(),
             path: "/me".into(),

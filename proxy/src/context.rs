@@ -3,11 +3,14 @@
 //! theirs by the trace id they carry).
 //! `records.rs` is what a context holds; `table.rs` keeps the open ones,
 //! bounded by count, age and calls, tells which one a call belongs to, and
-//! hands closed ones on.
+//! hands closed ones on; `budget.rs` bounds the bytes of the bodies they
+//! keep for the learner.
 
+mod budget;
 mod records;
 mod table;
 
+pub(crate) use budget::{BodyBudget, Charge};
 pub(crate) use records::{CallOutcome, CallRecord, Closed, InboundRecord, Json, parse_json};
 pub(crate) use table::{Attached, ContextTable, Limits, Recorded};
 

@@ -5,10 +5,12 @@
 //! beside them: `request.rs` reads a request, `headers.rs` fixes headers
 //! on the way through, `capture.rs` copies JSON bodies for the learner,
 //! `traceparent.rs` parses W3C trace context, `upstream.rs` holds a
-//! resolved peer, and `failure.rs` decides what a client sees when
-//! proxying fails.
+//! resolved peer, `failure.rs` decides what a client sees when proxying
+//! fails, and `downstream.rs` bounds how many clients a listener holds and
+//! how long each may take.
 
 pub(crate) mod capture;
+pub(crate) mod downstream;
 pub(crate) mod egress;
 pub(crate) mod failure;
 pub(crate) mod headers;
@@ -16,6 +18,9 @@ pub(crate) mod ingress;
 pub(crate) mod request;
 pub(crate) mod traceparent;
 pub(crate) mod upstream;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 use std::sync::Arc;
 
@@ -44,6 +49,8 @@ pub(crate) struct Common {
     pub(crate) max_header_size: usize,
     /// Largest JSON body captured for the learner.
     pub(crate) body_limit: usize,
+    /// How long clients may take.
+    pub(crate) clients: downstream::Limits,
 }
 
 impl Common {

@@ -17,12 +17,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use augur_predictor::learner::Evictions;
 use augur_predictor::trace::Record;
 use augur_predictor::{Call, Context, Learner, Request};
 use parking_lot::RwLock;
-use prometheus::IntCounter;
 
 use crate::context::Closed;
+use crate::ops::metrics::Metrics;
 
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
@@ -36,7 +37,7 @@ type Published = Arc<RwLock<Arc<Learner>>>;
 pub(crate) struct Learning {
     tx: SyncSender<Closed>,
     published: Published,
-    dropped: IntCounter,
+    metrics: Arc<Metrics>,
 }
 
 impl Learning {
@@ -45,21 +46,21 @@ impl Learning {
     pub(crate) fn start(
         learner: Learner,
         trace_log: Option<&Path>,
-        learned: IntCounter,
-        dropped: IntCounter,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let log = trace_log.map(TraceLog::open).transpose()?;
         let published: Published = Arc::new(RwLock::new(Arc::new(learner.clone())));
         let (tx, rx) = sync_channel(QUEUE);
         let shared = published.clone();
+        let counted = metrics.clone();
         std::thread::Builder::new()
             .name("augur-learner".into())
-            .spawn(move || run(rx, learner, &shared, log, &learned))
+            .spawn(move || run(rx, learner, &shared, log, &counted))
             .context("cannot start the learner thread")?;
         Ok(Self {
             tx,
             published,
-            dropped,
+            metrics,
         })
     }
 
@@ -88,7 +89,9 @@ impl Learning {
     pub(crate) fn submit(&self, closed: Closed) {
         match self.tx.try_send(closed) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.learner_dropped.inc();
+            }
         }
     }
 }
@@ -102,9 +105,10 @@ fn run(
     mut learner: Learner,
     published: &RwLock<Arc<Learner>>,
     mut log: Option<TraceLog>,
-    learned: &IntCounter,
+    metrics: &Metrics,
 ) {
     let mut unpublished = 0u64;
+    let mut evictions = Evictions::default();
     let mut last_published = Instant::now();
     loop {
         let next = if unpublished > 0 {
@@ -125,7 +129,15 @@ fn run(
         };
         if unpublished > 0 && (next.is_none() || last_published.elapsed() >= PUBLISH_EVERY) {
             *published.write() = Arc::new(learner.clone());
-            learned.inc_by(unpublished);
+            metrics.learner_contexts.inc_by(unpublished);
+            let now = learner.evictions();
+            metrics.observe_learner(
+                learner.route_count(),
+                learner.shape_count(),
+                &evictions,
+                &now,
+            );
+            evictions = now;
             unpublished = 0;
             last_published = Instant::now();
         }

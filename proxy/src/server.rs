@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use augur_config::Config;
 use pingora::apps::http_app::HttpServer;
-use pingora::proxy::{ProxyHttp, http_proxy_service_with_name};
+use pingora::proxy::{ProxyHttp, http_proxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -22,6 +22,7 @@ use pingora::services::listening::Service;
 
 use crate::containers::keeper::Keeper;
 use crate::http::Common;
+use crate::http::downstream::{self, Guarded};
 use crate::http::egress::Egress;
 use crate::http::ingress::Ingress;
 use crate::ops::admin::Admin;
@@ -52,11 +53,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         common: common.clone(),
         target: upstreams.service.clone(),
     };
+    let clients = client_limits(&config);
     server.add_service(proxy_service(
         &conf,
-        "ingress",
-        config.service.listen,
+        ("ingress", config.service.listen),
         ingress,
+        clients,
+        &common.metrics,
     ));
     for (listen, dependency) in &upstreams.dependencies {
         let name = format!("egress {}", dependency.name());
@@ -64,7 +67,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             common: common.clone(),
             dependency: dependency.clone(),
         };
-        server.add_service(proxy_service(&conf, &name, *listen, egress));
+        server.add_service(proxy_service(
+            &conf,
+            (&name, *listen),
+            egress,
+            clients,
+            &common.metrics,
+        ));
     }
     server.add_service(admin_service(&config, &common, &upstreams, listeners));
     let mut sweeper = background_service("contexts", Sweeper::new(&common));
@@ -120,19 +129,33 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// How long a client may take, and how many one listener holds.
+pub(super) fn client_limits(config: &Config) -> downstream::Limits {
+    let p = &config.proxy;
+    downstream::Limits {
+        header_timeout: p.header_timeout,
+        body_timeout: p.body_timeout,
+        idle_timeout: p.idle_timeout,
+        max_connections: p.max_connections,
+    }
+}
+
+/// One listener: a pingora proxy behind the client limits.
 fn proxy_service<P>(
     conf: &Arc<ServerConf>,
-    name: &str,
-    listen: SocketAddr,
+    (name, listen): (&str, SocketAddr),
     proxy: P,
-) -> Service<pingora::proxy::HttpProxy<P>>
+    limits: downstream::Limits,
+    metrics: &Metrics,
+) -> Service<Guarded<pingora::proxy::HttpProxy<P>>>
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
 {
     // Downstream h2c stays off: pingora detects it by reading 24 bytes
     // before parsing, which leaves a shorter HTTP/1 request hanging.
-    let mut service = http_proxy_service_with_name(conf, proxy, name);
+    let app = Guarded::new(http_proxy(conf, proxy), name, limits, metrics);
+    let mut service = Service::new(name.to_string(), app);
     service.add_tcp(&listen.to_string());
     service
 }

@@ -77,6 +77,9 @@ pub(crate) struct Parts {
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) hasher: SecretHasher,
     pub(crate) key_headers: KeyHeaders,
+    /// `predictor.max_body_capture`: the largest answer parsed for the
+    /// learner, as for a real call.
+    pub(crate) body_limit: usize,
 }
 
 pub(crate) struct Speculation {
@@ -128,7 +131,7 @@ impl Speculation {
                 .map(|d| (d.name().clone(), d))
                 .collect(),
             settings: parts.settings,
-            client: send::Client::new(),
+            client: send::Client::new(parts.body_limit),
             contexts: parts.contexts,
             learning: parts.learning,
             metrics: parts.metrics,

@@ -1,9 +1,12 @@
 //! Fixture-driven tests: every file under `tests/fixtures/valid` loads, and
 //! every file under `tests/fixtures/invalid` fails with exactly the lines of
 //! its `.expected` file; the examples in `examples/` and the compose
-//! demo's configuration stay valid.
+//! demo's configuration stay valid. `fuzz.rs` feeds the loader hostile
+//! input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod fuzz;
 
 use std::fs;
 use std::path::{Path, PathBuf};

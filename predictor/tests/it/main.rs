@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod flows;
+mod json_walk;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod robust;
@@ -445,4 +446,78 @@ fn memory_per_route_is_bounded() {
         learner.memory_bytes()
     );
     assert!(after_2000 < 64 * 1024, "{after_2000} bytes for one route");
+}
+
+/// A flood of junk — routes and call shapes never seen twice — displaces
+/// other junk, not a route that keeps being used: the real route is still
+/// predicted, every table stays within its cap, and what was forgotten is
+/// counted.
+#[test]
+fn a_junk_flood_evicts_junk_not_the_route_in_use() {
+    let settings = Settings {
+        max_routes: 64,
+        max_shapes: 256,
+        max_entries_per_route: 16,
+        ..Settings::default()
+    };
+    let mut learner = Learner::new(settings);
+    let mut rng = Rng::new(31);
+    for c in many(50, 31, profile) {
+        learner.learn(&c);
+    }
+    for i in 0..20_000u64 {
+        if i % 50 == 0 {
+            learner.learn(&profile(&mut rng));
+        }
+        // A route that calls nothing teaches nothing and is not kept.
+        let empty = Builder::new(
+            &format!("GET /scan/x{i}y"),
+            request("GET", &format!("/scan/x{i}y"), &[]),
+        )
+        .done();
+        learner.learn(&empty);
+        // One that calls a dependency with query keys never seen again.
+        let mut b = Builder::new(
+            &format!("GET /junk/j{i}k"),
+            request("GET", &format!("/junk/j{i}k"), &[]),
+        );
+        for n in 0..3 {
+            b.call(
+                "junk",
+                request("GET", &format!("/static?k{i}x{n}=1"), &[]),
+                10,
+                json!({}),
+            );
+        }
+        learner.learn(&b.done());
+        assert!(learner.route_count() <= 64);
+        assert!(learner.shape_count() <= 256);
+    }
+    let e = learner.evictions();
+    assert!(
+        e.routes > 10_000 && e.shapes > 50_000 && e.calls == 0,
+        "{e:?}"
+    );
+    assert!(
+        !learner.describe()["routes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|r| r.starts_with("GET /scan/"))
+    );
+    let live = profile(&mut rng);
+    let mut partial = live.clone();
+    partial.calls.truncate(1);
+    let predicted = learner.predict(&partial, partial.calls[0].end_us(), 1_000_000);
+    assert!(
+        predicted
+            .iter()
+            .any(|p| p.matches(&live.calls[1], learner.key_headers())),
+        "the real route is still predicted after the flood: {predicted:?}"
+    );
+    assert!(
+        learner.memory_bytes() < 4 << 20,
+        "{}",
+        learner.memory_bytes()
+    );
 }

@@ -119,4 +119,6 @@ pub(crate) struct Closed {
     pub(crate) request_bodies: Vec<Option<Json>>,
     /// The captured response of each call, in call order.
     pub(crate) responses: Vec<Option<Json>>,
+    /// The bodies' bytes, held against the budget until this is dropped.
+    pub(crate) _held: super::Charge,
 }

@@ -8,10 +8,10 @@
 //!
 //! The table is sharded by trace id so that concurrent requests rarely meet
 //! on a lock, and the contexts of one trace id share a shard; each shard's
-//! lock is held only to insert, append or remove. It is bounded three ways:
+//! lock is held only to insert, append or remove. It is bounded four ways:
 //! open contexts by count (past it, requests go untracked), open contexts
-//! by age (abandoned ones are expired by a background sweep), and calls per
-//! context.
+//! by age (abandoned ones are expired by a background sweep), calls per
+//! context, and the bytes of the bodies they keep (a global budget).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::records::{CallRecord, Closed, ClosedContext, InboundRecord, parse_json};
-use super::{ContextId, TraceKey};
+use super::{BodyBudget, Charge, ContextId, TraceKey};
 use crate::clock::{micros, unix_ms};
 use crate::recent::Recent;
 
@@ -43,6 +43,8 @@ struct OpenContext {
     /// Another inbound request with this trace id was open at the same
     /// time: what the context recorded may be incomplete.
     ambiguous: bool,
+    /// The bytes of the bodies it keeps.
+    held: Charge,
 }
 
 /// The open contexts of one shard: by trace id, usually one each.
@@ -123,6 +125,8 @@ pub(crate) struct Limits {
     pub(crate) max_age: Duration,
     pub(crate) max_calls: usize,
     pub(crate) history: usize,
+    /// Bytes of kept bodies, over every context, at most.
+    pub(crate) max_body_bytes: usize,
 }
 
 pub(crate) struct ContextTable {
@@ -130,6 +134,7 @@ pub(crate) struct ContextTable {
     open: AtomicUsize,
     serial: AtomicU64,
     history: Recent<Arc<ClosedContext>>,
+    bodies: Arc<BodyBudget>,
     limits: Limits,
 }
 
@@ -140,6 +145,7 @@ impl ContextTable {
             open: AtomicUsize::new(0),
             serial: AtomicU64::new(1),
             history: Recent::new(limits.history),
+            bodies: BodyBudget::new(limits.max_body_bytes),
             limits,
         }
     }
@@ -207,6 +213,7 @@ impl ContextTable {
             pending: 0,
             closing: None,
             ambiguous,
+            held: Charge::default(),
         });
         Ok(Opened {
             id: ContextId { trace, serial },
@@ -215,10 +222,28 @@ impl ContextTable {
         })
     }
 
-    /// Keeps the inbound request's captured body for the learner.
+    /// Keeps the inbound request's captured body for the learner, if the
+    /// body budget allows.
     pub(crate) fn set_inbound_body(&self, id: ContextId, body: Bytes) {
+        let Some(charge) = self.bodies.charge(body.len()) else {
+            return;
+        };
         let json = parse_json(Some(body));
-        self.with(id, |ctx| ctx.inbound.body = json);
+        self.with(id, |ctx| {
+            ctx.inbound.body = json;
+            ctx.held.absorb(charge);
+        });
+    }
+
+    /// Holds `bytes` of bodies for a call about to be recorded, or `None`
+    /// when the budget is spent (then the call is recorded without them).
+    pub(crate) fn charge_bodies(&self, bytes: usize) -> Option<Charge> {
+        self.bodies.charge(bytes)
+    }
+
+    /// The body budget: bytes held now, bodies refused so far.
+    pub(crate) fn bodies(&self) -> (usize, u64) {
+        (self.bodies.held(), self.bodies.refused())
     }
 
     /// The predictor's view of the open context `id` — its inbound request
@@ -252,12 +277,14 @@ impl ContextTable {
 
     /// Records an attached call in the context `id`. Closes the context if
     /// it was only waiting for this call.
-    pub(crate) fn record(&self, id: ContextId, call: CallRecord) -> Recorded {
+    /// `bodies` holds the bytes of the bodies the call carries.
+    pub(crate) fn record(&self, id: ContextId, call: CallRecord, bodies: Charge) -> Recorded {
         let mut shard = self.shard(id.trace).lock();
         let Some(ctx) = Self::find(&mut shard, id) else {
             return Recorded::NoContext;
         };
         if ctx.calls.len() < self.limits.max_calls {
+            ctx.held.absorb(bodies);
             // Calls are recorded as they end; keep them in the order they
             // started, which is what the learner reads.
             let at = ctx
@@ -325,6 +352,7 @@ impl ContextTable {
             inbound_body,
             request_bodies,
             responses,
+            _held: std::mem::take(&mut ctx.held),
         }
     }
 

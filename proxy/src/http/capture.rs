@@ -13,7 +13,7 @@ pub(crate) struct Capture {
 }
 
 /// Whether a content type is JSON (`application/json`, `…+json`).
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

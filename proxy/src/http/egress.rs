@@ -17,9 +17,11 @@ use pingora::{Error, Result};
 
 use super::capture::Capture;
 use super::traceparent::{self, TraceParent};
-use super::{Common, failure, headers, request};
+use super::{Common, downstream, failure, headers, request};
 use crate::clock::micros;
-use crate::context::{Attached, CallOutcome, CallRecord, ContextId, Json, Recorded, parse_json};
+use crate::context::{
+    Attached, CallOutcome, CallRecord, Charge, ContextId, Json, Recorded, parse_json,
+};
 use crate::dependency::{Dependency, Lease, Purpose};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
@@ -86,6 +88,7 @@ impl ProxyHttp for Egress {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
         let common = &*self.common;
+        downstream::header_read(session, &common.clients);
         if request::reject_oversized(session, common.max_header_size).await? {
             return Ok(true);
         }
@@ -235,6 +238,7 @@ impl ProxyHttp for Egress {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {
+        downstream::answered(session);
         ctx.lease = None;
         if let (true, Some((context, _))) = (ctx.write, ctx.context) {
             self.common
@@ -340,6 +344,26 @@ impl Egress {
             Some((how, json)) => (how, json),
             None => (CallOutcome::Miss, None),
         };
+        // The bodies are kept for the learner only within the budget; a
+        // served answer's was parsed already (and is shared).
+        let request_body = ctx.request_body.finish();
+        let response = served_json
+            .is_none()
+            .then(|| ctx.response.finish())
+            .flatten();
+        let bytes = request_body.as_ref().map_or(0, Bytes::len)
+            + response.as_ref().map_or(0, Bytes::len)
+            + served_json
+                .as_ref()
+                .map_or(0, |_| ctx.response_bytes as usize);
+        let (held, request_body, response) = match self.common.contexts.charge_bodies(bytes) {
+            Some(held) => (
+                held,
+                parse_json(request_body),
+                served_json.or_else(|| parse_json(response)),
+            ),
+            None => (Charge::default(), None, None),
+        };
         let req = session.req_header();
         let call = CallRecord {
             dependency: self.dependency.name().clone(),
@@ -352,12 +376,12 @@ impl Egress {
             start_offset_us: micros(ctx.started.saturating_duration_since(opened)),
             duration_us: micros(elapsed),
             response_bytes: ctx.response_bytes,
-            request_body: parse_json(ctx.request_body.finish()),
-            response: served_json.or_else(|| parse_json(ctx.response.finish())),
+            request_body,
+            response,
         };
         // The context stays open for an attached call; it is gone only if
         // it expired meanwhile.
-        match self.common.contexts.record(key, call) {
+        match self.common.contexts.record(key, call, held) {
             Recorded::NoContext => CallOutcome::Bypass,
             Recorded::Open => {
                 // What this call answered may make the next predictable.

@@ -17,7 +17,7 @@ use pingora::{Error, Result};
 use super::capture::Capture;
 use super::traceparent::{self, TraceParent};
 use super::upstream::Target;
-use super::{Common, failure, headers, request};
+use super::{Common, downstream, failure, headers, request};
 use crate::context::{ContextId, InboundRecord};
 use crate::ops::lifecycle::Inflight;
 use crate::ops::telemetry::{self, MaybeSpan};
@@ -58,6 +58,7 @@ impl ProxyHttp for Ingress {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
         let common = &*self.common;
+        downstream::header_read(session, &common.clients);
         if request::reject_oversized(session, common.max_header_size).await? {
             return Ok(true);
         }
@@ -171,6 +172,7 @@ impl ProxyHttp for Ingress {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {
+        downstream::answered(session);
         let Some(route) = ctx.route.take() else {
             return;
         };

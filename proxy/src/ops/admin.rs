@@ -73,7 +73,11 @@ impl Admin {
     /// The metrics, with the gauges that mirror other state set first.
     fn metrics(&self) -> Vec<u8> {
         let m = &self.metrics;
-        m.observe_tables(self.contexts.open_count(), self.speculation.gauges());
+        m.observe_tables(
+            self.contexts.open_count(),
+            self.contexts.bodies(),
+            self.speculation.gauges(),
+        );
         for pool in &self.pools {
             m.observe_pool(pool.dependency(), &pool.gauges());
         }

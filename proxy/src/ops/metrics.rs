@@ -1,8 +1,9 @@
 //! Prometheus metrics, named as the README's Admin API section lists
 //! them. One registry per process, rendered as text on the admin listener.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -12,8 +13,10 @@ use prometheus::{
 
 use crate::containers::pool::Gauges;
 
-/// Distinct route labels kept at most; later routes are counted as `other`
-/// so a scan of random paths cannot grow the registry without bound.
+/// Distinct route labels kept at most, so that a scan of random paths
+/// cannot grow the registry without bound: past it, the series of the
+/// routes seen least recently are removed (a route that comes back starts
+/// its counters again, which Prometheus reads as a counter reset).
 const MAX_ROUTES: usize = 1000;
 
 /// Latency buckets in seconds, from 100 µs to 30 s.
@@ -24,7 +27,11 @@ const BUCKETS: &[f64] = &[
 
 pub(crate) struct Metrics {
     registry: Registry,
-    routes: RwLock<HashSet<Arc<str>>>,
+    /// Each route label with the epoch it was last used in (an epoch ends
+    /// at each new route).
+    routes: RwLock<HashMap<Arc<str>, AtomicU64>>,
+    epoch: AtomicU64,
+    pub(crate) routes_evicted: prometheus::IntCounter,
     pub(crate) inbound_requests: IntCounterVec,
     pub(crate) inbound_duration: HistogramVec,
     pub(crate) dependency_calls: IntCounterVec,
@@ -51,6 +58,13 @@ pub(crate) struct Metrics {
     pub(crate) speculation_traces: IntGauge,
     pub(crate) learner_contexts: prometheus::IntCounter,
     pub(crate) learner_dropped: prometheus::IntCounter,
+    pub(crate) learner_evictions: IntCounterVec,
+    pub(crate) learner_routes: IntGauge,
+    pub(crate) learner_shapes: IntGauge,
+    pub(crate) context_body_bytes: IntGauge,
+    pub(crate) context_bodies_refused: prometheus::IntCounter,
+    pub(crate) downstream_connections: prometheus::IntGaugeVec,
+    pub(crate) downstream_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -154,7 +168,45 @@ impl Metrics {
             "augur_learner_dropped_total",
             "Closed contexts not learned from because the learner's queue was full",
         )?;
+        let learner_routes = gauge("augur_learner_routes", "Routes the learner holds")?;
+        let learner_shapes = gauge("augur_learner_shapes", "Call shapes the learner holds")?;
+        let context_body_bytes = gauge(
+            "augur_context_body_bytes",
+            "Bytes of captured bodies held for the learner (open contexts and those waiting to be learned from)",
+        )?;
+        let context_bodies_refused = plain_counter(
+            "augur_context_bodies_refused_total",
+            "Captured bodies not kept for the learner because contexts.max_body_bytes was reached",
+        )?;
+        let routes_evicted = plain_counter(
+            "augur_metric_routes_evicted_total",
+            "Route labels removed from the inbound metrics to stay within 1000 (least recently seen first)",
+        )?;
+        let downstream_connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "augur_downstream_connections",
+                "Client connections open, by listener (ingress, egress NAME)",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(downstream_connections.clone()))?;
         Ok(Self {
+            learner_evictions: counter(
+                "augur_learner_evictions_total",
+                "Entries the learner forgot to stay within its bounds (least recently seen first), by table",
+                &["table"],
+            )?,
+            downstream_closed: counter(
+                "augur_downstream_closed_total",
+                "Client connections augur closed, by listener and reason (limit: the listener held proxy.max_connections; header_timeout: the request header did not arrive within proxy.header_timeout; idle: no request within proxy.idle_timeout)",
+                &["listener", "reason"],
+            )?,
+            learner_routes,
+            learner_shapes,
+            context_body_bytes,
+            context_bodies_refused,
+            routes_evicted,
+            downstream_connections,
             inbound_requests: counter(
                 "augur_inbound_requests_total",
                 "Inbound requests by route (method and path template)",
@@ -229,31 +281,73 @@ impl Metrics {
             speculation_traces,
             learner_contexts,
             learner_dropped,
-            routes: RwLock::new(HashSet::new()),
+            routes: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
             registry,
         })
     }
 
-    /// The label for `route`, or `other` once [`MAX_ROUTES`] are known.
-    pub(crate) fn route_label(&self, route: &Arc<str>) -> Arc<str> {
-        if let Some(known) = self.routes.read().get(route) {
-            return known.clone();
+    /// Notes a use of `route`'s label; a new one past [`MAX_ROUTES`]
+    /// first removes the series of the sixteenth used least recently.
+    fn use_route(&self, route: &Arc<str>) {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if let Some(used) = self.routes.read().get(route) {
+            used.store(epoch, Ordering::Relaxed);
+            return;
         }
         let mut routes = self.routes.write();
-        if routes.len() < MAX_ROUTES {
-            routes.insert(route.clone());
-            route.clone()
-        } else {
-            Arc::from("other")
+        if routes.contains_key(route) {
+            return;
         }
+        if routes.len() >= MAX_ROUTES {
+            let mut epochs: Vec<u64> = routes.values().map(|e| e.load(Ordering::Relaxed)).collect();
+            let n = (MAX_ROUTES / 16).max(1).min(epochs.len());
+            let (_, cutoff, _) = epochs.select_nth_unstable(n - 1);
+            let cutoff = *cutoff;
+            routes.retain(|label, used| {
+                let keep = used.load(Ordering::Relaxed) > cutoff;
+                if !keep {
+                    let _ = self.inbound_requests.remove_label_values(&[label]);
+                    let _ = self.inbound_duration.remove_label_values(&[label]);
+                    self.routes_evicted.inc();
+                }
+                keep
+            });
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        routes.insert(route.clone(), AtomicU64::new(epoch));
     }
 
     pub(crate) fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
-        let label = self.route_label(route);
-        self.inbound_requests.with_label_values(&[&*label]).inc();
+        self.use_route(route);
+        self.inbound_requests.with_label_values(&[&**route]).inc();
         self.inbound_duration
-            .with_label_values(&[&*label])
+            .with_label_values(&[&**route])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the learner's gauges and counts what it forgot since `before`.
+    pub(crate) fn observe_learner(
+        &self,
+        routes: usize,
+        shapes: usize,
+        before: &augur_predictor::learner::Evictions,
+        now: &augur_predictor::learner::Evictions,
+    ) {
+        self.learner_routes.set(routes as i64);
+        self.learner_shapes.set(shapes as i64);
+        for (table, was, is) in [
+            ("routes", before.routes, now.routes),
+            ("shapes", before.shapes, now.shapes),
+            ("positions", before.positions, now.positions),
+            ("calls", before.calls, now.calls),
+        ] {
+            if is > was {
+                self.learner_evictions
+                    .with_label_values(&[table])
+                    .inc_by(is - was);
+            }
+        }
     }
 
     pub(crate) fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {
@@ -270,9 +364,15 @@ impl Metrics {
     pub(crate) fn observe_tables(
         &self,
         contexts_open: usize,
+        (body_bytes, bodies_refused): (usize, u64),
         (held_bytes, inflight, traces): (u64, usize, usize),
     ) {
         self.contexts_open.set(contexts_open as i64);
+        self.context_body_bytes.set(body_bytes as i64);
+        let counted = self.context_bodies_refused.get();
+        if bodies_refused > counted {
+            self.context_bodies_refused.inc_by(bodies_refused - counted);
+        }
         self.speculation_held_bytes.set(held_bytes as i64);
         self.speculation_inflight.set(inflight as i64);
         self.speculation_traces.set(traces as i64);
@@ -305,5 +405,40 @@ impl Metrics {
         // encode is left out rather than failing the scrape.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_past_the_cap_evict_the_least_recently_used() {
+        let m = Metrics::new().unwrap();
+        let kept: Arc<str> = Arc::from("GET /kept");
+        let tick = Duration::from_millis(1);
+        for i in 0..3 * MAX_ROUTES {
+            let junk: Arc<str> = Arc::from(format!("GET /junk{i}"));
+            m.inbound(&junk, tick);
+            m.inbound(&kept, tick);
+        }
+        let text = String::from_utf8(m.render()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("augur_inbound_requests_total{"))
+            .count();
+        assert!(series <= MAX_ROUTES, "{series} route series");
+        assert!(
+            text.contains(&format!(
+                "augur_inbound_requests_total{{route=\"GET /kept\"}} {}",
+                3 * MAX_ROUTES
+            )),
+            "a route in use keeps its series and its count"
+        );
+        assert!(
+            !text.contains("route=\"GET /junk0\""),
+            "the oldest junk went"
+        );
+        assert!(m.routes_evicted.get() >= (2 * MAX_ROUTES) as u64);
     }
 }

@@ -104,13 +104,13 @@ pub(super) fn common(
         max_age: c.max_age,
         max_calls: c.max_calls,
         history: c.history,
+        max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
     }));
     let key_headers = KeyHeaders::new(&spec.ignore_headers, &spec.key_headers);
     let learning = Arc::new(Learning::start(
         learner(config, &key_headers),
         config.predictor.trace_log.as_deref(),
-        metrics.learner_contexts.clone(),
-        metrics.learner_dropped.clone(),
+        metrics.clone(),
     )?);
     let hasher = SecretHasher::new();
     let speculation = Speculation::new(speculation::Parts {
@@ -129,6 +129,7 @@ pub(super) fn common(
         telemetry: telemetry.clone(),
         hasher: hasher.clone(),
         key_headers,
+        body_limit: usize::try_from(config.predictor.max_body_capture).unwrap_or(usize::MAX),
     });
     Ok(Arc::new(Common {
         contexts,
@@ -142,6 +143,7 @@ pub(super) fn common(
         max_header_size: usize::try_from(config.proxy.max_request_header_size)
             .unwrap_or(usize::MAX),
         body_limit: usize::try_from(config.predictor.max_body_capture).unwrap_or(usize::MAX),
+        clients: super::client_limits(config),
     }))
 }
 
@@ -175,6 +177,8 @@ fn speculation_settings(config: &Config) -> speculation::Settings {
 fn learner(config: &Config, key_headers: &KeyHeaders) -> Learner {
     let settings = LearnerSettings {
         min_observations: config.predictor.min_observations,
+        max_routes: config.predictor.max_routes,
+        max_shapes: config.predictor.max_shapes,
         key_headers: key_headers.clone(),
         ..LearnerSettings::default()
     };

@@ -17,25 +17,31 @@ use hyper_util::rt::TokioExecutor;
 
 use super::table::Stored;
 use crate::context::Json;
-use crate::http::headers;
 use crate::http::traceparent::{self, TraceParent};
+use crate::http::{capture, headers};
 
 /// The largest speculative response kept; larger ones are not served.
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// The client every speculative request goes through: pooled, keep-alive,
 /// no Nagle.
-pub(super) struct Client(HyperClient<HttpConnector, Full<Bytes>>);
+pub(super) struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// Answers are parsed for the learner only when JSON and at most this
+    /// long, as a real call's are captured.
+    json_limit: usize,
+}
 
 impl Client {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(json_limit: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        Self(
-            HyperClient::builder(TokioExecutor::new())
+        Self {
+            http: HyperClient::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build(connector),
-        )
+            json_limit,
+        }
     }
 
     /// Sends `p` to `addr`; `Ok(None)` when its answer must not be served
@@ -83,7 +89,7 @@ impl Client {
             .uri(uri)
             .body(Full::new(body))?;
         *req.headers_mut() = sent;
-        let resp = self.0.request(req).await?;
+        let resp = self.http.request(req).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = Limited::new(resp.into_body(), MAX_RESPONSE)
@@ -104,7 +110,9 @@ impl Client {
         {
             return Ok(None);
         }
-        let json: Option<Json> = serde_json::from_slice(&body).ok().map(Arc::new);
+        let json: Option<Json> = (capture::is_json(&headers) && body.len() <= self.json_limit)
+            .then(|| serde_json::from_slice(&body).ok().map(Arc::new))
+            .flatten();
         Ok(Some(Stored {
             status: status.as_u16(),
             headers: headers::end_to_end(&headers),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod cli;
+mod clients;
 mod containers;
 mod contexts;
 mod differential;

@@ -38,6 +38,7 @@ fn limits() -> Limits {
         max_age: Duration::from_secs(60),
         max_calls: 2,
         history: 2,
+        max_body_bytes: 1 << 20,
     }
 }
 
@@ -63,13 +64,13 @@ fn calls_join_their_own_context() {
     assert_eq!(attached(&t, 1), one);
     assert_eq!(attached(&t, 2), two);
     assert_eq!(t.attach(3), Attached::None);
-    assert!(t.record(one, call("a")).joined());
-    assert!(t.record(two, call("b")).joined());
+    assert!(t.record(one, call("a"), Charge::default()).joined());
+    assert!(t.record(two, call("b"), Charge::default()).joined());
     let gone = ContextId {
         trace: 3,
         serial: 99,
     };
-    assert!(!t.record(gone, call("c")).joined());
+    assert!(!t.record(gone, call("c"), Charge::default()).joined());
     let closed = t.close(one, 200).unwrap();
     assert_eq!(closed.context.calls.len(), 1);
     assert_eq!(&*closed.context.calls[0].dependency, "a");
@@ -88,7 +89,7 @@ fn bounded_by_count_calls_and_history() {
     let two = open(&t, 2);
     assert_eq!(t.open(3, inbound()), Err(Untracked::Full));
     for _ in 0..5 {
-        t.record(one, call("a"));
+        t.record(one, call("a"), Charge::default());
     }
     let c = t.close(one, 200).unwrap().context;
     assert_eq!((c.calls.len(), c.calls_dropped), (2, 3));
@@ -121,7 +122,7 @@ fn a_repeated_trace_id_makes_its_calls_ambiguous_and_both_contexts_unlearnable()
     }
     // Alone again, the first takes its calls, but is not learned from.
     assert_eq!(attached(&t, 7), first);
-    t.record(first, call("a"));
+    t.record(first, call("a"), Charge::default());
     let closed = t.close(first, 200).unwrap();
     assert!(closed.context.ambiguous);
     assert_eq!(closed.context.calls.len(), 1);
@@ -139,8 +140,8 @@ fn calls_are_kept_in_the_order_they_started() {
         start_offset_us: start,
         ..call(dep)
     };
-    t.record(id, at("second", 20));
-    t.record(id, at("first", 10));
+    t.record(id, at("second", 20), Charge::default());
+    t.record(id, at("first", 10), Charge::default());
     let closed = t.close(id, 200).unwrap();
     let deps: Vec<&str> = closed
         .context
@@ -164,9 +165,15 @@ fn a_context_waits_for_its_pending_calls_before_closing() {
         "a closing context takes no new calls"
     );
     assert_eq!(t.open_count(), 1);
-    assert!(matches!(t.record(id, call("a")), Recorded::Open));
+    assert!(matches!(
+        t.record(id, call("a"), Charge::default()),
+        Recorded::Open
+    ));
     assert!(t.recent(10).is_empty());
-    assert!(matches!(t.record(id, call("b")), Recorded::Closed(_)));
+    assert!(matches!(
+        t.record(id, call("b"), Charge::default()),
+        Recorded::Closed(_)
+    ));
     let closed = t.recent(10);
     assert_eq!(closed.len(), 1);
     assert_eq!((closed[0].status, closed[0].calls.len()), (200, 2));

@@ -1,0 +1,362 @@
+//! Client connections: how many a listener holds, and how long a client may
+//! take. pingora times each read (60 s), not a whole request header, so a
+//! client that sends one byte a minute — or opens connections and sends
+//! nothing — would hold a task and a socket for ever (slowloris). Every
+//! proxy listener is wrapped in a [`Guarded`] app that:
+//!
+//! * closes a new connection at once when the listener holds
+//!   `proxy.max_connections` already;
+//! * gives a new connection `proxy.header_timeout` from its accept to the
+//!   end of its request header, and a kept-alive one `proxy.idle_timeout`
+//!   to start its next request, then `proxy.header_timeout` to finish the
+//!   header;
+//! * leaves the body to pingora's per-read timeout, set to
+//!   `proxy.body_timeout` once the header is in ([`header_read`]).
+//!
+//! A connection cut for time is closed without an answer (as nginx does
+//! for `client_header_timeout`) and counted in
+//! `augur_downstream_closed_total`. The timers live in the connection's
+//! own stream ([`Watched`]): a read that waits past its deadline fails,
+//! which pingora treats as a client gone — no other connection waits on it.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::ops::metrics::Metrics;
+
+/// How long clients may take, and how many a listener holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+/// What one listener's connections share: its count and its counters,
+/// resolved once.
+struct Listener {
+    limits: Limits,
+    open: AtomicUsize,
+    gauge: IntGauge,
+    refused: IntCounter,
+    header_timeouts: IntCounter,
+    idle_timeouts: IntCounter,
+}
+
+/// A pingora app (an `HttpProxy`) behind the connection limits.
+pub(crate) struct Guarded<A> {
+    inner: Arc<A>,
+    listener: Arc<Listener>,
+}
+
+impl<A> Guarded<A> {
+    /// `name` labels the listener's counters (`ingress`, `egress users`).
+    pub(crate) fn new(inner: A, name: &str, limits: Limits, metrics: &Metrics) -> Self {
+        let closed = |reason: &str| metrics.downstream_closed.with_label_values(&[name, reason]);
+        Self {
+            inner: Arc::new(inner),
+            listener: Arc::new(Listener {
+                limits,
+                open: AtomicUsize::new(0),
+                gauge: metrics.downstream_connections.with_label_values(&[name]),
+                refused: closed("limit"),
+                header_timeouts: closed("header_timeout"),
+                idle_timeouts: closed("idle"),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // pingora keeps an HTTP/1 connection inside `process_new` between
+        // its requests; what comes back is handed to pingora again as is.
+        if stream.as_any().is::<Watched>() {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let listener = &self.listener;
+        if listener.open.fetch_add(1, Ordering::AcqRel) >= listener.limits.max_connections {
+            listener.open.fetch_sub(1, Ordering::AcqRel);
+            listener.refused.inc();
+            return None;
+        }
+        listener.gauge.inc();
+        let watched: Stream = Box::new(Watched::new(stream, listener.clone()));
+        self.inner.process_new(watched, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// What the request path tells a connection's timers (through a shared
+/// reference: pingora owns the stream).
+const NOTHING: u8 = 0;
+/// The request header is in: no timer of ours until the request ends.
+const HEADER_IN: u8 = 1;
+/// The request was answered: the connection is idle until its next byte.
+const ANSWERED: u8 = 2;
+
+fn watched(session: &Session) -> Option<&Watched> {
+    session
+        .downstream_session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<Watched>())
+}
+
+/// The request header is in (the first phase of both listeners calls
+/// this): its connection's header timer stops, the body's reads get
+/// `body_timeout` each, and pingora's own keep-alive wait is the idle
+/// timeout.
+pub(crate) fn header_read(session: &mut Session, limits: &Limits) {
+    if let Some(w) = watched(session) {
+        w.signal.store(HEADER_IN, Ordering::Release);
+    }
+    let downstream = &mut session.downstream_session;
+    downstream.set_read_timeout(Some(limits.body_timeout));
+    // pingora waits this long for each read between requests; ours bounds
+    // the whole wait. `None` (shutting down) stays `None`.
+    if downstream.get_keepalive().is_some() {
+        downstream.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
+    }
+}
+
+/// The request was answered (the last phase of both listeners calls
+/// this): the connection's idle timer starts with its next read.
+pub(crate) fn answered(session: &Session) {
+    if let Some(w) = watched(session) {
+        w.signal.store(ANSWERED, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of a request on a kept-alive connection.
+    Idle,
+    /// Reading a request header.
+    Header,
+    /// The header is in: no timer of ours.
+    Request,
+}
+
+/// A client connection as the listener sees it: the stream, its place in
+/// the listener's count (given back when dropped), and the timer of the
+/// request it is waiting for.
+pub(crate) struct Watched {
+    inner: Stream,
+    listener: Arc<Listener>,
+    phase: Phase,
+    /// Set by [`header_read`] and [`answered`], read (and cleared) by
+    /// the next read.
+    signal: AtomicU8,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Watched {
+    /// A new connection: its request header is due within the header
+    /// timeout from now.
+    fn new(inner: Stream, listener: Arc<Listener>) -> Self {
+        let deadline = Instant::now() + listener.limits.header_timeout;
+        Self {
+            inner,
+            listener,
+            phase: Phase::Header,
+            signal: AtomicU8::new(NOTHING),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        let limits = &self.listener.limits;
+        let wait = match phase {
+            Phase::Idle => limits.idle_timeout,
+            Phase::Header => limits.header_timeout,
+            Phase::Request => {
+                self.phase = phase;
+                return;
+            }
+        };
+        self.phase = phase;
+        self.timer.as_mut().reset(Instant::now() + wait);
+    }
+
+    /// Takes what the request path said since the last read.
+    fn follow_signal(&mut self) {
+        match self.signal.swap(NOTHING, Ordering::AcqRel) {
+            HEADER_IN => self.enter(Phase::Request),
+            ANSWERED => self.enter(Phase::Idle),
+            _ => {}
+        }
+    }
+
+    /// Fails the read when the timer of its phase ran out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.phase == Phase::Request || self.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let (counter, what) = match self.phase {
+            Phase::Idle => (&self.listener.idle_timeouts, "idle"),
+            _ => (&self.listener.header_timeouts, "request header"),
+        };
+        counter.inc();
+        // Once: the connection is closing.
+        self.phase = Phase::Request;
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("client connection {what} timeout"),
+        ))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.listener.open.fetch_sub(1, Ordering::AcqRel);
+        self.listener.gauge.dec();
+    }
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.follow_signal();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.phase == Phase::Idle && buf.filled().len() > before {
+                    // The next request began: its header has its own time.
+                    this.enter(Phase::Header);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Watched {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Watched {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Watched {}
+
+impl GetTimingDigest for Watched {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Watched {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Watched {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for Watched {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
