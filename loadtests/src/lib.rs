@@ -6,7 +6,8 @@
 //! application (`hotel.rs`, `shop.rs`; `app.rs` is what one is) direct and
 //! through augur; `demo.rs` is the tour,
 //! `bench.rs` the pass-through benchmark, `containers_bench.rs` the
-//! container-policy benchmark, `load.rs` the load generator.
+//! container-policy benchmark, `load.rs` the load generator,
+//! `fuzz_http.rs` the raw-socket HTTP fuzzer.
 
 pub mod app;
 pub mod app_demo;
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod cli;
 pub mod containers_bench;
 pub mod demo;
+pub mod fuzz_http;
 pub mod hotel;
 pub mod load;
 pub mod procs;

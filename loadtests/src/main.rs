@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use augur_loadtests::cli::humantime_duration;
 use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
-use augur_loadtests::{app_demo, bench, containers_bench, demo, server};
+use augur_loadtests::{app_demo, bench, containers_bench, demo, fuzz_http, server};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -68,6 +68,24 @@ enum Command {
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Hostile HTTP/1.1 over raw sockets against augur: a catalogue of
+    /// malformed requests, smuggling attempts, bad chunks, oversized headers,
+    /// pipelines and early closes, then seeded random mutations until
+    /// `--duration`. Exits non-zero on any finding.
+    FuzzHttp {
+        /// How long to send mutations after the catalogue.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// The mutations' seed (random when absent; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The augur binary (default: the one built beside this program).
+        #[arg(long)]
+        augur: Option<PathBuf>,
+        /// At most this many cases in all.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_cases: usize,
     },
     /// Serve a fixed body as fast as possible (the benchmarks' upstream).
     ServeFast {
@@ -196,6 +214,20 @@ fn main() -> anyhow::Result<()> {
             }
             Command::BenchContainers { opts, out } => {
                 emit(&containers_bench::run(opts).await?, out.as_deref())
+            }
+            Command::FuzzHttp {
+                duration,
+                seed,
+                augur,
+                max_cases,
+            } => {
+                fuzz_http::run(fuzz_http::Options {
+                    duration,
+                    seed,
+                    augur,
+                    max_cases,
+                })
+                .await
             }
             Command::ServeFast {
                 listen,

@@ -139,6 +139,9 @@ pub(crate) fn header_read(session: &mut Session, limits: &Limits) {
     }
     let downstream = &mut session.downstream_session;
     downstream.set_read_timeout(Some(limits.body_timeout));
+    // Pipelined requests are answered in order, one after another (pingora
+    // closes after the first otherwise, losing what the client sent).
+    downstream.set_pipelining_enabled(true);
     // pingora waits this long for each read between requests; ours bounds
     // the whole wait. `None` (shutting down) stays `None`.
     if downstream.get_keepalive().is_some() {

@@ -89,7 +89,7 @@ impl ProxyHttp for Egress {
     async fn request_filter(&self, session: &mut Session, ctx: &mut CallCtx) -> Result<bool> {
         let common = &*self.common;
         downstream::header_read(session, &common.clients);
-        if request::reject_oversized(session, common.max_header_size).await? {
+        if request::reject_invalid(session, common.max_header_size).await? {
             return Ok(true);
         }
         let req = session.req_header();

@@ -75,21 +75,30 @@ pub(crate) fn final_status(session: &Session, e: Option<&Error>) -> u16 {
         .unwrap_or(0)
 }
 
-/// Answers 431 and closes the connection when the request's header block
-/// is larger than `limit`. Returns whether it did.
-pub(crate) async fn reject_oversized(session: &mut Session, limit: usize) -> Result<bool> {
-    let size = super::headers::request_header_size(session.req_header());
-    if size <= limit {
+/// Answers and closes the connection when the request is one no server
+/// may act on: 431 when its header block is larger than `limit`, 400 when
+/// an HTTP/1.1 request has no `Host` or more than one (RFC 9112 §3.2).
+/// Returns whether it did.
+pub(crate) async fn reject_invalid(session: &mut Session, limit: usize) -> Result<bool> {
+    let req = session.req_header();
+    let size = super::headers::request_header_size(req);
+    let hosts = req.headers.get_all(http::header::HOST).iter().count();
+    let (status, why) = if size > limit {
+        (
+            431,
+            format!("request header block of {size} bytes is over the limit of {limit}"),
+        )
+    } else if req.version == http::Version::HTTP_11 && hosts != 1 {
+        (
+            400,
+            format!("an HTTP/1.1 request needs one Host header, not {hosts}"),
+        )
+    } else {
         return Ok(false);
-    }
+    };
     session.set_keepalive(None);
     session
-        .respond_error_with_body(
-            431,
-            Bytes::from(format!(
-                "augur: request header block of {size} bytes is over the limit of {limit}\n"
-            )),
-        )
+        .respond_error_with_body(status, Bytes::from(format!("augur: {why}\n")))
         .await?;
     Ok(true)
 }

@@ -130,3 +130,50 @@ async fn a_port_in_use_is_a_clear_start_up_error() {
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Found by `augur-loadtests fuzz-http`: an HTTP/1.1 request without a
+/// Host (or with two) reached the service; RFC 9112 §3.2 asks for 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_without_exactly_one_host_gets_400_and_a_close() {
+    let upstream = echo_server().await;
+    let augur = Augur::start(&Ports::new(0), upstream, &[], "").await;
+    for bad in [
+        &b"GET /no-host HTTP/1.1\r\n\r\n"[..],
+        b"GET /two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ] {
+        let resp = raw_exchange(augur.ingress, bad, Duration::from_secs(5));
+        assert!(
+            resp.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    // HTTP/1.0 needs none.
+    let ok = raw_exchange(
+        augur.ingress,
+        b"GET /old HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(
+        ok.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&ok)
+    );
+}
+
+/// Found by `augur-loadtests fuzz-http`: pipelined requests after the
+/// first were dropped with the connection; each is answered, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_each_answered_in_order() {
+    let upstream = echo_server().await;
+    let augur = Augur::start(&Ports::new(0), upstream, &[], "").await;
+    let pipeline = b"GET /p0 HTTP/1.1\r\nHost: x\r\n\r\nPOST /p1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /p2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let resp = raw_exchange(augur.ingress, pipeline, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&resp);
+    let uris: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-echo-uri: "))
+        .collect();
+    assert_eq!(uris, ["/p0", "/p1", "/p2"], "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3);
+}
