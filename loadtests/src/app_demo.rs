@@ -68,7 +68,7 @@ struct Run {
 
 /// The warm-up: the workload's first requests, at most `per_route` of each
 /// endpoint. Returns them and where the measured run starts.
-fn warmup<A: App>(per_route: usize) -> (Vec<Planned>, u64) {
+pub(crate) fn warmup<A: App>(per_route: usize) -> (Vec<Planned>, u64) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::new();
     let mut n = 0;

@@ -7,11 +7,12 @@
 //! through augur; `demo.rs` is the tour,
 //! `bench.rs` the pass-through benchmark, `containers_bench.rs` the
 //! container-policy benchmark, `load.rs` the load generator,
-//! `fuzz_http.rs` the raw-socket HTTP fuzzer.
+//! `fuzz_http.rs` the raw-socket HTTP fuzzer, `chaos.rs` the chaos soak.
 
 pub mod app;
 pub mod app_demo;
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod containers_bench;
 pub mod demo;

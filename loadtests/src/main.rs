@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use augur_loadtests::cli::humantime_duration;
 use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
-use augur_loadtests::{app_demo, bench, containers_bench, demo, fuzz_http, server};
+use augur_loadtests::{app_demo, bench, chaos, containers_bench, demo, fuzz_http, server};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -86,6 +86,16 @@ enum Command {
         /// At most this many cases in all.
         #[arg(long, default_value_t = 1_000_000)]
         max_cases: usize,
+    },
+    /// The chaos soak: the hotel demo and a container dependency at a
+    /// steady rate while dependencies, the container, the Docker daemon and
+    /// augur itself fail in turn. Prints sent / answered / failed (and the
+    /// fault behind each failure) / wrong, memory over time, and what was
+    /// left behind; exits non-zero on a wrong answer, an unexplained
+    /// failure or a leftover.
+    Chaos {
+        #[command(flatten)]
+        opts: chaos::Options,
     },
     /// Serve a fixed body as fast as possible (the benchmarks' upstream).
     ServeFast {
@@ -229,6 +239,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Command::Chaos { opts } => chaos::run(opts).await.map(drop),
             Command::ServeFast {
                 listen,
                 body_bytes,

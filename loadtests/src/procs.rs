@@ -162,12 +162,26 @@ pub fn start_augur(
     admin: SocketAddr,
     cpus: Option<&str>,
 ) -> anyhow::Result<Proc> {
+    start_augur_with(binary, dir, name, config, admin, cpus, &[])
+}
+
+/// [`start_augur`] with extra environment variables (`DOCKER_HOST`).
+pub fn start_augur_with(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    admin: SocketAddr,
+    cpus: Option<&str>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config)?;
     let mut cmd = command(binary, cpus);
     cmd.args(["run", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied());
     let proc = start(name, cmd, &dir.join(format!("{name}.log")), &[admin])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !crate::procs::http_ok(admin, "/readyz") {
