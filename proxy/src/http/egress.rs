@@ -4,7 +4,7 @@
 //! other call is proxied the same way and counted as `bypass`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,6 +55,8 @@ pub(crate) struct CallCtx {
     response: Capture,
     /// The instance the call went to, given back when the call ends.
     lease: Option<Lease>,
+    /// How long the call waited for a container to start.
+    cold_wait: Duration,
     /// Set when a speculation answered the call: `hit` or `coalesced`.
     served: Option<(CallOutcome, Option<Json>)>,
     /// The call has side effects and holds speculation back in its context
@@ -82,6 +84,7 @@ impl ProxyHttp for Egress {
             served: None,
             write: false,
             lease: None,
+            cold_wait: Duration::ZERO,
             _inflight: self.common.inflight(),
         }
     }
@@ -160,6 +163,7 @@ impl ProxyHttp for Egress {
             .await
             .map_err(failure::no_instance)?;
         if let Some(waited) = lease.cold_wait() {
+            ctx.cold_wait += waited;
             self.common
                 .metrics
                 .cold_start_wait
@@ -254,9 +258,25 @@ impl ProxyHttp for Egress {
             .saturating_duration_since(ctx.started);
         let status = request::final_status(session, e);
         let outcome = self.record(session, ctx, status, elapsed);
+        let name = self.dependency.name();
         self.common
             .metrics
-            .dependency_call(self.dependency.name(), outcome.as_str(), elapsed);
+            .dependency_call(name, outcome.as_str(), elapsed);
+        // Each read and write is bounded by the dependency's timeout, but
+        // a call as a whole should not outlast connect + timeout (plus a
+        // cold start it waited for): one that does is a stall to find.
+        let target = self.dependency.target();
+        let bound = target.connect_timeout + target.timeout + ctx.cold_wait;
+        if elapsed > bound {
+            self.common
+                .metrics
+                .dependency_overdue(name, outcome.as_str());
+            tracing::warn!(
+                dependency = %name,
+                outcome = outcome.as_str(),
+                "a call took {elapsed:?}, past its dependency's connect_timeout + timeout ({bound:?})"
+            );
+        }
         telemetry::finish(&mut ctx.span, status, || {
             vec![KeyValue::new("augur.outcome", outcome.as_str())]
         });

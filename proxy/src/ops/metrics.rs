@@ -35,6 +35,7 @@ pub(crate) struct Metrics {
     pub(crate) inbound_requests: IntCounterVec,
     pub(crate) inbound_duration: HistogramVec,
     pub(crate) dependency_calls: IntCounterVec,
+    dependency_overdue: IntCounterVec,
     pub(crate) dependency_duration: HistogramVec,
     pub(crate) upstream_requests: IntCounterVec,
     pub(crate) speculations: IntCounterVec,
@@ -222,6 +223,11 @@ impl Metrics {
                 "Calls the service made to a dependency, by how augur answered them",
                 &["dependency", "outcome"],
             )?,
+            dependency_overdue: counter(
+                "augur_dependency_overdue_total",
+                "Dependency calls that took longer than the dependency's connect_timeout plus timeout (plus any cold-start wait): stalls",
+                &["dependency", "outcome"],
+            )?,
             dependency_duration: histogram(
                 "augur_dependency_call_duration_seconds",
                 "Dependency call duration as the service saw it",
@@ -348,6 +354,14 @@ impl Metrics {
                     .inc_by(is - was);
             }
         }
+    }
+
+    /// A dependency call that outlasted its dependency's connect_timeout
+    /// plus timeout (plus any cold-start wait).
+    pub(crate) fn dependency_overdue(&self, dependency: &str, outcome: &str) {
+        self.dependency_overdue
+            .with_label_values(&[dependency, outcome])
+            .inc();
     }
 
     pub(crate) fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {

@@ -109,6 +109,66 @@ async fn a_hanging_dependency_gives_504_after_its_timeout() {
     assert_eq!(get(&augur.url("/")).await.status, 200);
 }
 
+/// A dependency that answers at once and then sends its body one byte
+/// every 150 ms: no read waits as long as the timeout, but the call as a
+/// whole outlasts connect_timeout + timeout, and is counted as overdue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_outlasts_its_timeouts_is_counted_as_overdue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trickling = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let fast = got.starts_with(b"GET /fast");
+                let body: &[u8] = b"abcdef";
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                for b in body {
+                    if !fast {
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                    }
+                    let _ = s.write_all(&[*b]).await;
+                }
+            });
+        }
+    });
+    let ports = Ports::new(1);
+    let dep = Dep {
+        extra: "timeout = \"400ms\"\nconnect_timeout = \"100ms\"",
+        ..Dep::new("trickle", trickling)
+    };
+    let augur = Augur::start(&ports, echo_server().await, &[dep], "").await;
+    let overdue = "augur_dependency_overdue_total{dependency=\"trickle\",outcome=\"bypass\"}";
+
+    let fast = get(&augur.dep_url(0, "/fast")).await;
+    assert_eq!((fast.status, fast.text().as_str()), (200, "abcdef"));
+    assert_eq!(
+        augur.metric(overdue).await,
+        0.0,
+        "a quick call is not overdue"
+    );
+
+    let started = Instant::now();
+    let slow = get(&augur.dep_url(0, "/slow")).await;
+    assert_eq!((slow.status, slow.text().as_str()), (200, "abcdef"));
+    assert!(started.elapsed() > Duration::from_millis(800));
+    eventually(
+        Duration::from_secs(5),
+        "the overdue call counted",
+        || async { (augur.metric(overdue).await == 1.0).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
