@@ -229,7 +229,7 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// Dependency calls augur answered from speculation (hit or coalesced).
-fn speculated(admin: SocketAddr) -> anyhow::Result<f64> {
+pub(crate) fn speculated(admin: SocketAddr) -> anyhow::Result<f64> {
     let (_, metrics) = procs::http_get(admin, "/metrics")?;
     Ok(metrics
         .lines()
@@ -254,8 +254,8 @@ async fn start_augur<A: App>(
         .collect::<Result<_, _>>()?;
     let frontend = A::start_frontend(egress.clone()).await?;
     let speculate = mode == Mode::Speculating;
-    let mut config = format!(
-        "[service]\nname = \"frontend\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\n"
+    let mut config = augur_config::<A>(
+        "frontend", ingress, admin, frontend, &egress, deps, speculate,
     );
     if let (true, Some(path)) = (speculate, trace) {
         let path = std::path::absolute(path)?;
@@ -264,12 +264,6 @@ async fn start_augur<A: App>(
             config,
             "\n[predictor]\ntrace_log = {:?}",
             path.display().to_string()
-        );
-    }
-    for ((name, listen), upstream) in A::DEPENDENCIES.iter().zip(&egress).zip(deps) {
-        let _ = write!(
-            config,
-            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
         );
     }
     let name = if speculate {
@@ -281,6 +275,31 @@ async fn start_augur<A: App>(
         procs::start_augur(binary, dir, name, &config, admin, None)
     })?;
     Ok((ingress, proc, admin))
+}
+
+/// augur's config in front of application `A`: the service `name` on
+/// `ingress` forwarding to `frontend`, the admin API on `admin`, and each
+/// dependency listening on `egress` and forwarding to `upstreams` (in
+/// [`App::DEPENDENCIES`] order). Sections may be appended.
+pub(crate) fn augur_config<A: App>(
+    name: &str,
+    ingress: SocketAddr,
+    admin: SocketAddr,
+    frontend: SocketAddr,
+    egress: &[SocketAddr],
+    upstreams: &[SocketAddr],
+    speculate: bool,
+) -> String {
+    let mut config = format!(
+        "[service]\nname = \"{name}\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\n"
+    );
+    for ((name, listen), upstream) in A::DEPENDENCIES.iter().zip(egress).zip(upstreams) {
+        let _ = write!(
+            config,
+            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+        );
+    }
+    config
 }
 
 fn ms(r: &Report, label: &str, q: f64) -> f64 {

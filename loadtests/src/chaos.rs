@@ -26,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::app::{App, Counts};
-use crate::app_demo::warmup;
+use crate::app_demo::{augur_config, warmup};
 use crate::cli::humantime_duration;
 use crate::hotel::Hotel;
 use crate::load::{self, Planned};
@@ -231,15 +231,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         .map(|_| free_port().map(local))
         .collect::<Result<_, _>>()?;
     let frontend = Hotel::start_frontend(egress.clone()).await?;
-    let mut config = format!(
-        "[service]\nname = \"{SERVICE}\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = true\n"
-    );
-    for ((name, listen), upstream) in Hotel::DEPENDENCIES.iter().zip(&egress).zip(&upstreams) {
-        let _ = write!(
-            config,
-            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
-        );
-    }
+    let mut config =
+        augur_config::<Hotel>(SERVICE, ingress, admin, frontend, &egress, &upstreams, true);
     let _ = write!(
         config,
         "\n[[dependency]]\nname = \"echo\"\nlisten = \"{container_egress}\"\n[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--body-bytes\", \"{ECHO_BYTES}\"]\nport = 8080\nkeep_alive = \"10m\"\nstart_timeout = \"10s\"\n"

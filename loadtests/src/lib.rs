@@ -7,7 +7,8 @@
 //! through augur; `demo.rs` is the tour,
 //! `bench.rs` the pass-through benchmark, `containers_bench.rs` the
 //! container-policy benchmark, `load.rs` the load generator,
-//! `fuzz_http.rs` the raw-socket HTTP fuzzer, `chaos.rs` the chaos soak.
+//! `fuzz_http.rs` the raw-socket HTTP fuzzer, `chaos.rs` the chaos soak, `hostile.rs` the slowloris and
+//! junk-routes runs.
 
 pub mod app;
 pub mod app_demo;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod containers_bench;
 pub mod demo;
 pub mod fuzz_http;
+pub mod hostile;
 pub mod hotel;
 pub mod load;
 pub mod procs;

@@ -37,7 +37,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             ok: 0,
             errors: 0,
@@ -49,7 +49,7 @@ impl Report {
         }
     }
 
-    fn merge(&mut self, other: &Report) {
+    pub(crate) fn merge(&mut self, other: &Report) {
         self.ok += other.ok;
         self.errors += other.errors;
         self.wrong += other.wrong;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use augur_loadtests::cli::humantime_duration;
 use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
-use augur_loadtests::{app_demo, bench, chaos, containers_bench, demo, fuzz_http, server};
+use augur_loadtests::{app_demo, bench, chaos, containers_bench, demo, fuzz_http, hostile, server};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -96,6 +96,21 @@ enum Command {
     Chaos {
         #[command(flatten)]
         opts: chaos::Options,
+    },
+    /// Slow clients: the hotel demo at a fixed rate, measured before,
+    /// during and after hundreds of silent and trickling connections on
+    /// augur's ingress and egress listeners. Exits non-zero if a demo
+    /// request failed or its p99 rose past the limit.
+    Slowloris {
+        #[command(flatten)]
+        opts: hostile::SlowlorisOptions,
+    },
+    /// Junk routes: a million requests over tens of thousands of junk
+    /// paths beside the hotel demo's traffic; augur's memory sampled as it
+    /// goes, then the demo's routes checked still learned and speculated.
+    JunkRoutes {
+        #[command(flatten)]
+        opts: hostile::JunkOptions,
     },
     /// Serve a fixed body as fast as possible (the benchmarks' upstream).
     ServeFast {
@@ -240,6 +255,8 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Chaos { opts } => chaos::run(opts).await.map(drop),
+            Command::Slowloris { opts } => hostile::slowloris(opts).await.map(drop),
+            Command::JunkRoutes { opts } => hostile::junk_routes(opts).await.map(drop),
             Command::ServeFast {
                 listen,
                 body_bytes,
