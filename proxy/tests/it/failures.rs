@@ -237,3 +237,80 @@ async fn pipelined_requests_are_each_answered_in_order() {
     assert_eq!(uris, ["/p0", "/p1", "/p2"], "{text}");
     assert_eq!(text.matches("HTTP/1.1 200").count(), 3);
 }
+
+/// Request smuggling (RFC 9112 §6.1, §6.3): a request framed two ways —
+/// Content-Length and Transfer-Encoding together, either order, or two
+/// Content-Lengths that disagree — gets one answer and a closed
+/// connection, and what a second framing would make a request never
+/// reaches the service. Conflicting lengths are rejected with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_get_one_answer_and_a_close_and_reach_nothing() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let upstream = {
+        let seen = seen.clone();
+        serve(move |req: hyper::Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(req.uri().to_string());
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+            }
+        })
+        .await
+    };
+    let augur = Augur::start(&Ports::new(0), upstream, &[], "").await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let te_tail = format!("0\r\n\r\n{smuggled}");
+    let cases: Vec<(&str, String, bool)> = vec![
+        (
+            "CL.TE",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{te_tail}",
+                te_tail.len()
+            ),
+            false,
+        ),
+        (
+            "TE.CL",
+            format!(
+                "POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+                smuggled.len()
+            ),
+            false,
+        ),
+        (
+            "two content-lengths",
+            format!(
+                "POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello{smuggled}"
+            ),
+            true,
+        ),
+        (
+            "a content-length list",
+            format!("POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello{smuggled}"),
+            true,
+        ),
+    ];
+    for (name, request, must_reject) in cases {
+        let started = Instant::now();
+        let resp = raw_exchange(augur.ingress, request.as_bytes(), Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&resp);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{name}: the connection was not closed: {text:?}"
+        );
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text:?}");
+        if must_reject {
+            assert!(text.starts_with("HTTP/1.1 400"), "{name}: {text:?}");
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|uri| uri.contains("smuggled")),
+        "a smuggled request reached the service: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|uri| uri == "/c" || uri == "/d"),
+        "{seen:?}"
+    );
+}
