@@ -86,6 +86,24 @@ pub(crate) fn warmup<A: App>(per_route: usize) -> (Vec<Planned>, u64) {
     (out, n)
 }
 
+/// Sends application `A`'s warm-up to `target` (4 at a time) and returns
+/// where its workload goes on; an error naming `who` if an answer failed
+/// or was wrong.
+pub(crate) async fn warm_up<A: App>(who: &str, target: SocketAddr) -> anyhow::Result<u64> {
+    let (warm, next) = warmup::<A>(50);
+    eprintln!("{who}: warming up ({} requests)", warm.len());
+    let w = load::closed_loop(target, warm, 4).await;
+    if w.errors > 0 || w.wrong > 0 {
+        bail!(
+            "{who}: the warm-up saw {} errors and {} wrong answers; {}",
+            w.errors,
+            w.wrong,
+            w.describe_first_wrong()
+        );
+    }
+    Ok(next)
+}
+
 /// Runs the demo of application `A`.
 pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
     let binary = procs::augur_binary(opts.augur.clone())?;

@@ -26,10 +26,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::app::{App, Counts};
-use crate::app_demo::{augur_config, warmup};
+use crate::app_demo::{augur_config, warm_up};
 use crate::cli::humantime_duration;
 use crate::hotel::Hotel;
-use crate::load::{self, Planned};
+use crate::load::Planned;
 use crate::procs::{self, Proc, free_port, local};
 use relay::{Ends, Relay};
 
@@ -251,17 +251,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         tokio::task::spawn_blocking(move || augur.start()).await??;
     }
 
-    let (warm, first) = warmup::<Hotel>(50);
-    eprintln!("chaos: warming up ({} requests)", warm.len());
-    let w = load::closed_loop(ingress, warm, 4).await;
-    if w.errors > 0 || w.wrong > 0 {
-        bail!(
-            "chaos: the warm-up saw {} errors and {} wrong answers before any fault; {}",
-            w.errors,
-            w.wrong,
-            w.describe_first_wrong()
-        );
-    }
+    let first = warm_up::<Hotel>("chaos", ingress).await?;
 
     eprintln!(
         "chaos: {} at {} hotel requests/s, a fault every {:?}",

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::{self, App, Counts, Outbound};
-use crate::app_demo::{augur_config, speculated, warmup};
+use crate::app_demo::{augur_config, speculated, warm_up};
 use crate::cli::humantime_duration;
 use crate::hotel::Hotel;
 use crate::load::{self, Planned, Report};
@@ -69,17 +69,7 @@ impl Rig {
         let proc = tokio::task::block_in_place(|| {
             procs::start_augur(binary, &dir, name, &config, admin, None)
         })?;
-        let (warm, next) = warmup::<Hotel>(50);
-        eprintln!("{name}: warming up ({} requests)", warm.len());
-        let w = load::closed_loop(ingress, warm, 4).await;
-        if w.errors > 0 || w.wrong > 0 {
-            bail!(
-                "{name}: the warm-up saw {} errors and {} wrong answers; {}",
-                w.errors,
-                w.wrong,
-                w.describe_first_wrong()
-            );
-        }
+        let next = warm_up::<Hotel>(name, ingress).await?;
         Ok(Rig {
             ingress,
             admin,
