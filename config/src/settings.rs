@@ -154,7 +154,7 @@ pub struct Cache {
 /// `[proxy]`: how the listeners behave.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proxy {
-    /// Worker threads per listener.
+    /// Worker threads, shared by the ingress and every egress listener.
     pub threads: usize,
     /// How long a shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,

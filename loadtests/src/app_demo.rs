@@ -142,6 +142,14 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
                 (target, Some(proc), Some(admin))
             }
         };
+        if let Some(rss) = augur.as_ref().and_then(Proc::rss_kib) {
+            println!(
+                "[{}/3] {}: augur resident memory idle: {:.1} MiB",
+                i + 1,
+                mode.name(),
+                rss as f64 / 1024.0
+            );
+        }
         println!(
             "[{}/3] {}: warming up ({} requests)",
             i + 1,
@@ -203,7 +211,10 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
                         println!("    {line}");
                     }
                     if let Some(rss) = proc.rss_kib() {
-                        println!("    augur resident memory: {:.1} MiB", rss as f64 / 1024.0);
+                        println!(
+                            "    augur resident memory under the demo: {:.1} MiB",
+                            rss as f64 / 1024.0
+                        );
                     }
                 }
             }

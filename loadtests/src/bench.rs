@@ -43,8 +43,13 @@ struct Row {
     name: String,
     /// (rate, achieved rps, p50 ms, p99 ms, p99.9 ms, errors) per fixed rate.
     fixed: Vec<(u32, f64, f64, f64, f64, u64)>,
+    /// CPU seconds the proxy (with its child processes) used per 10 000
+    /// requests answered, per fixed rate; none for direct.
+    cpu_per_10k: Vec<Option<f64>>,
     /// (rps, p50 ms, p99 ms) from wrk.
     saturated: Option<(f64, f64, f64)>,
+    /// The proxy's resident memory after its runs, MiB.
+    rss_mib: Option<f64>,
 }
 
 const PROXY_CPU: &str = "1";
@@ -67,6 +72,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
 
     let mut targets: Vec<(String, SocketAddr, Option<Proc>)> =
         vec![("direct".into(), upstream, None)];
+    match start_bare_pingora(&me, &dir, upstream) {
+        Ok((addr, proc)) => targets.push(("bare pingora".into(), addr, Some(proc))),
+        Err(e) => eprintln!("bare pingora skipped: {e:#}"),
+    }
     let (addr, proc) = start_augur_ingress(&binary, &dir, upstream)?;
     targets.push(("augur (ingress)".into(), addr, Some(proc)));
     let (addr, proc) = start_augur_chain(&binary, &dir, upstream)?;
@@ -88,21 +97,31 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
 
     let planned = Planned::get("/bench");
     let mut rows = Vec::new();
-    for (name, addr, _proc) in &targets {
+    for (name, addr, proc) in &targets {
         eprintln!("==> {name} at {addr}");
         // Warm connections and pools.
         load::fixed_rate(*addr, planned.clone(), 1000, Duration::from_secs(1), 16).await;
         let mut fixed = Vec::new();
+        let mut cpu_per_10k = Vec::new();
         for &rate in &opts.rates {
             let conns = (rate as usize / 200).clamp(8, 64);
+            let before = proc.as_ref().and_then(Proc::tree_cpu_seconds);
             let r = load::fixed_rate(*addr, planned.clone(), rate, opts.duration, conns).await;
+            let after = proc.as_ref().and_then(Proc::tree_cpu_seconds);
+            let cpu = before
+                .zip(after)
+                .filter(|_| r.ok > 0)
+                .map(|(b, a)| (a - b) / r.ok as f64 * 10_000.0);
             eprintln!(
-                "    {rate} req/s: p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                "    {rate} req/s: p50 {:.3} ms, p99 {:.3} ms, {} errors{}",
                 r.ms(0.5),
                 r.ms(0.99),
-                r.errors
+                r.errors,
+                cpu.map(|c| format!(", {c:.3} CPU s per 10k requests"))
+                    .unwrap_or_default()
             );
             fixed.push((rate, r.rps(), r.ms(0.5), r.ms(0.99), r.ms(0.999), r.errors));
+            cpu_per_10k.push(cpu);
         }
         let saturated = if procs::which("wrk") {
             let s = tokio::task::block_in_place(|| wrk(*addr, opts.duration))?;
@@ -115,10 +134,16 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
             eprintln!("    wrk not found: saturation skipped (apt-get install wrk)");
             None
         };
+        let rss_mib = proc
+            .as_ref()
+            .and_then(Proc::rss_kib)
+            .map(|k| k as f64 / 1024.0);
         rows.push(Row {
             name: name.clone(),
             fixed,
+            cpu_per_10k,
             saturated,
+            rss_mib,
         });
     }
     Ok(table(&rows, &opts))
@@ -128,7 +153,9 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} s per run, {} B bodies, proxies pinned to CPU {PROXY_CPU}, load to CPU {LOAD_CPU}\n",
+        "{}, {}: {} s per run, {} B bodies, proxies pinned to CPU {PROXY_CPU}, load and upstream to CPU {LOAD_CPU}\n",
+        procs::utc_now(),
+        procs::machine(),
         opts.duration.as_secs(),
         opts.body_bytes
     );
@@ -141,8 +168,12 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
         );
         rule.push_str("---:|---:|---:|");
     }
-    header.push_str(" saturated req/s | sat. p50 ms | sat. p99 ms |");
-    rule.push_str("---:|---:|---:|");
+    for rate in &opts.rates {
+        let _ = write!(header, " {rate}/s CPU s per 10k |");
+        rule.push_str("---:|");
+    }
+    header.push_str(" saturated req/s | sat. p50 ms | sat. p99 ms | RSS MiB |");
+    rule.push_str("---:|---:|---:|---:|");
     let _ = writeln!(out, "{header}\n{rule}");
     for row in rows {
         let _ = write!(out, "| {} |", row.name);
@@ -154,13 +185,18 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
             };
             let _ = write!(out, " {p50:.3} | {p99:.3}{mark} | {p999:.3} |");
         }
+        for cpu in &row.cpu_per_10k {
+            let _ = write!(out, " {} |", or_dash(*cpu, 3));
+        }
         match row.saturated {
             Some((rps, p50, p99)) => {
-                let _ = writeln!(out, " {rps:.0} | {p50:.3} | {p99:.3} |");
+                let _ = write!(out, " {rps:.0} | {p50:.3} | {p99:.3} |");
             }
-            None => out.push_str(" - | - | - |\n"),
+            None => out.push_str(" - | - | - |"),
         }
+        let _ = writeln!(out, " {} |", or_dash(row.rss_mib, 1));
     }
+    ratios(&mut out, rows);
     // Added latency per hop at each fixed rate, against direct.
     if let Some(direct) = rows.first() {
         let _ = writeln!(out, "\nAdded p99 per hop (ms), against direct:\n");
@@ -180,6 +216,80 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
         }
     }
     out
+}
+
+/// Each proxy against nginx: saturated throughput (two hops against
+/// nginx's one), and CPU per request at each fixed rate.
+fn ratios(out: &mut String, rows: &[Row]) {
+    let Some(nginx) = rows.iter().find(|r| r.name.starts_with("nginx")) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nAgainst nginx (saturated req/s ratio; CPU per request ratio at each rate):\n"
+    );
+    for row in rows.iter().filter(|r| r.proxies() && r.name != nginx.name) {
+        let saturated = row
+            .saturated
+            .zip(nginx.saturated)
+            .map(|(r, n)| format!("{:.2}×", r.0 / n.0))
+            .unwrap_or_else(|| "-".into());
+        let cpu: Vec<String> = row
+            .cpu_per_10k
+            .iter()
+            .zip(&nginx.cpu_per_10k)
+            .zip(&row.fixed)
+            .map(|((r, n), f)| match r.zip(*n) {
+                Some((r, n)) if n > 0.0 => format!("{}/s {:.2}×", f.0, r / n),
+                _ => format!("{}/s -", f.0),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "* {}: saturated {saturated}; CPU {}",
+            row.name,
+            cpu.join(", ")
+        );
+    }
+}
+
+impl Row {
+    fn proxies(&self) -> bool {
+        self.name != "direct"
+    }
+}
+
+fn or_dash(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn start_bare_pingora(
+    me: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Proc)> {
+    let binary = me.with_file_name("bare-pingora");
+    if !binary.is_file() {
+        bail!(
+            "{} not found (cargo build --release -p augur-loadtests)",
+            binary.display()
+        );
+    }
+    let listen = local(free_port()?);
+    let mut cmd = procs::command(&binary, Some(PROXY_CPU));
+    cmd.args([
+        "--listen",
+        &listen.to_string(),
+        "--upstream",
+        &upstream.to_string(),
+    ]);
+    let proc = procs::start(
+        "bare-pingora",
+        cmd,
+        &dir.join("bare-pingora.log"),
+        &[listen],
+    )?;
+    Ok((listen, proc))
 }
 
 fn start_augur_ingress(

@@ -30,19 +30,86 @@ impl Proc {
 
     /// CPU time the process has used (user + system), from /proc (Linux).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces), from the
-        // third: utime and stime are the 14th and 15th, in clock ticks.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / CLOCK_TICKS)
+        ProcStat::read(self.child.id()).map(|s| s.cpu_seconds)
+    }
+
+    /// CPU time the process and every process below it (nginx's workers)
+    /// have used, from /proc (Linux).
+    pub fn tree_cpu_seconds(&self) -> Option<f64> {
+        let root = self.child.id();
+        let mut stats = Vec::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(stat) = ProcStat::read(pid) {
+                stats.push(stat);
+            }
+        }
+        let mut tree = vec![root];
+        let mut total = 0.0;
+        let mut i = 0;
+        while let Some(&pid) = tree.get(i) {
+            i += 1;
+            for s in &stats {
+                if s.pid == pid {
+                    total += on_cpu_seconds(pid).unwrap_or(s.cpu_seconds);
+                }
+                if s.parent == pid && !tree.contains(&s.pid) {
+                    tree.push(s.pid);
+                }
+            }
+        }
+        (i > 0).then_some(total)
     }
 
     /// Whether the process has not exited.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Time the threads of `pid` have run, in nanoseconds from
+/// `/proc/PID/task/*/schedstat`: finer than `stat`'s clock ticks, which
+/// are 10 ms.
+fn on_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// What augur's benchmarks read of `/proc/PID/stat`.
+struct ProcStat {
+    pid: u32,
+    parent: u32,
+    cpu_seconds: f64,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from the
+        // third: the parent is the 4th, utime and stime the 14th and 15th
+        // (in clock ticks).
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(Self {
+            pid,
+            parent: fields.get(1)?.parse().ok()?,
+            cpu_seconds: ticks / CLOCK_TICKS,
+        })
     }
 }
 
@@ -241,4 +308,37 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_string();
     Ok((status, body))
+}
+
+/// The time now, UTC, for a benchmark's heading (`date -u`).
+pub fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "date unknown".into())
+}
+
+/// The machine a benchmark ran on: CPU model, cores and memory, from /proc.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kib| {
+            format!(", {:.0} GiB", kib as f64 / 1048576.0)
+        });
+    format!("{model}, {cores} cores{memory}")
 }

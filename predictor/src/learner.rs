@@ -461,6 +461,16 @@ impl Learner {
         self.model.next(route, history).first().map(|(n, _)| *n)
     }
 
+    /// Whether `route` has been learned: only then does [`predict`]
+    /// return anything for it, or [`learn`] take a context of it that made
+    /// no calls.
+    ///
+    /// [`predict`]: Self::predict
+    /// [`learn`]: Self::learn
+    pub fn knows_route(&self, route: &str) -> bool {
+        self.routes.contains_key(route)
+    }
+
     pub fn route_count(&self) -> usize {
         self.routes.len()
     }

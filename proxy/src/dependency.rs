@@ -18,7 +18,7 @@ use crate::containers::backend::{Backend, Spec};
 use crate::containers::capacity::Capacity;
 use crate::containers::pool::{self, ContainerPool, PoolError};
 use crate::http::upstream::Target;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{CallSeries, Metrics};
 
 /// Keep-alive of an adaptive pool until it has seen enough idle gaps.
 const ADAPTIVE_FALLBACK: Duration = Duration::from_secs(60);
@@ -33,6 +33,8 @@ pub(crate) struct Dependency {
     containers: Option<Arc<ContainerPool>>,
     /// Whether augur may send it speculative requests.
     speculate: bool,
+    /// Its call and upstream-request series.
+    series: CallSeries,
 }
 
 /// What a lease is for: a real call waits for a cold start; a speculation
@@ -90,11 +92,17 @@ impl Dependency {
             target,
             containers,
             speculate: dep.speculate,
+            series: env.metrics.call_series(&dep.name),
         })
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// Its metric series, resolved once.
+    pub(crate) fn series(&self) -> &CallSeries {
+        &self.series
     }
 
     /// Where requests go and how, for peers and error messages.

@@ -6,8 +6,9 @@
 //! on the way through, `capture.rs` copies JSON bodies for the learner,
 //! `traceparent.rs` parses W3C trace context, `upstream.rs` holds a
 //! resolved peer, `failure.rs` decides what a client sees when proxying
-//! fails, and `downstream.rs` bounds how many clients a listener holds and
-//! how long each may take.
+//! fails, `downstream.rs` bounds how many clients a listener holds and
+//! how long each may take, and `listeners.rs` serves every listener from
+//! one pingora service.
 
 pub(crate) mod capture;
 pub(crate) mod downstream;
@@ -15,6 +16,7 @@ pub(crate) mod egress;
 pub(crate) mod failure;
 pub(crate) mod headers;
 pub(crate) mod ingress;
+pub(crate) mod listeners;
 pub(crate) mod request;
 pub(crate) mod traceparent;
 pub(crate) mod upstream;

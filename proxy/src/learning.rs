@@ -4,8 +4,15 @@
 //! only enqueues; when the queue is full a context is dropped and counted,
 //! never waited for.
 //!
+//! The hand-off is batched: the thread takes everything queued at once,
+//! then sleeps [`BATCH_WINDOW`] before it looks again, so under load a
+//! request pays for a lock and a push, never for waking a thread; only the
+//! first context after the thread went idle wakes it. A context with
+//! nothing to teach (no calls, on a route the learner does not know, no
+//! trace log to write) is not handed over at all.
+//!
 //! The request path predicts from a snapshot the thread publishes (a copy
-//! of the learner, behind an `Arc`): at once when the queue runs dry, every
+//! of the learner, behind an `Arc`): when the queue runs dry, and every
 //! [`PUBLISH_EVERY`] under load. No lock is held while learning; readers
 //! only clone the `Arc`.
 
@@ -13,20 +20,25 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use augur_predictor::learner::Evictions;
 use augur_predictor::trace::Record;
 use augur_predictor::{Call, Context, Learner, Request};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::context::Closed;
 use crate::ops::metrics::Metrics;
 
 /// Closed contexts waiting for the learner at most.
 const QUEUE: usize = 4096;
+
+/// How long the thread lets contexts gather after a batch before it takes
+/// the next one.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// Under steady load, what was learned is published at least this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
@@ -35,9 +47,25 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 type Published = Arc<RwLock<Arc<Learner>>>;
 
 pub(crate) struct Learning {
-    tx: SyncSender<Closed>,
+    queue: Arc<Queue>,
+    /// The learner thread, woken by the first context after it went idle.
+    thread: Thread,
     published: Published,
+    /// Every context is handed over, to be written to the trace log.
+    logging: bool,
     metrics: Arc<Metrics>,
+}
+
+/// The contexts waiting for the learner thread.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Vec<Closed>>,
+    /// Set by the thread before it parks with nothing to do; the first
+    /// context queued after that clears it and unparks the thread.
+    idle: AtomicBool,
+    /// Set when [`Learning`] is dropped: the thread learns what is queued,
+    /// flushes the log and ends.
+    stopped: AtomicBool,
 }
 
 impl Learning {
@@ -49,17 +77,19 @@ impl Learning {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let log = trace_log.map(TraceLog::open).transpose()?;
+        let logging = log.is_some();
         let published: Published = Arc::new(RwLock::new(Arc::new(learner.clone())));
-        let (tx, rx) = sync_channel(QUEUE);
-        let shared = published.clone();
-        let counted = metrics.clone();
-        std::thread::Builder::new()
+        let queue = Arc::new(Queue::default());
+        let (shared, counted, taken) = (published.clone(), metrics.clone(), queue.clone());
+        let handle = std::thread::Builder::new()
             .name("augur-learner".into())
-            .spawn(move || run(rx, learner, &shared, log, &counted))
+            .spawn(move || run(&taken, learner, &shared, log, &counted))
             .context("cannot start the learner thread")?;
         Ok(Self {
-            tx,
+            queue,
+            thread: handle.thread().clone(),
             published,
+            logging,
             metrics,
         })
     }
@@ -75,6 +105,12 @@ impl Learning {
         self.snapshot().predict(live, elapsed_us, ahead_us)
     }
 
+    /// Whether the model knows `route`: only then can it predict a call
+    /// for it, or learn from a context of it without calls.
+    pub(crate) fn knows(&self, route: &str) -> bool {
+        self.published.read().knows_route(route)
+    }
+
     /// What the model has learned, for `/debug/model`.
     pub(crate) fn describe(&self) -> serde_json::Value {
         self.snapshot().describe()
@@ -85,23 +121,42 @@ impl Learning {
         self.published.read().clone()
     }
 
-    /// Hands a closed context to the learner without waiting.
+    /// Hands a closed context to the learner without waiting; one with
+    /// nothing to teach is dropped here.
     pub(crate) fn submit(&self, closed: Closed) {
-        match self.tx.try_send(closed) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.metrics.learner_dropped.inc();
-            }
+        if !self.logging
+            && closed.context.calls.is_empty()
+            && !self.knows(&closed.context.inbound.route)
+        {
+            return;
+        }
+        let mut pending = self.queue.pending.lock();
+        if pending.len() >= QUEUE {
+            drop(pending);
+            self.metrics.learner_dropped.inc();
+            return;
+        }
+        pending.push(closed);
+        drop(pending);
+        if self.queue.idle.swap(false, Ordering::AcqRel) {
+            self.thread.unpark();
         }
     }
 }
 
-/// The learner thread: learns each closed context, writes it to the trace
-/// log, and publishes what it learned for the request path — at once when
-/// nothing else is waiting, at most every [`PUBLISH_EVERY`] under load, so
-/// a copy is made at most that often.
+impl Drop for Learning {
+    fn drop(&mut self) {
+        self.queue.stopped.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// The learner thread: learns each batch of closed contexts, writes them
+/// to the trace log, and publishes what it learned for the request path —
+/// when the queue runs dry, and at least every [`PUBLISH_EVERY`] under
+/// load, so a copy is made at most about that often.
 fn run(
-    rx: Receiver<Closed>,
+    queue: &Queue,
     mut learner: Learner,
     published: &RwLock<Arc<Learner>>,
     mut log: Option<TraceLog>,
@@ -110,24 +165,25 @@ fn run(
     let mut unpublished = 0u64;
     let mut evictions = Evictions::default();
     let mut last_published = Instant::now();
+    let mut batch = Vec::new();
     loop {
-        let next = if unpublished > 0 {
-            match rx.recv_timeout(PUBLISH_EVERY.saturating_sub(last_published.elapsed())) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            // Idle: make what was written durable, then wait.
+        std::mem::swap(&mut *queue.pending.lock(), &mut batch);
+        let dry = batch.is_empty();
+        for closed in batch.drain(..) {
+            let ctx = observation(&closed);
+            learner.learn(&ctx);
+            unpublished += 1;
             if let Some(l) = &mut log {
-                l.flush();
+                let c = &closed.context;
+                l.append(&Record::new(
+                    Some(c.trace_id.clone()),
+                    c.status,
+                    c.duration_us,
+                    ctx,
+                ));
             }
-            match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        };
-        if unpublished > 0 && (next.is_none() || last_published.elapsed() >= PUBLISH_EVERY) {
+        }
+        if unpublished > 0 && (dry || last_published.elapsed() >= PUBLISH_EVERY) {
             *published.write() = Arc::new(learner.clone());
             metrics.learner_contexts.inc_by(unpublished);
             let now = learner.evictions();
@@ -141,19 +197,25 @@ fn run(
             unpublished = 0;
             last_published = Instant::now();
         }
-        let Some(closed) = next else { continue };
-        let ctx = observation(&closed);
-        learner.learn(&ctx);
-        unpublished += 1;
-        if let Some(l) = &mut log {
-            let c = &closed.context;
-            l.append(&Record::new(
-                Some(c.trace_id.clone()),
-                c.status,
-                c.duration_us,
-                ctx,
-            ));
+        if !dry {
+            std::thread::sleep(BATCH_WINDOW);
+            continue;
         }
+        // Idle: make what was written durable, then wait to be woken.
+        if let Some(l) = &mut log {
+            l.flush();
+        }
+        if queue.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        queue.idle.store(true, Ordering::Release);
+        // A context queued before the flag was up did not wake the thread.
+        if !queue.pending.lock().is_empty() {
+            queue.idle.store(false, Ordering::Release);
+            continue;
+        }
+        std::thread::park();
+        queue.idle.store(false, Ordering::Release);
     }
 }
 
@@ -239,5 +301,132 @@ impl TraceLog {
             self.path.display()
         );
         self.out = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use augur_predictor::learner::Settings;
+
+    use super::*;
+    use crate::context::{
+        CallOutcome, CallRecord, Charge, ContextTable, InboundRecord, Limits, Recorded,
+    };
+
+    fn table() -> ContextTable {
+        ContextTable::new(Limits {
+            max_open: 10_000,
+            max_age: Duration::from_secs(60),
+            max_calls: 8,
+            history: 4,
+            max_body_bytes: 1 << 20,
+        })
+    }
+
+    /// A closed context of `route`, with one call to `users` or none.
+    fn closed(t: &ContextTable, trace: u128, route: &str, calls: bool) -> Closed {
+        let inbound = InboundRecord {
+            method: "GET".into(),
+            path: "/a".into(),
+            query: None,
+            route: route.into(),
+            headers: Vec::new(),
+            body: None,
+            raw_headers: Vec::new(),
+        };
+        let id = t.open(trace, inbound).unwrap().id;
+        if calls {
+            let call = CallRecord {
+                dependency: "users".into(),
+                method: "GET".into(),
+                path: "/users/1".into(),
+                query: None,
+                headers: Vec::new(),
+                status: 200,
+                outcome: CallOutcome::Miss,
+                start_offset_us: 10,
+                duration_us: 100,
+                response_bytes: 2,
+                request_body: None,
+                response: None,
+            };
+            assert!(matches!(
+                t.record(id, call, Charge::default()),
+                Recorded::Open
+            ));
+        }
+        t.close(id, 200).unwrap()
+    }
+
+    /// Waits (at most 5 s) until the learner counted `n` contexts, then
+    /// a little longer to see it does not count more.
+    fn learned(metrics: &Metrics, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.learner_contexts.get() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(PUBLISH_EVERY * 3);
+        assert_eq!(metrics.learner_contexts.get(), n);
+    }
+
+    #[test]
+    fn every_context_with_something_to_teach_is_learned_and_the_rest_is_not_handed_over() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let learning =
+            Learning::start(Learner::new(Settings::default()), None, metrics.clone()).unwrap();
+        let t = table();
+        // No calls on a route the learner does not know: nothing to teach.
+        for trace in 1..=3 {
+            learning.submit(closed(&t, trace, "GET /a", false));
+        }
+        learned(&metrics, 0);
+        assert!(!learning.knows("GET /a"));
+        // A burst, taken in batches: every one is learned.
+        for trace in 10..510 {
+            learning.submit(closed(&t, trace, "GET /a", true));
+        }
+        learned(&metrics, 500);
+        assert!(learning.knows("GET /a"));
+        // Now the route is known, a context without calls teaches it too.
+        learning.submit(closed(&t, 600, "GET /a", false));
+        learned(&metrics, 501);
+        // After the thread went idle, one context wakes it.
+        std::thread::sleep(Duration::from_millis(50));
+        learning.submit(closed(&t, 700, "GET /b", true));
+        learned(&metrics, 502);
+        assert_eq!(metrics.learner_dropped.get(), 0);
+    }
+
+    #[test]
+    fn with_a_trace_log_every_context_is_written() {
+        let dir = std::env::temp_dir().join(format!("augur-learning-{}", std::process::id()));
+        let path = dir.join("trace.jsonl");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let learning = Learning::start(
+            Learner::new(Settings::default()),
+            Some(&path),
+            metrics.clone(),
+        )
+        .unwrap();
+        let t = table();
+        for trace in 1..=5 {
+            learning.submit(closed(&t, trace, "GET /quiet", false));
+        }
+        learned(&metrics, 5);
+        // Dropping it ends the thread, which flushes the log first.
+        drop(learning);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let n = text.lines().count();
+            if n == 5 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(lines, 5);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

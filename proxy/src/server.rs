@@ -25,6 +25,7 @@ use crate::http::Common;
 use crate::http::downstream::{self, Guarded};
 use crate::http::egress::Egress;
 use crate::http::ingress::Ingress;
+use crate::http::listeners::Listeners;
 use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Drain;
@@ -54,27 +55,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         target: upstreams.service.clone(),
     };
     let clients = client_limits(&config);
-    server.add_service(proxy_service(
-        &conf,
-        ("ingress", config.service.listen),
-        ingress,
-        clients,
-        &common.metrics,
-    ));
+    let mut proxies = Listeners::default();
+    proxies.add(
+        config.service.listen,
+        guarded(&conf, "ingress", ingress, clients, &common.metrics),
+    );
     for (listen, dependency) in &upstreams.dependencies {
         let name = format!("egress {}", dependency.name());
         let egress = Egress {
             common: common.clone(),
             dependency: dependency.clone(),
         };
-        server.add_service(proxy_service(
-            &conf,
-            (&name, *listen),
-            egress,
-            clients,
-            &common.metrics,
-        ));
+        proxies.add(
+            *listen,
+            guarded(&conf, &name, egress, clients, &common.metrics),
+        );
     }
+    server.add_service(proxy_service(proxies, config.proxy.threads));
     server.add_service(admin_service(&config, &common, &upstreams, listeners));
     let mut sweeper = background_service("contexts", Sweeper::new(&common));
     sweeper.threads = Some(1);
@@ -116,6 +113,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 fn server_conf(config: &Config) -> ServerConf {
     let shutdown = config.proxy.shutdown_timeout;
     ServerConf {
+        // The proxy listeners' threads ([`proxy_service`]); the other
+        // services say how many they run.
         threads: config.proxy.threads,
         // One current-thread runtime per thread: cheaper per request than
         // a work-stealing pool, and a sidecar's listeners are many and small.
@@ -140,23 +139,31 @@ pub(super) fn client_limits(config: &Config) -> downstream::Limits {
     }
 }
 
-/// One listener: a pingora proxy behind the client limits.
-fn proxy_service<P>(
+/// One listener's app: a pingora proxy behind the client limits.
+fn guarded<P>(
     conf: &Arc<ServerConf>,
-    (name, listen): (&str, SocketAddr),
+    name: &str,
     proxy: P,
     limits: downstream::Limits,
     metrics: &Metrics,
-) -> Service<Guarded<pingora::proxy::HttpProxy<P>>>
+) -> Guarded<pingora::proxy::HttpProxy<P>>
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
 {
     // Downstream h2c stays off: pingora detects it by reading 24 bytes
     // before parsing, which leaves a shorter HTTP/1 request hanging.
-    let app = Guarded::new(http_proxy(conf, proxy), name, limits, metrics);
-    let mut service = Service::new(name.to_string(), app);
-    service.add_tcp(&listen.to_string());
+    Guarded::new(http_proxy(conf, proxy), name, limits, metrics)
+}
+
+/// Every proxy listener in one service, on `threads` threads.
+fn proxy_service(proxies: Listeners, threads: usize) -> Service<Listeners> {
+    let addresses: Vec<SocketAddr> = proxies.addresses().collect();
+    let mut service = Service::new("proxy".to_string(), proxies);
+    for addr in addresses {
+        service.add_tcp(&addr.to_string());
+    }
+    service.threads = Some(threads);
     service
 }
 

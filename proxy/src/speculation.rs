@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 use augur_predictor::headers::KeyHeaders;
 use augur_predictor::secret::SecretHasher;
 use augur_predictor::{Call, Prediction, Request};
+use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use crate::clock::unix_ms;
 use crate::context::{CallOutcome, ContextId, ContextTable};
 use crate::dependency::{Dependency, Purpose};
+use crate::http::failure::SentWrite;
 use crate::http::traceparent::{TraceParent, fresh_id64};
 use crate::learning::Learning;
 use crate::ops::metrics::Metrics;
@@ -41,6 +43,10 @@ use table::{Found, Info, SpeculationTable};
 /// How far ahead a predicted call to a container dependency starts its
 /// container.
 const PRESTART_HORIZON_US: u64 = 30_000_000;
+
+/// How much longer than its dependency's timeout a real write waits for
+/// the answer of its speculation (which that timeout bounds).
+const WRITE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What became of one speculation
 /// (`augur_speculations_total{outcome}`).
@@ -102,6 +108,38 @@ pub(crate) struct Speculation {
     caller: parking_lot::Mutex<Option<Option<IpAddr>>>,
 }
 
+/// The answer a write sent ahead gets when its request may have reached
+/// the dependency but no response came back: the status a proxy gives for
+/// that (502, or 504 past the timeout), since sending it again could run
+/// it twice.
+fn unknown_write(p: &Prediction, dependency: &str, status: u16, why: &str) -> Stored {
+    let body = Bytes::from(format!(
+        "augur: dependency \"{dependency}\" {why}; the write was sent ahead and is not sent again\n"
+    ));
+    tracing::warn!(
+        "speculative write {} {dependency} {}: {why}; its real call gets {status}",
+        p.method,
+        p.path
+    );
+    Stored {
+        status,
+        headers: vec![
+            (
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(body.len()),
+            ),
+        ],
+        chunked: false,
+        body,
+        prediction: p.clone(),
+        json: None,
+    }
+}
+
 /// A real call answered from speculation.
 pub(crate) struct Answer {
     pub(crate) stored: Arc<Stored>,
@@ -160,8 +198,19 @@ impl Speculation {
         &self.key_headers
     }
 
+    /// Whether an inbound request on `route` is to be speculated for:
+    /// speculation is on and the model knows the route. Asked once, when
+    /// the request arrives; a context that is not is never [`open`]ed
+    /// here, and costs nothing more.
+    ///
+    /// [`open`]: Self::open
+    pub(crate) fn speculates(&self, route: &str) -> bool {
+        self.enabled() && self.learning.knows(route)
+    }
+
     /// Starts keeping speculations for an inbound request that just opened
-    /// its context, and speculates what its route predicts.
+    /// its context (one that [`speculates`](Self::speculates)), and
+    /// speculates what its route predicts.
     pub(crate) fn open(self: &Arc<Self>, context: ContextId, tp: TraceParent) {
         if !self.enabled() {
             return;
@@ -173,7 +222,7 @@ impl Speculation {
     /// Predicts for the open context `context` and acts on what passes the
     /// gates. Cheap when nothing is predicted; never blocks.
     pub(crate) fn run(self: &Arc<Self>, context: ContextId, flags: u8) {
-        if !self.enabled() {
+        if !self.enabled() || !self.table.is_open(context) {
             return;
         }
         let Some((mut live, elapsed)) = self.contexts.live(context) else {
@@ -233,8 +282,16 @@ impl Speculation {
         );
         // A real call waits for this speculation about as long as the call
         // itself is expected to take, then goes upstream.
-        let patience = Duration::from_micros(p.expected_latency_us.saturating_mul(2))
-            + Duration::from_millis(5);
+        // A write, once sent, has run: its real call waits for its answer
+        // as long as the speculation itself may take (the dependency's
+        // timeout), and a little longer.
+        let patience = if plan::is_safe(&p.method) {
+            (Duration::from_micros(p.expected_latency_us.saturating_mul(2))
+                + Duration::from_millis(5))
+            .min(dep.timeout())
+        } else {
+            dep.timeout() + WRITE_PATIENCE
+        };
         let info = Arc::new(Info {
             route: route.into(),
             dependency: dep.name().clone(),
@@ -244,10 +301,7 @@ impl Speculation {
             sent_unix_ms: unix_ms(),
             sent: Instant::now(),
         });
-        if !self
-            .table
-            .begin(&key, info.clone(), patience.min(dep.timeout()))
-        {
+        if !self.table.begin(&key, info.clone(), patience) {
             return;
         }
         let span = self.span(context, flags, &p);
@@ -311,19 +365,35 @@ impl Speculation {
         };
         let stored = match lease {
             Some(lease) => {
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[dep.name(), "speculative"])
-                    .inc();
+                dep.series().upstream(true);
                 let sent =
                     self.client
                         .fetch(&p, lease.addr(), caller.flatten(), tp, &self.key_headers);
+                let write = !plan::is_safe(&p.method);
                 match tokio::time::timeout(dep.timeout(), sent).await {
                     Ok(Ok(stored)) => stored,
+                    Ok(Err(e)) if write && e.sent => Some(unknown_write(
+                        &p,
+                        dep.name(),
+                        502,
+                        &format!("failed: {:#}", e.why),
+                    )),
                     Ok(Err(e)) => {
-                        tracing::debug!("speculative {} {} {}: {e}", p.method, dep.name(), p.path);
+                        tracing::debug!(
+                            "speculative {} {} {}: {:#}",
+                            p.method,
+                            dep.name(),
+                            p.path,
+                            e.why
+                        );
                         None
                     }
+                    Err(_) if write => Some(unknown_write(
+                        &p,
+                        dep.name(),
+                        504,
+                        &format!("did not answer within {:?}", dep.timeout()),
+                    )),
                     Err(_) => None,
                 }
             }
@@ -357,24 +427,39 @@ impl Speculation {
 
     /// The answer for a real call of `key`, when a speculation was sent for
     /// exactly this request: at once if it completed, awaited (with the
-    /// patience it was sent with) if in flight.
-    pub(crate) async fn answer(&self, key: &Key, dependency: &Arc<str>) -> Option<Answer> {
+    /// patience it was sent with) if in flight. `Err` when the call is a
+    /// write that was sent ahead and cannot be answered: it must fail
+    /// rather than run a second time.
+    pub(crate) async fn answer(
+        &self,
+        key: &Key,
+        dependency: &Arc<str>,
+    ) -> Result<Option<Answer>, SentWrite> {
         let (stored, outcome) = match self.table.claim(key, dependency) {
-            Found::Nothing => return None,
+            Found::Nothing => return Ok(None),
+            Found::SentWrite => return Err(SentWrite),
             Found::Done(stored) => (stored, CallOutcome::Hit),
             Found::InFlight(mut rx, until) => {
                 let waited =
                     tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
                 let stored = match waited {
-                    Ok(Ok(value)) => value.clone().flatten()?,
-                    _ => return None,
+                    Ok(Ok(value)) => value.clone().flatten(),
+                    _ => None,
+                };
+                let Some(stored) = stored else {
+                    // Failed, discarded or late: a write that may have run
+                    // is not sent again.
+                    return match self.table.write_sent(key) {
+                        true => Err(SentWrite),
+                        false => Ok(None),
+                    };
                 };
                 self.table.used(key);
                 (stored, CallOutcome::Coalesced)
             }
         };
         self.count(dependency, Outcome::Used);
-        Some(Answer { stored, outcome })
+        Ok(Some(Answer { stored, outcome }))
     }
 
     /// A call with side effects to `dependency` starts in `context`: what

@@ -25,6 +25,18 @@ pub(crate) enum CallOutcome {
 }
 
 impl CallOutcome {
+    /// Every outcome, in [`index`](Self::index) order.
+    pub(crate) const ALL: [CallOutcome; 4] = [
+        CallOutcome::Hit,
+        CallOutcome::Coalesced,
+        CallOutcome::Miss,
+        CallOutcome::Bypass,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             CallOutcome::Hit => "hit",
@@ -121,4 +133,16 @@ pub(crate) struct Closed {
     pub(crate) responses: Vec<Option<Json>>,
     /// The bodies' bytes, held against the budget until this is dropped.
     pub(crate) _held: super::Charge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallOutcome;
+
+    #[test]
+    fn every_outcome_sits_at_its_index() {
+        for (i, o) in CallOutcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
+    }
 }

@@ -183,13 +183,9 @@ impl ProxyHttp for Egress {
         headers::strip_request(upstream);
         headers::add_forwarded(upstream, request::client_ip(session));
         if let Some(tp) = ctx.traceparent {
-            upstream.insert_header(traceparent::HEADER, tp.to_string())?;
+            upstream.insert_header(traceparent::HEADER, tp.header_value())?;
         }
-        self.common
-            .metrics
-            .upstream_requests
-            .with_label_values(&[self.dependency.name(), "real"])
-            .inc();
+        self.dependency.series().upstream(false);
         Ok(())
     }
 
@@ -259,9 +255,7 @@ impl ProxyHttp for Egress {
         let status = request::final_status(session, e);
         let outcome = self.record(session, ctx, status, elapsed);
         let name = self.dependency.name();
-        self.common
-            .metrics
-            .dependency_call(name, outcome.as_str(), elapsed);
+        self.dependency.series().call(outcome, elapsed);
         // Each read and write is bounded by the dependency's timeout, but
         // a call as a whole should not outlast connect + timeout (plus a
         // cold start it waited for): one that does is a stall to find.
@@ -331,8 +325,10 @@ impl Egress {
             &wanted,
             text,
         );
-        let Some(answer) = speculation.answer(&key, name).await else {
-            return Ok(false);
+        let answer = match speculation.answer(&key, name).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Ok(false),
+            Err(sent) => return Err(failure::sent_write(sent)),
         };
         if let Some(body) = &body {
             // It never reaches upstream, so the learner gets it here.

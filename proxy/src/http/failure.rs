@@ -16,6 +16,27 @@ pub(crate) fn no_instance(e: PoolError) -> Box<Error> {
     Error::because(HTTPStatus(503), "no instance for the call", e)
 }
 
+/// A real write whose speculation was sent (so it may have run) but whose
+/// answer augur does not have: it fails with 502 and never goes upstream,
+/// where it would run a second time.
+#[derive(Debug)]
+pub(crate) struct SentWrite;
+
+impl std::fmt::Display for SentWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "this write was sent ahead by speculation and its answer is lost; it is not sent twice",
+        )
+    }
+}
+
+impl std::error::Error for SentWrite {}
+
+/// The error for a write [`SentWrite`] stops, for [`respond`] to explain.
+pub(crate) fn sent_write(e: SentWrite) -> Box<Error> {
+    Error::because(HTTPStatus(502), "a write sent ahead", e)
+}
+
 /// The status for an error, or 0 when the client is gone and nothing can
 /// be sent.
 pub(crate) fn status_of(e: &Error) -> u16 {
@@ -38,6 +59,9 @@ pub(crate) fn status_of(e: &Error) -> u16 {
 
 fn body(code: u16, e: &Error, target: &Target) -> String {
     if let Some(why) = e.root_cause().downcast_ref::<PoolError>() {
+        return format!("augur: {}: {why}\n", target.label);
+    }
+    if let Some(why) = e.root_cause().downcast_ref::<SentWrite>() {
         return format!("augur: {}: {why}\n", target.label);
     }
     match code {

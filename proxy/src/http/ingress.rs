@@ -73,6 +73,9 @@ impl ProxyHttp for Ingress {
             ];
             (route.to_string(), attributes)
         });
+        // The headers as they came are kept only for speculation to fill
+        // parameters from, so only when the route can be speculated for.
+        let speculates = common.speculation.speculates(&route);
         let inbound = InboundRecord {
             method: req.method.to_string(),
             path: req.uri.path().to_string(),
@@ -82,15 +85,17 @@ impl ProxyHttp for Ingress {
                 n != traceparent::HEADER
             }),
             body: None,
-            raw_headers: headers::pairs(&req.headers, |_| true),
+            raw_headers: if speculates {
+                headers::pairs(&req.headers, |_| true)
+            } else {
+                Vec::new()
+            },
         };
         match common.contexts.open(tp.trace_id, inbound) {
             Ok(opened) => {
                 ctx.context = Some(opened.id);
                 ctx.body = Capture::start(&req.headers, common.body_limit);
-                if !opened.ambiguous {
-                    common.speculation.open(opened.id, tp);
-                } else {
+                if opened.ambiguous {
                     // Its calls cannot be told from another's: nothing is
                     // speculated for it, and what the other speculated is
                     // abandoned (not a misprediction: the governor does
@@ -102,6 +107,8 @@ impl ProxyHttp for Ingress {
                     for other in &opened.also {
                         common.speculation.abandon(*other);
                     }
+                } else if speculates {
+                    common.speculation.open(opened.id, tp);
                 }
             }
             Err(why) => common
@@ -147,7 +154,7 @@ impl ProxyHttp for Ingress {
         headers::strip_request(upstream);
         headers::add_forwarded(upstream, request::client_ip(session));
         if let Some(tp) = ctx.traceparent {
-            upstream.insert_header(traceparent::HEADER, tp.to_string())?;
+            upstream.insert_header(traceparent::HEADER, tp.header_value())?;
         }
         Ok(())
     }

@@ -56,13 +56,38 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The header value, `00-{trace}-{parent}-{flags}`, written without
+    /// formatting machinery or an allocation: it goes out on every request.
+    pub(crate) fn encode(&self) -> [u8; 55] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        fn put(out: &mut [u8], value: u128) {
+            let mut v = value;
+            for d in out.iter_mut().rev() {
+                *d = DIGITS[(v & 0xf) as usize];
+                v >>= 4;
+            }
+        }
+        let mut out = [b'-'; 55];
+        put(&mut out[0..2], 0);
+        put(&mut out[3..35], self.trace_id);
+        put(&mut out[36..52], u128::from(self.parent_id));
+        put(&mut out[53..55], u128::from(self.flags));
+        out
+    }
+
+    /// [`encode`](Self::encode) as a header value.
+    pub(crate) fn header_value(&self) -> http::HeaderValue {
+        // Hex digits and dashes only: always a valid header value.
+        http::HeaderValue::from_bytes(&self.encode())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        )
+        // ASCII by construction.
+        f.write_str(std::str::from_utf8(&self.encode()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -114,6 +139,7 @@ mod tests {
         assert_eq!(tp.parent_id, 0x00f067aa0ba902b7);
         assert_eq!(tp.flags, 1);
         assert_eq!(tp.to_string(), VALID);
+        assert_eq!(tp.header_value().as_bytes(), VALID.as_bytes());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::containers::pool::Gauges;
+use crate::context::CallOutcome;
 
 /// Distinct route labels kept at most, so that a scan of random paths
 /// cannot grow the registry without bound: past it, the series of the
@@ -25,19 +26,67 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// A dependency's series (`augur_dependency_calls_total`,
+/// `augur_dependency_duration_seconds` by outcome, and
+/// `augur_upstream_requests_total`), resolved once.
+pub(crate) struct CallSeries {
+    calls: [prometheus::IntCounter; CallOutcome::ALL.len()],
+    duration: [prometheus::Histogram; CallOutcome::ALL.len()],
+    real: prometheus::IntCounter,
+    speculative: prometheus::IntCounter,
+}
+
+impl CallSeries {
+    /// A call that ended with `outcome` after `elapsed`.
+    pub(crate) fn call(&self, outcome: CallOutcome, elapsed: Duration) {
+        let i = outcome.index();
+        self.calls[i].inc();
+        self.duration[i].observe(elapsed.as_secs_f64());
+    }
+
+    /// A request sent upstream: for a real call, or a speculative one.
+    pub(crate) fn upstream(&self, speculative: bool) {
+        if speculative {
+            self.speculative.inc();
+        } else {
+            self.real.inc();
+        }
+    }
+}
+
+/// A route label's series, resolved once for all its requests.
+#[derive(Clone)]
+struct RouteSeries {
+    /// The epoch the route was last used in.
+    used: Arc<AtomicU64>,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl RouteSeries {
+    fn record(&self, elapsed: Duration) {
+        self.requests.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
-    /// Each route label with the epoch it was last used in (an epoch ends
-    /// at each new route).
-    routes: RwLock<HashMap<Arc<str>, AtomicU64>>,
+    /// Each route label's series, resolved once, with the epoch it was
+    /// last used in (an epoch ends at each new route).
+    routes: RwLock<HashMap<Arc<str>, RouteSeries>>,
     epoch: AtomicU64,
     pub(crate) routes_evicted: prometheus::IntCounter,
-    pub(crate) inbound_requests: IntCounterVec,
-    pub(crate) inbound_duration: HistogramVec,
-    pub(crate) dependency_calls: IntCounterVec,
+    inbound_requests: IntCounterVec,
+    inbound_duration: HistogramVec,
+    dependency_calls: IntCounterVec,
     dependency_overdue: IntCounterVec,
-    pub(crate) dependency_duration: HistogramVec,
-    pub(crate) upstream_requests: IntCounterVec,
+    dependency_duration: HistogramVec,
+    upstream_requests: IntCounterVec,
     pub(crate) speculations: IntCounterVec,
     pub(crate) speculations_discarded: IntCounterVec,
     pub(crate) contexts_open: IntGauge,
@@ -293,25 +342,33 @@ impl Metrics {
         })
     }
 
-    /// Notes a use of `route`'s label; a new one past [`MAX_ROUTES`]
-    /// first removes the series of the sixteenth used least recently.
-    fn use_route(&self, route: &Arc<str>) {
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        if let Some(used) = self.routes.read().get(route) {
-            used.store(epoch, Ordering::Relaxed);
+    /// Counts an inbound request on `route` that took `elapsed`.
+    pub(crate) fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
+        if let Some(series) = self.routes.read().get(route) {
+            series
+                .used
+                .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+            series.record(elapsed);
             return;
         }
+        self.new_route(route).record(elapsed);
+    }
+
+    /// The series of a route not seen (or forgotten) before; a new one
+    /// past [`MAX_ROUTES`] first removes the series of the sixteenth used
+    /// least recently.
+    fn new_route(&self, route: &Arc<str>) -> RouteSeries {
         let mut routes = self.routes.write();
-        if routes.contains_key(route) {
-            return;
+        if let Some(series) = routes.get(route) {
+            return series.clone();
         }
         if routes.len() >= MAX_ROUTES {
-            let mut epochs: Vec<u64> = routes.values().map(|e| e.load(Ordering::Relaxed)).collect();
+            let mut epochs: Vec<u64> = routes.values().map(RouteSeries::used).collect();
             let n = (MAX_ROUTES / 16).max(1).min(epochs.len());
             let (_, cutoff, _) = epochs.select_nth_unstable(n - 1);
             let cutoff = *cutoff;
-            routes.retain(|label, used| {
-                let keep = used.load(Ordering::Relaxed) > cutoff;
+            routes.retain(|label, series| {
+                let keep = series.used() > cutoff;
                 if !keep {
                     let _ = self.inbound_requests.remove_label_values(&[label]);
                     let _ = self.inbound_duration.remove_label_values(&[label]);
@@ -321,15 +378,13 @@ impl Metrics {
             });
         }
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        routes.insert(route.clone(), AtomicU64::new(epoch));
-    }
-
-    pub(crate) fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
-        self.use_route(route);
-        self.inbound_requests.with_label_values(&[&**route]).inc();
-        self.inbound_duration
-            .with_label_values(&[&**route])
-            .observe(elapsed.as_secs_f64());
+        let series = RouteSeries {
+            used: Arc::new(AtomicU64::new(epoch)),
+            requests: self.inbound_requests.with_label_values(&[&**route]),
+            duration: self.inbound_duration.with_label_values(&[&**route]),
+        };
+        routes.insert(route.clone(), series.clone());
+        series
     }
 
     /// Sets the learner's gauges and counts what it forgot since `before`.
@@ -364,13 +419,25 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn dependency_call(&self, dependency: &str, outcome: &str, elapsed: Duration) {
-        self.dependency_calls
-            .with_label_values(&[dependency, outcome])
-            .inc();
-        self.dependency_duration
-            .with_label_values(&[dependency, outcome])
-            .observe(elapsed.as_secs_f64());
+    /// A dependency's per-call series, resolved once when it is set up so
+    /// that a call looks no label up.
+    pub(crate) fn call_series(&self, dependency: &str) -> CallSeries {
+        CallSeries {
+            calls: CallOutcome::ALL.map(|o| {
+                self.dependency_calls
+                    .with_label_values(&[dependency, o.as_str()])
+            }),
+            duration: CallOutcome::ALL.map(|o| {
+                self.dependency_duration
+                    .with_label_values(&[dependency, o.as_str()])
+            }),
+            real: self
+                .upstream_requests
+                .with_label_values(&[dependency, "real"]),
+            speculative: self
+                .upstream_requests
+                .with_label_values(&[dependency, "speculative"]),
+        }
     }
 
     /// Sets the gauges that mirror the context and speculation tables,

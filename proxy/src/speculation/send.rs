@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::plan::is_safe;
 use super::table::Stored;
 use crate::context::Json;
 use crate::http::traceparent::{self, TraceParent};
@@ -48,6 +49,13 @@ impl Client {
     /// (not 2xx, `no-store`, a `vary` on a header the key does not hold,
     /// too large, or framed by closing the connection, which cannot be
     /// replayed exactly).
+    ///
+    /// A write (a method that is not safe) is different: once sent it has
+    /// run, so whatever came back is its real call's answer — any status,
+    /// whatever caching headers say, a close-framed body given a length —
+    /// and an error says whether the request may have reached the
+    /// dependency ([`Failed::sent`]).
+    ///
     /// The request goes out as the real call would from `caller` (the
     /// service's address as the egress sees it): the predicted headers,
     /// the forwarding headers augur adds to a real call, and augur's own
@@ -59,43 +67,20 @@ impl Client {
         caller: Option<IpAddr>,
         tp: TraceParent,
         key_headers: &KeyHeaders,
-    ) -> anyhow::Result<Option<Stored>> {
-        let uri = format!("http://{addr}{}", path_and_query(p));
-        let mut sent = HeaderMap::new();
-        for (name, value) in &p.headers {
-            sent.append(HeaderName::from_bytes(name.as_bytes())?, value.parse()?);
-        }
-        if let Some(ip) = caller {
-            for (name, value) in headers::forwarded(&sent, ip) {
-                sent.insert(name, value.parse()?);
-            }
-        }
-        sent.insert("sec-purpose", HeaderValue::from_static("prefetch"));
-        sent.insert(traceparent::HEADER, tp.to_string().parse()?);
-        let body = match &p.body {
-            Some(b) => {
-                if !sent.contains_key(http::header::CONTENT_TYPE) {
-                    sent.insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                }
-                Bytes::from(b.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let mut req = http::Request::builder()
-            .method(p.method.as_str())
-            .uri(uri)
-            .body(Full::new(body))?;
-        *req.headers_mut() = sent;
-        let resp = self.http.request(req).await?;
+    ) -> Result<Option<Stored>, Failed> {
+        let req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
+        let resp = self.http.request(req).await.map_err(|e| Failed {
+            // A connection that could not be made carried nothing; the
+            // client resends by itself only what it never wrote.
+            sent: !e.is_connect(),
+            why: e.into(),
+        })?;
         let status = resp.status();
-        let headers = resp.headers().clone();
+        let mut headers = resp.headers().clone();
         let body = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
+            .map_err(|e| Failed::sent(anyhow::anyhow!("reading the response: {e}")))?
             .to_bytes();
         let chunked = headers::is_chunked(&headers);
         let framed = chunked
@@ -103,12 +88,17 @@ impl Client {
             || p.method == "HEAD"
             || status == http::StatusCode::NO_CONTENT
             || status == http::StatusCode::NOT_MODIFIED;
-        if !status.is_success()
-            || !framed
-            || no_store(&headers)
-            || varies_beyond(&headers, key_headers)
+        let write = !is_safe(&p.method);
+        if !write
+            && (!status.is_success()
+                || !framed
+                || no_store(&headers)
+                || varies_beyond(&headers, key_headers))
         {
             return Ok(None);
+        }
+        if !framed {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         let json: Option<Json> = (capture::is_json(&headers) && body.len() <= self.json_limit)
             .then(|| serde_json::from_slice(&body).ok().map(Arc::new))
@@ -122,6 +112,63 @@ impl Client {
             json,
         }))
     }
+}
+
+/// A speculative request that got no answer.
+#[derive(Debug)]
+pub(super) struct Failed {
+    /// It may have reached the dependency (and, for a write, run).
+    pub(super) sent: bool,
+    pub(super) why: anyhow::Error,
+}
+
+impl Failed {
+    fn unsent(why: anyhow::Error) -> Self {
+        Self { sent: false, why }
+    }
+
+    fn sent(why: anyhow::Error) -> Self {
+        Self { sent: true, why }
+    }
+}
+
+/// The request `p` as the real call would send it from `caller`.
+fn request(
+    p: &Prediction,
+    addr: SocketAddr,
+    caller: Option<IpAddr>,
+    tp: TraceParent,
+) -> anyhow::Result<http::Request<Full<Bytes>>> {
+    let uri = format!("http://{addr}{}", path_and_query(p));
+    let mut sent = HeaderMap::new();
+    for (name, value) in &p.headers {
+        sent.append(HeaderName::from_bytes(name.as_bytes())?, value.parse()?);
+    }
+    if let Some(ip) = caller {
+        for (name, value) in headers::forwarded(&sent, ip) {
+            sent.insert(name, value.parse()?);
+        }
+    }
+    sent.insert("sec-purpose", HeaderValue::from_static("prefetch"));
+    sent.insert(traceparent::HEADER, tp.header_value());
+    let body = match &p.body {
+        Some(b) => {
+            if !sent.contains_key(http::header::CONTENT_TYPE) {
+                sent.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let mut req = http::Request::builder()
+        .method(p.method.as_str())
+        .uri(uri)
+        .body(Full::new(body))?;
+    *req.headers_mut() = sent;
+    Ok(req)
 }
 
 /// The request target of a prediction: path, and query when it has one.

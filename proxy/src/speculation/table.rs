@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::Outcome;
 use super::governor::Governor;
 use super::key::Key;
-use super::plan::Barrier;
+use super::plan::{Barrier, is_safe};
 use crate::clock::micros;
 use crate::context::{ContextId, Json};
 use crate::recent::Recent;
@@ -80,6 +80,10 @@ pub(crate) enum Found {
     ),
     /// Nothing usable: go upstream.
     Nothing,
+    /// A write was sent ahead for this call and its answer cannot be
+    /// served (its outcome is unknown, or a write before it discarded it):
+    /// the call must fail, never go upstream — the write ran already.
+    SentWrite,
 }
 
 enum State {
@@ -107,6 +111,15 @@ struct Entry {
     dependency: Arc<str>,
     /// What was sent, for the history; `None` for a real call's marker.
     info: Option<Arc<Info>>,
+}
+
+impl Entry {
+    /// A speculative request with side effects: once sent, its real call
+    /// never goes upstream (it would run twice), and its answer is held
+    /// outside the cache, where room can never evict it.
+    fn is_write(&self) -> bool {
+        self.info.as_ref().is_some_and(|i| !is_safe(&i.method))
+    }
 }
 
 /// A speculation as `/debug/speculations` shows it.
@@ -139,6 +152,9 @@ const HISTORY: usize = 256;
 #[derive(Default)]
 struct Open {
     entries: HashMap<Key, Entry>,
+    /// The answers of the speculative writes that are done, until their
+    /// real calls take them (never evicted: see [`Entry::is_write`]).
+    answers: HashMap<Key, Arc<Stored>>,
     /// Writes in flight, by dependency: while one runs, no speculation to
     /// what it may change begins.
     writes: Vec<(Arc<str>, u32)>,
@@ -199,6 +215,11 @@ impl SpeculationTable {
         self.spans.lock().insert(context, inbound_span);
     }
 
+    /// Whether `context` was opened here and has not closed.
+    pub(crate) fn is_open(&self, context: ContextId) -> bool {
+        self.entries.lock().contains_key(&context)
+    }
+
     /// The span of the inbound request of an open context.
     pub(crate) fn inbound_span(&self, context: ContextId) -> Option<u64> {
         self.spans.lock().get(&context).copied()
@@ -246,10 +267,12 @@ impl SpeculationTable {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         let result = result.map(Arc::new);
         let mut entries = self.entries.lock();
-        let Some(entry) = entries
-            .get_mut(&key.context)
-            .and_then(|o| o.entries.get_mut(key))
-        else {
+        let Some((answers, entry)) = entries.get_mut(&key.context).and_then(|o| {
+            let Open {
+                entries, answers, ..
+            } = o;
+            Some((answers, entries.get_mut(key)?))
+        }) else {
             drop(entries);
             self.finished(info_of_cancelled, Outcome::Cancelled);
             return Some(Outcome::Cancelled);
@@ -262,7 +285,12 @@ impl SpeculationTable {
             return Some(Outcome::Cancelled);
         };
         let info = entry.info.clone();
+        let write = entry.is_write();
         match &result {
+            Some(stored) if write => {
+                entry.state = State::Done;
+                answers.insert(key.clone(), stored.clone());
+            }
             Some(stored) => {
                 self.responses.insert(key.clone(), stored.clone());
                 entry.state = State::Done;
@@ -344,6 +372,7 @@ impl SpeculationTable {
                 }
                 State::Done => {
                     self.responses.remove(key);
+                    open.answers.remove(key);
                 }
                 other => {
                     entry.state = other;
@@ -420,20 +449,30 @@ impl SpeculationTable {
         match open.entries.get_mut(key) {
             Some(entry) => match &entry.state {
                 State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
-                State::Done => match self.responses.remove(key) {
-                    Some((_, stored)) => {
-                        entry.state = State::Used;
-                        let info = entry.info.clone();
-                        drop(entries);
-                        self.finished(info, Outcome::Used);
-                        Found::Done(stored)
+                State::Done => {
+                    let write = entry.is_write();
+                    let stored = if write {
+                        open.answers.remove(key)
+                    } else {
+                        self.responses.remove(key).map(|(_, stored)| stored)
+                    };
+                    match stored {
+                        Some(stored) => {
+                            entry.state = State::Used;
+                            let info = entry.info.clone();
+                            drop(entries);
+                            self.finished(info, Outcome::Used);
+                            Found::Done(stored)
+                        }
+                        // Evicted for room: it was wasted.
+                        None if !write => {
+                            entry.state = State::Real;
+                            Found::Nothing
+                        }
+                        None => Found::SentWrite,
                     }
-                    // Evicted for room: it was wasted.
-                    None => {
-                        entry.state = State::Real;
-                        Found::Nothing
-                    }
-                },
+                }
+                State::Discarded if entry.is_write() => Found::SentWrite,
                 State::Failed | State::Real | State::Used | State::Discarded => Found::Nothing,
             },
             None => {
@@ -450,16 +489,27 @@ impl SpeculationTable {
         }
     }
 
+    /// Whether `key` is a write that was sent ahead and may have run: its
+    /// real call must not go upstream. (One that failed before it was
+    /// sent, or never was, is not.)
+    pub(crate) fn write_sent(&self, key: &Key) -> bool {
+        self.entries
+            .lock()
+            .get(&key.context)
+            .and_then(|o| o.entries.get(key))
+            .is_some_and(|e| e.is_write() && !matches!(e.state, State::Failed | State::Real))
+    }
+
     /// Marks a coalesced speculation as used and drops its held response.
     pub(crate) fn used(&self, key: &Key) {
         let mut entries = self.entries.lock();
         let mut info = None;
-        if let Some(entry) = entries
-            .get_mut(&key.context)
-            .and_then(|o| o.entries.get_mut(key))
-        {
-            entry.state = State::Used;
-            info = entry.info.clone();
+        if let Some(open) = entries.get_mut(&key.context) {
+            open.answers.remove(key);
+            if let Some(entry) = open.entries.get_mut(key) {
+                entry.state = State::Used;
+                info = entry.info.clone();
+            }
         }
         drop(entries);
         self.responses.remove(key);
@@ -476,7 +526,14 @@ impl SpeculationTable {
         open.entries
             .iter()
             .filter(|(_, e)| matches!(e.state, State::Done))
-            .filter_map(|(k, _)| Some((k.clone(), self.responses.get(k)?)))
+            .filter_map(|(k, _)| {
+                let stored = open
+                    .answers
+                    .get(k)
+                    .cloned()
+                    .or_else(|| self.responses.get(k))?;
+                Some((k.clone(), stored))
+            })
             .collect()
     }
 

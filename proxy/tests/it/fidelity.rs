@@ -448,10 +448,20 @@ where
     (off, on)
 }
 
+/// How many times each order ran, by id.
+type Runs = Arc<Mutex<HashMap<String, u32>>>;
+
 /// orders: `POST /orders/{id}` places an order and answers how many times
 /// that order has run.
-async fn orders() -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
-    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+async fn orders() -> (SocketAddr, Runs) {
+    orders_behaving(|_| (Duration::ZERO, 200)).await
+}
+
+/// [`orders`], answering order `id` after the delay and with the status
+/// `how(id)` gives (it runs when the request arrives, whatever comes
+/// after).
+async fn orders_behaving(how: fn(u32) -> (Duration, u16)) -> (SocketAddr, Runs) {
+    let runs: Runs = Arc::default();
     let counted = runs.clone();
     let addr = serve(move |req: Request<Incoming>| {
         let runs = counted.clone();
@@ -464,7 +474,10 @@ async fn orders() -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
                 *n += 1;
                 *n
             };
+            let (delay, status) = how(id.parse().unwrap_or(0));
+            tokio::time::sleep(delay).await;
             Response::builder()
+                .status(status)
                 .header("content-type", "application/json")
                 .body(Body::from(format!(
                     "{{\"order\":{id},\"runs\":{n},\"body\":{:?}}}",
@@ -521,6 +534,109 @@ async fn an_opted_in_write_runs_exactly_once() {
         served += augur.metric(&series).await;
     }
     assert!(served >= 15.0, "only {served} orders were answered ahead");
+}
+
+/// Orders from 2000 on answer late (far past the patience a read's
+/// speculation gets) and, when odd, with 409: neither sends a write that
+/// was sent ahead a second time.
+fn late_or_refused(id: u32) -> (Duration, u16) {
+    match id {
+        ..2000 => (Duration::ZERO, 200),
+        id if id % 2 == 1 => (Duration::from_millis(150), 409),
+        _ => (Duration::from_millis(150), 200),
+    }
+}
+
+/// Orders from 2000 on answer after the dependency's timeout (300 ms).
+fn past_the_timeout(id: u32) -> (Duration, u16) {
+    match id {
+        ..2000 => (Duration::ZERO, 200),
+        _ => (Duration::from_millis(900), 200),
+    }
+}
+
+/// The calls to orders answered from speculation so far.
+async fn answered_ahead(augur: &Augur) -> f64 {
+    let mut served = 0.0;
+    for outcome in ["hit", "coalesced"] {
+        let series =
+            format!("augur_dependency_calls_total{{dependency=\"orders\",outcome=\"{outcome}\"}}");
+        served += augur.metric(&series).await;
+    }
+    served
+}
+
+/// A write sent ahead has run, so its real call takes whatever it
+/// answered — however late (within the timeout), whatever the status —
+/// and is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_ahead_is_its_real_call_however_late_or_refused() {
+    let ports = Ports::new(1);
+    let service = order_frontend(local(ports.deps[0])).await;
+    let (addr, runs) = orders_behaving(late_or_refused).await;
+    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
+    let augur = Augur::start(&ports, service, &[Dep::new("orders", addr)], extra).await;
+    for id in 1000..1020 {
+        assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
+    }
+    let before = answered_ahead(&augur).await;
+    for id in 2000..2012 {
+        let got = get(&augur.url(&format!("/order/{id}"))).await;
+        assert_eq!(
+            got.text(),
+            format!("{{\"order\":{id},\"runs\":1,\"body\":\"{{\\\"item\\\":\\\"{id}\\\"}}\"}}")
+        );
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 32);
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "an order ran twice: {runs:?}"
+    );
+    let late = answered_ahead(&augur).await - before;
+    assert!(late >= 6.0, "only {late} late orders were answered ahead");
+}
+
+/// A write sent ahead that gets no answer within the dependency's timeout
+/// fails its real call as the timeout would have (504), and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_ahead_that_times_out_fails_once_and_is_not_sent_again() {
+    let ports = Ports::new(1);
+    let service = order_frontend(local(ports.deps[0])).await;
+    let (addr, runs) = orders_behaving(past_the_timeout).await;
+    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
+    let dep = Dep {
+        extra: "timeout = \"300ms\"\n",
+        ..Dep::new("orders", addr)
+    };
+    let augur = Augur::start(&ports, service, &[dep], extra).await;
+    for id in 1000..1020 {
+        assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
+    }
+    let before = answered_ahead(&augur).await;
+    for id in 2000..2004 {
+        // The frontend passes on what its call got: augur's 504 text.
+        let got = get(&augur.url(&format!("/order/{id}"))).await;
+        assert!(
+            got.text().starts_with("augur: dependency \"orders\"")
+                && got.text().contains("did not answer within"),
+            "order {id}: {}",
+            got.text()
+        );
+    }
+    // The orders that timed out finish upstream meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 24);
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "an order ran twice: {runs:?}"
+    );
+    let late = answered_ahead(&augur).await - before;
+    assert!(
+        late >= 2.0,
+        "only {late} timed-out orders were answered ahead"
+    );
 }
 
 /// accounts: `GET /accounts/{user}` for that user's own credential only.
