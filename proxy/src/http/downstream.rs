@@ -142,10 +142,12 @@ pub(crate) fn header_read(session: &mut Session, limits: &Limits) {
     // Pipelined requests are answered in order, one after another (pingora
     // closes after the first otherwise, losing what the client sent).
     downstream.set_pipelining_enabled(true);
-    // pingora waits this long for each read between requests; ours bounds
-    // the whole wait. `None` (shutting down) stays `None`.
+    // The wait between requests is ours to bound ([`Watched`]): pingora's
+    // own would put a timer on the wheel for every request. `Some(0)` is
+    // keep-alive without pingora's timeout; `None` (shutting down, or
+    // `connection: close`) stays `None`.
     if downstream.get_keepalive().is_some() {
-        downstream.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
+        downstream.set_keepalive(Some(0));
     }
 }
 
@@ -177,6 +179,12 @@ pub(crate) struct Watched {
     /// Set by [`header_read`] and [`answered`], read (and cleared) by
     /// the next read.
     signal: AtomicU8,
+    /// When the phase's time runs out.
+    deadline: Instant,
+    /// Armed at or before `deadline`: moving a deadline later (what each
+    /// request does) leaves the timer alone, and a timer that fires early
+    /// is re-armed then, so a busy connection touches the timer wheel
+    /// about once per header timeout, not twice per request.
     timer: Pin<Box<Sleep>>,
 }
 
@@ -190,6 +198,7 @@ impl Watched {
             listener,
             phase: Phase::Header,
             signal: AtomicU8::new(NOTHING),
+            deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
@@ -205,7 +214,10 @@ impl Watched {
             }
         };
         self.phase = phase;
-        self.timer.as_mut().reset(Instant::now() + wait);
+        self.deadline = Instant::now() + wait;
+        if self.deadline < self.timer.deadline() {
+            self.timer.as_mut().reset(self.deadline);
+        }
     }
 
     /// Takes what the request path said since the last read.
@@ -219,8 +231,19 @@ impl Watched {
 
     /// Fails the read when the timer of its phase ran out.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        if self.phase == Phase::Request || self.timer.as_mut().poll(cx).is_pending() {
+        if self.phase == Phase::Request {
             return None;
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            // Armed for an earlier deadline, since moved: wait on.
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
         }
         let (counter, what) = match self.phase {
             Phase::Idle => (&self.listener.idle_timeouts, "idle"),

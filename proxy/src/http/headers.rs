@@ -129,10 +129,24 @@ pub(crate) fn forwarded(headers: &HeaderMap, client: IpAddr) -> Vec<(&'static st
     out
 }
 
+/// How long `value` is written out, without writing it anywhere.
+fn displayed_len(value: &impl std::fmt::Display) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = std::fmt::write(&mut count, format_args!("{value}"));
+    count.0
+}
+
 /// Size of a request header block as it came on the wire (request line,
 /// each `name: value\r\n`, the blank line), close enough for a limit.
 pub(crate) fn request_header_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + displayed_len(&req.uri) + 12;
     req.headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -182,6 +196,21 @@ mod tests {
             r.append_header(n.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn a_header_block_is_measured_as_written() {
+        for uri in ["/", "/a/b?c=d&e", "http://example.com:8080/x?y"] {
+            let r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+            assert_eq!(displayed_len(&r.uri), r.uri.to_string().len(), "{uri}");
+        }
+        let r = req(&[("host", "a"), ("x-long", "0123456789")]);
+        // The request line (method, target, 12 for the rest), each
+        // `name: value\r\n`, the blank line.
+        assert_eq!(
+            request_header_size(&r),
+            (3 + 1 + 12) + (4 + 1 + 4) + (6 + 10 + 4) + 2
+        );
     }
 
     #[test]
