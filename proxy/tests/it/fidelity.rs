@@ -492,16 +492,29 @@ async fn order_frontend(orders: SocketAddr) -> SocketAddr {
     .await
 }
 
+/// augur in front of the order frontend and `orders` (the dependency,
+/// with `dependency_extra` in its section), on a route that opts its write
+/// into speculation.
+async fn order_augur(
+    (orders, runs): (SocketAddr, Runs),
+    dependency_extra: &'static str,
+) -> (Augur, Runs) {
+    let ports = Ports::new(1);
+    let service = order_frontend(local(ports.deps[0])).await;
+    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
+    let dep = Dep {
+        extra: dependency_extra,
+        ..Dep::new("orders", orders)
+    };
+    (Augur::start(&ports, service, &[dep], extra).await, runs)
+}
+
 /// A route that opts a write into speculation: the real call is matched by
 /// its body and answered from the speculation, so every order runs exactly
 /// once, however many are answered ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opted_in_write_runs_exactly_once() {
-    let ports = Ports::new(1);
-    let service = order_frontend(local(ports.deps[0])).await;
-    let (addr, runs) = orders().await;
-    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
-    let augur = Augur::start(&ports, service, &[Dep::new("orders", addr)], extra).await;
+    let (augur, runs) = order_augur(orders().await, "").await;
     for id in 1000..1030 {
         let got = get(&augur.url(&format!("/order/{id}"))).await;
         assert_eq!(
@@ -555,11 +568,7 @@ async fn answered_ahead(augur: &Augur, dependency: &str) -> f64 {
 /// and is never sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_sent_ahead_is_its_real_call_however_late_or_refused() {
-    let ports = Ports::new(1);
-    let service = order_frontend(local(ports.deps[0])).await;
-    let (addr, runs) = orders_behaving(late_or_refused).await;
-    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
-    let augur = Augur::start(&ports, service, &[Dep::new("orders", addr)], extra).await;
+    let (augur, runs) = order_augur(orders_behaving(late_or_refused).await, "").await;
     for id in 1000..1020 {
         assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
     }
@@ -585,15 +594,8 @@ async fn a_write_sent_ahead_is_its_real_call_however_late_or_refused() {
 /// fails its real call as the timeout would have (504), and runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_sent_ahead_that_times_out_fails_once_and_is_not_sent_again() {
-    let ports = Ports::new(1);
-    let service = order_frontend(local(ports.deps[0])).await;
-    let (addr, runs) = orders_behaving(past_the_timeout).await;
-    let extra = "[[route]]\nmatch = \"GET /order/{id}\"\nmethods = [\"GET\", \"POST\"]\n";
-    let dep = Dep {
-        extra: "timeout = \"300ms\"\n",
-        ..Dep::new("orders", addr)
-    };
-    let augur = Augur::start(&ports, service, &[dep], extra).await;
+    let orders = orders_behaving(past_the_timeout).await;
+    let (augur, runs) = order_augur(orders, "timeout = \"300ms\"\n").await;
     for id in 1000..1020 {
         assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
     }
