@@ -449,9 +449,10 @@ impl Speculation {
                 let Some(stored) = stored else {
                     // Failed, discarded or late: a write that may have run
                     // is not sent again.
-                    return match self.table.write_sent(key) {
-                        true => Err(SentWrite),
-                        false => Ok(None),
+                    return if self.table.write_sent(key) {
+                        Err(SentWrite)
+                    } else {
+                        Ok(None)
                     };
                 };
                 self.table.used(key);
