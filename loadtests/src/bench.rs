@@ -52,8 +52,8 @@ struct Row {
     rss_mib: Option<f64>,
 }
 
-const PROXY_CPU: &str = "1";
-const LOAD_CPU: &str = "0";
+pub(crate) const PROXY_CPU: &str = "1";
+pub(crate) const LOAD_CPU: &str = "0";
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let binary = procs::augur_binary(opts.augur.clone())?;
@@ -72,7 +72,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
 
     let mut targets: Vec<(String, SocketAddr, Option<Proc>)> =
         vec![("direct".into(), upstream, None)];
-    match start_bare_pingora(&me, &dir, upstream) {
+    match start_bare_pingora(&me, &dir, upstream, &[]) {
         Ok((addr, proc)) => targets.push(("bare pingora".into(), addr, Some(proc))),
         Err(e) => eprintln!("bare pingora skipped: {e:#}"),
     }
@@ -124,7 +124,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
             cpu_per_10k.push(cpu);
         }
         let saturated = if procs::which("wrk") {
-            let s = tokio::task::block_in_place(|| wrk(*addr, opts.duration))?;
+            let s = tokio::task::block_in_place(|| wrk(*addr, opts.duration, Wrk::KeepAlive))?;
             eprintln!(
                 "    saturated: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
                 s.0, s.1, s.2
@@ -263,10 +263,12 @@ fn or_dash(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn start_bare_pingora(
+/// `bare-pingora` beside this program, with `args` added to its flags.
+pub(crate) fn start_bare_pingora(
     me: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    args: &[&str],
 ) -> anyhow::Result<(SocketAddr, Proc)> {
     let binary = me.with_file_name("bare-pingora");
     if !binary.is_file() {
@@ -283,6 +285,7 @@ fn start_bare_pingora(
         "--upstream",
         &upstream.to_string(),
     ]);
+    cmd.args(args);
     let proc = procs::start(
         "bare-pingora",
         cmd,
@@ -390,8 +393,21 @@ fn resolve(program: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{program} not found"))
 }
 
+/// How wrk's connections are used.
+#[derive(Clone, Copy)]
+pub(crate) enum Wrk {
+    /// Each connection kept alive for the whole run.
+    KeepAlive,
+    /// `Connection: close` on every request: a new connection each.
+    NewConnections,
+}
+
 /// Saturation with wrk: 1 thread, 32 connections. Returns (rps, p50, p99).
-fn wrk(addr: SocketAddr, duration: Duration) -> anyhow::Result<(f64, f64, f64)> {
+pub(crate) fn wrk(
+    addr: SocketAddr,
+    duration: Duration,
+    mode: Wrk,
+) -> anyhow::Result<(f64, f64, f64)> {
     let mut cmd = Command::new("taskset");
     if !procs::which("taskset") {
         cmd = Command::new("wrk");
@@ -400,6 +416,10 @@ fn wrk(addr: SocketAddr, duration: Duration) -> anyhow::Result<(f64, f64, f64)> 
     }
     let out = cmd
         .args(["-t1", "-c32", "--latency"])
+        .args(match mode {
+            Wrk::KeepAlive => &[][..],
+            Wrk::NewConnections => &["-H", "Connection: close"][..],
+        })
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg(format!("http://{addr}/bench"))
         .output()

@@ -23,4 +23,5 @@ pub mod hotel;
 pub mod load;
 pub mod procs;
 pub mod server;
+pub mod settings_bench;
 pub mod shop;

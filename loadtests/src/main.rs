@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use augur_loadtests::cli::humantime_duration;
 use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
-use augur_loadtests::{app_demo, bench, chaos, containers_bench, demo, fuzz_http, hostile, server};
+use augur_loadtests::{
+    app_demo, bench, chaos, containers_bench, demo, fuzz_http, hostile, server, settings_bench,
+};
 use clap::{Parser, Subcommand};
 
 /// augur's demo topology, load generator and benchmarks.
@@ -55,6 +57,17 @@ enum Command {
     BenchPassthrough {
         #[command(flatten)]
         opts: bench::BenchOptions,
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// pingora's settings one at a time: the bare pingora proxy with
+    /// augur's settings and with each one changed (upstream timeouts,
+    /// keep-alive pool, listener buffers), in rounds. Prints a Markdown
+    /// table.
+    BenchSettings {
+        #[command(flatten)]
+        opts: settings_bench::SettingsOptions,
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -236,6 +249,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::BenchPassthrough { opts, out } => {
                 emit(&bench::run(opts).await?, out.as_deref())
+            }
+            Command::BenchSettings { opts, out } => {
+                emit(&settings_bench::run(opts).await?, out.as_deref())
             }
             Command::BenchContainers { opts, out } => {
                 emit(&containers_bench::run(opts).await?, out.as_deref())

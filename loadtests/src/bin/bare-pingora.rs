@@ -1,14 +1,23 @@
 //! The floor under augur in `bench-passthrough`: a pingora `ProxyHttp` of
 //! the same version that does nothing but pick its one upstream, run with
 //! augur's server settings (one current-thread runtime, the same
-//! upstream keep-alive pool) and allocator. Whatever augur costs beyond
-//! this row is augur's; what this row costs beyond nginx is pingora's.
+//! upstream keep-alive pool, listener buffers and upstream timeouts) and
+//! allocator. Whatever augur costs beyond this row is augur's; what this
+//! row costs beyond nginx is pingora's.
 //!
 //!     bare-pingora --listen 127.0.0.1:8080 --upstream 127.0.0.1:9000
+//!
+//! `bench-settings` runs it with one setting changed at a time:
+//! `--read-buffer BYTES` and `--write-buffer BYTES` (the downstream
+//! connection's L4 buffers, 0 for none), `--pool N` (the upstream
+//! keep-alive pool) and `--no-timeouts` (no per-read and per-write
+//! upstream timeouts).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
@@ -17,8 +26,13 @@ use pingora::upstreams::peer::HttpPeer;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// augur's listener buffers (`CLIENT_READ_BUFFER` in `proxy/src/server.rs`);
+/// `None` is pingora's default (64 KiB read, 1460 B write).
+const AUGUR_READ_BUFFER: Option<usize> = Some(4096);
+const AUGUR_WRITE_BUFFER: Option<usize> = None;
+
 struct Bare {
-    upstream: SocketAddr,
+    peer: HttpPeer,
 }
 
 #[async_trait]
@@ -28,37 +42,85 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(self.peer.clone()))
     }
 }
 
-fn main() {
+struct Args {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    /// `None`: augur's default.
+    read_buffer: Option<usize>,
+    write_buffer: Option<usize>,
+    pool: usize,
+    timeouts: bool,
+}
+
+fn parse() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut upstream) = (None, None);
+    let (mut read_buffer, mut write_buffer) = (None, None);
+    let (mut pool, mut timeouts) = (1024, true);
     while let Some(flag) = args.next() {
-        let value = args.next().and_then(|v| v.parse::<SocketAddr>().ok());
+        if flag == "--no-timeouts" {
+            timeouts = false;
+            continue;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag}: cannot parse {value:?}: {e}");
         match flag.as_str() {
-            "--listen" => listen = value,
-            "--upstream" => upstream = value,
-            _ => {}
+            "--listen" => listen = Some(value.parse().map_err(|e| bad(&e))?),
+            "--upstream" => upstream = Some(value.parse().map_err(|e| bad(&e))?),
+            "--read-buffer" => read_buffer = Some(value.parse().map_err(|e| bad(&e))?),
+            "--write-buffer" => write_buffer = Some(value.parse().map_err(|e| bad(&e))?),
+            "--pool" => pool = value.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    let (Some(listen), Some(upstream)) = (listen, upstream) else {
-        eprintln!("usage: bare-pingora --listen ADDR --upstream ADDR");
+    Ok(Args {
+        listen: listen.ok_or("--listen is required")?,
+        upstream: upstream.ok_or("--upstream is required")?,
+        read_buffer,
+        write_buffer,
+        pool,
+        timeouts,
+    })
+}
+
+fn main() {
+    let args = parse().unwrap_or_else(|e| {
+        eprintln!(
+            "bare-pingora: {e}\nusage: bare-pingora --listen ADDR --upstream ADDR \
+             [--read-buffer BYTES] [--write-buffer BYTES] [--pool N] [--no-timeouts]"
+        );
         std::process::exit(2);
-    };
+    });
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
-        upstream_keepalive_pool_size: 1024,
+        upstream_keepalive_pool_size: args.pool,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    let mut peer = HttpPeer::new(args.upstream, false, String::new());
+    if args.timeouts {
+        // As augur sets them on a dependency (`http/upstream.rs`).
+        let (connect, call) = (Duration::from_secs(2), Duration::from_secs(30));
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(call);
+        peer.options.write_timeout = Some(call);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+    }
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, Bare { upstream });
-    service.add_tcp(&listen.to_string());
+    let mut service = http_proxy_service(&server.configuration, Bare { peer });
+    let buffers = L4BufferSettings {
+        read: args.read_buffer.or(AUGUR_READ_BUFFER),
+        write: args.write_buffer.or(AUGUR_WRITE_BUFFER),
+    };
+    service.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(buffers));
     server.add_service(service);
     server.run_forever();
 }
