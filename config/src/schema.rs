@@ -141,6 +141,104 @@ fn protocol(s: &mut Section<'_>) -> Option<Protocol> {
     })
 }
 
+/// `tls = true | false` or a `tls` table (`sni`, `ca_file`, `cert_file`
+/// with `key_file`). `host` is the upstream's host when static; `Some(None)`
+/// is no TLS, `None` a problem.
+fn tls(s: &mut Section<'_>, host: Option<&str>, protocol: Option<Protocol>) -> Option<Option<Tls>> {
+    let (sni, ca_file, client_cert) = match s.kind("tls") {
+        None => return Some(None),
+        Some("boolean") => {
+            if !s.boolean("tls")? {
+                return Some(None);
+            }
+            (None, None, None)
+        }
+        _ => {
+            let mut t = s.table("tls")?;
+            let sni = t.has("sni").then(|| t.string("sni"));
+            let ca_file = t.has("ca_file").then(|| readable(&mut t, "ca_file"));
+            let cert_file = t.has("cert_file").then(|| readable(&mut t, "cert_file"));
+            let key_file = t.has("key_file").then(|| readable(&mut t, "key_file"));
+            let client_cert = match (cert_file, key_file) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    Some(cert.zip(key).map(|(cert_file, key_file)| ClientCert {
+                        cert_file,
+                        key_file,
+                    }))
+                }
+                (Some(_), None) => {
+                    t.problem(
+                        "key_file",
+                        "missing (cert_file needs the key that goes with it)",
+                    );
+                    Some(None)
+                }
+                (None, Some(_)) => {
+                    t.problem(
+                        "cert_file",
+                        "missing (key_file needs the certificate it signs)",
+                    );
+                    Some(None)
+                }
+            };
+            t.finish();
+            (sni, ca_file, client_cert)
+        }
+    };
+    let is_name = host.is_some_and(|h| h.parse::<std::net::IpAddr>().is_err());
+    let sni = match sni {
+        Some(sni) => sni.filter(|n| {
+            let ok = !n.is_empty() && n.parse::<std::net::IpAddr>().is_err();
+            if !ok {
+                s.problem("tls.sni", format!("{n:?} is not a host name"));
+            }
+            ok
+        }),
+        None if is_name => host.map(str::to_string),
+        None => {
+            s.problem(
+                "tls.sni",
+                "missing: the upstream is an address, not a name, so give the name its certificate holds",
+            );
+            None
+        }
+    };
+    if protocol == Some(Protocol::H2c) {
+        s.problem(
+            "tls",
+            "protocol \"h2c\" is HTTP/2 without TLS; HTTP/2 over TLS is not supported yet (use protocol \"http1\")",
+        );
+        return None;
+    }
+    // Outer `None`: not given; inner `None`: a problem, reported.
+    let ca_file = match ca_file {
+        None => None,
+        Some(file) => Some(file?),
+    };
+    let client_cert = match client_cert {
+        None => None,
+        Some(cert) => Some(cert?),
+    };
+    Some(Some(Tls {
+        sni: sni?,
+        ca_file,
+        client_cert,
+    }))
+}
+
+/// A file path that can be opened now.
+fn readable(s: &mut Section<'_>, key: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(s.string(key)?);
+    match std::fs::File::open(&path) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            s.problem(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
 /// Reads a key with a default, keeping `None` only when the value was bad.
 macro_rules! or_default {
     ($s:expr, $key:expr, $read:ident $(, $arg:expr)*; $default:expr) => {
@@ -182,6 +280,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
     let up = upstream(&mut s);
     let up = s.required("upstream", up);
     let protocol = protocol(&mut s);
+    let tls = tls(&mut s, up.as_ref().map(|u| u.host.as_str()), protocol);
     let (connect_timeout, timeout) = timeouts(&mut s);
     s.finish();
     Some(Service {
@@ -189,6 +288,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
         listen: listen?,
         upstream: up?,
         protocol: protocol?,
+        tls: tls?,
         connect_timeout: connect_timeout?,
         timeout: timeout?,
     })
@@ -404,6 +504,11 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
         }
     };
     let protocol = protocol(&mut s);
+    let host = match &target {
+        Some(Target::Static(up)) => Some(up.host.as_str()),
+        _ => None,
+    };
+    let tls = tls(&mut s, host, protocol);
     let (connect_timeout, timeout) = timeouts(&mut s);
     let speculate = or_default!(s, "speculate", boolean; true);
     s.finish();
@@ -412,6 +517,7 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
         listen: listen?,
         target: target?,
         protocol: protocol?,
+        tls: tls?,
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         speculate: speculate?,

@@ -101,6 +101,11 @@ impl<'p> Section<'p> {
         }
     }
 
+    /// The TOML type of a key's value (`"boolean"`, `"table"`, …), if set.
+    pub(crate) fn kind(&self, key: &str) -> Option<&'static str> {
+        self.table.get(key).map(Value::type_str)
+    }
+
     pub(crate) fn string(&mut self, key: &str) -> Option<String> {
         self.take_typed(key, "a string", |v| match v {
             Value::String(s) => Some(s),

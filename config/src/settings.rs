@@ -43,10 +43,33 @@ pub struct Service {
     pub listen: SocketAddr,
     pub upstream: Upstream,
     pub protocol: Protocol,
+    /// TLS to the upstream, when set.
+    pub tls: Option<Tls>,
     pub connect_timeout: Duration,
     /// How long augur waits for the next bytes from the upstream before it
     /// answers 504.
     pub timeout: Duration,
+}
+
+/// `tls = true` or a `tls` table: augur speaks TLS to the upstream and
+/// verifies its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The name sent in SNI and checked against the certificate: the
+    /// upstream's host name unless set (required for an IP address or a
+    /// container).
+    pub sni: String,
+    /// PEM file of the certificate authorities to trust; the system's
+    /// roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for mutual TLS.
+    pub client_cert: Option<ClientCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A static upstream: an IP address or a host name, and a port. Host names
@@ -200,6 +223,8 @@ pub struct Dependency {
     pub listen: SocketAddr,
     pub target: Target,
     pub protocol: Protocol,
+    /// TLS to the dependency (a static upstream or its containers).
+    pub tls: Option<Tls>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     /// Whether augur may send this dependency speculative requests.

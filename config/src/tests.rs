@@ -137,3 +137,68 @@ fn container_keys_have_defaults_and_adaptive_keep_alive_parses() {
         "{problems}"
     );
 }
+
+#[test]
+fn tls_takes_its_name_from_the_host_or_from_sni() {
+    let ca = std::env::temp_dir().join(format!("augur-config-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, "not checked here: the proxy parses it at start").unwrap();
+    let text = format!(
+        "[service]\nname = \"f\"\nlisten = \"127.0.0.1:15006\"\nupstream = \"app.internal:8443\"\ntls = true\n\n\
+         [[dependency]]\nname = \"pay\"\nlisten = \"127.0.0.1:15101\"\nupstream = \"127.0.0.1:9443\"\n\
+         [dependency.tls]\nsni = \"pay.internal\"\nca_file = {ca:?}\n\n\
+         [[dependency]]\nname = \"plain\"\nlisten = \"127.0.0.1:15102\"\nupstream = \"plain.internal:80\"\ntls = false\n"
+    );
+    let c = parse(&text).unwrap();
+    let service = c.service.tls.expect("service tls");
+    assert_eq!(
+        (service.sni.as_str(), service.ca_file),
+        ("app.internal", None)
+    );
+    let pay = c.dependencies[0].tls.clone().expect("dependency tls");
+    assert_eq!(pay.sni, "pay.internal");
+    assert_eq!(pay.ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(pay.client_cert, None);
+    assert_eq!(c.dependencies[1].tls, None);
+    let _ = std::fs::remove_file(&ca);
+}
+
+#[test]
+fn tls_problems_are_named() {
+    let text = r#"
+[service]
+name = "f"
+listen = "127.0.0.1:15006"
+upstream = "127.0.0.1:8443"
+tls = true
+
+[[dependency]]
+name = "a"
+listen = "127.0.0.1:15101"
+upstream = "a.internal:443"
+[dependency.tls]
+ca_file = "/nonexistent/ca.pem"
+cert_file = "/nonexistent/client.pem"
+colour = "blue"
+
+[[dependency]]
+name = "b"
+listen = "127.0.0.1:15102"
+upstream = "b.internal:443"
+protocol = "h2c"
+tls = { sni = "10.0.0.1" }
+"#;
+    let problems = parse(text).unwrap_err().to_string();
+    for expected in [
+        "service.tls.sni: missing: the upstream is an address, not a name",
+        "dependency[0].tls.ca_file: cannot read /nonexistent/ca.pem",
+        "dependency[0].tls.key_file: missing (cert_file needs the key that goes with it)",
+        "dependency[0].tls.colour: unknown key",
+        "dependency[1].tls.sni: \"10.0.0.1\" is not a host name",
+        "dependency[1].tls: protocol \"h2c\" is HTTP/2 without TLS",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected:?} not in {problems}"
+        );
+    }
+}

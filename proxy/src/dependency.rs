@@ -71,6 +71,7 @@ impl Dependency {
                     &dep.name,
                     upstream,
                     dep.protocol,
+                    dep.tls.as_ref(),
                     dep.connect_timeout,
                     dep.timeout,
                 )?;
@@ -81,9 +82,10 @@ impl Dependency {
                     "dependency",
                     &dep.name,
                     dep.protocol,
+                    dep.tls.as_ref(),
                     dep.connect_timeout,
                     dep.timeout,
-                );
+                )?;
                 (target, Some(pool_of(&dep.name, c, env)))
             }
         };

@@ -11,6 +11,7 @@
 //! one pingora service.
 
 pub(crate) mod capture;
+pub(crate) mod client;
 pub(crate) mod downstream;
 pub(crate) mod egress;
 pub(crate) mod failure;
@@ -18,6 +19,7 @@ pub(crate) mod headers;
 pub(crate) mod ingress;
 pub(crate) mod listeners;
 pub(crate) mod request;
+pub(crate) mod tls;
 pub(crate) mod traceparent;
 pub(crate) mod upstream;
 

@@ -40,6 +40,7 @@ const LEFTOVER_REMOVAL: Duration = Duration::from_secs(30);
 /// found before the listeners start.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    crate::http::tls::check_system_roots()?;
     let upstreams = Upstreams::build(&config, &metrics)?;
     if !upstreams.pools.is_empty() {
         crate::containers::remove_owned(&config.service.name, LEFTOVER_REMOVAL);

@@ -366,9 +366,13 @@ impl Speculation {
         let stored = match lease {
             Some(lease) => {
                 dep.series().upstream(true);
-                let sent =
-                    self.client
-                        .fetch(&p, lease.addr(), caller.flatten(), tp, &self.key_headers);
+                let sent = self.client.fetch(
+                    &p,
+                    (lease.addr(), dep.target().tls.as_ref()),
+                    caller.flatten(),
+                    tp,
+                    &self.key_headers,
+                );
                 let write = !plan::is_safe(&p.method);
                 match tokio::time::timeout(dep.timeout(), sent).await {
                     Ok(Ok(stored)) => stored,

@@ -81,7 +81,7 @@ fn body(code: u16, e: &Error, target: &Target) -> String {
             "augur: {} at {} failed: {}\n",
             target.label,
             target.addr,
-            reason(e)
+            reason(e, target)
         ),
         400 => "augur: bad request\n".to_string(),
         _ => format!(
@@ -92,7 +92,20 @@ fn body(code: u16, e: &Error, target: &Target) -> String {
     }
 }
 
-fn reason(e: &Error) -> &'static str {
+fn reason(e: &Error, target: &Target) -> std::borrow::Cow<'static, str> {
+    // Under TLS 1.3 a server that refuses augur's certificate says so in an
+    // alert after the handshake: the first read fails with it.
+    let alert = || {
+        let text = e.to_string().to_ascii_lowercase();
+        text.contains("alert") || text.contains("certificate")
+    };
+    if matches!(
+        e.etype(),
+        TLSHandshakeFailure | InvalidCert | HandshakeError
+    ) || (target.tls.is_some() && alert())
+    {
+        return tls_reason(e, target).into();
+    }
     match e.etype() {
         ConnectRefused => "connection refused",
         ConnectError | ConnectNoRoute => "cannot connect",
@@ -102,6 +115,38 @@ fn reason(e: &Error) -> &'static str {
         InvalidHTTPHeader => "invalid response",
         _ => "upstream error",
     }
+    .into()
+}
+
+/// What went wrong in a TLS handshake, in the words an operator acts on.
+/// pingora keeps only the text of rustls's error, so it is read from there.
+fn tls_reason(e: &Error, target: &Target) -> String {
+    let text = e.to_string();
+    let said = text.to_ascii_lowercase();
+    let says = |names: &[&str]| names.iter().any(|n| said.contains(n));
+    let sni = target.tls.as_ref().map_or("", |t| t.sni());
+    let what = if says(&["unknownissuer", "unknown issuer"]) {
+        "its certificate is not signed by a CA augur trusts (tls.ca_file)".to_string()
+    } else if says(&["notvalidforname", "not valid for name"]) {
+        format!("its certificate is not valid for the name {sni:?} (tls.sni)")
+    } else if says(&["expired"]) {
+        "its certificate has expired".to_string()
+    } else if says(&["notvalidyet", "not valid yet"]) {
+        "its certificate is not valid yet".to_string()
+    } else if says(&["certificaterequired", "certificate required"]) {
+        "it requires a client certificate (tls.cert_file, tls.key_file)".to_string()
+    } else {
+        // rustls's own words, between pingora's wrappers.
+        let marker = "tls connect error cause: ";
+        let detail = text
+            .find(marker)
+            .map(|i| &text[i + marker.len()..])
+            .map_or(text.as_str(), |rest| {
+                rest.split(", SNI:").next().unwrap_or(rest)
+            });
+        format!("the TLS handshake failed: {}", detail.trim())
+    };
+    format!("TLS to {sni}: {what}")
 }
 
 fn humanize(d: std::time::Duration) -> String {
@@ -148,6 +193,7 @@ mod tests {
             "posts",
             &upstream,
             Protocol::Http1,
+            None,
             Duration::from_secs(5),
             Duration::from_secs(30),
         )

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use augur_config::{Protocol, Upstream};
+use augur_config::{Protocol, Tls, Upstream};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
+
+use super::tls::UpstreamTls;
 
 /// How long an idle upstream connection stays in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,6 +28,8 @@ pub(crate) struct Target {
     pub(crate) timeout: Duration,
     /// How long a connection may take to open.
     pub(crate) connect_timeout: Duration,
+    /// Its TLS settings, when it speaks TLS.
+    pub(crate) tls: Option<UpstreamTls>,
     peer: HttpPeer,
 }
 
@@ -35,19 +39,13 @@ impl Target {
         name: &str,
         upstream: &Upstream,
         protocol: Protocol,
+        tls: Option<&Tls>,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let addr = resolve(upstream)
             .with_context(|| format!("{kind} {name:?}: cannot resolve upstream {upstream}"))?;
-        Ok(Self::with_addr(
-            kind,
-            name,
-            addr,
-            protocol,
-            connect_timeout,
-            timeout,
-        ))
+        Self::with_addr(kind, name, addr, protocol, tls, connect_timeout, timeout)
     }
 
     fn with_addr(
@@ -55,10 +53,18 @@ impl Target {
         name: &str,
         addr: SocketAddr,
         protocol: Protocol,
+        tls: Option<&Tls>,
         connect_timeout: Duration,
         timeout: Duration,
-    ) -> Self {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+    ) -> anyhow::Result<Self> {
+        let label = format!("{kind} {name:?}");
+        let tls = tls
+            .map(|t| UpstreamTls::load(&label, t, connect_timeout))
+            .transpose()?;
+        let mut peer = match &tls {
+            Some(tls) => tls.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(connect_timeout);
         peer.options.total_connection_timeout = Some(connect_timeout);
         peer.options.read_timeout = Some(timeout);
@@ -68,13 +74,14 @@ impl Target {
             peer.options.alpn = ALPN::H2;
             peer.options.max_h2_streams = H2_STREAMS;
         }
-        Self {
-            label: format!("{kind} {name:?}").into(),
+        Ok(Self {
+            label: label.into(),
             addr,
             timeout,
             connect_timeout,
+            tls,
             peer,
-        }
+        })
     }
 
     pub(crate) fn peer(&self) -> Box<HttpPeer> {
@@ -86,16 +93,28 @@ impl Target {
         kind: &str,
         name: &str,
         protocol: Protocol,
+        tls: Option<&Tls>,
         connect_timeout: Duration,
         timeout: Duration,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::with_addr(kind, name, placeholder, protocol, connect_timeout, timeout)
+        Self::with_addr(
+            kind,
+            name,
+            placeholder,
+            protocol,
+            tls,
+            connect_timeout,
+            timeout,
+        )
     }
 
     /// The same connection settings, to another address.
     pub(crate) fn peer_at(&self, addr: SocketAddr) -> Box<HttpPeer> {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            Some(tls) => tls.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options = self.peer.options.clone();
         Box::new(peer)
     }

@@ -46,6 +46,7 @@ impl Upstreams {
             &service.name,
             &service.upstream,
             service.protocol,
+            service.tls.as_ref(),
             service.connect_timeout,
             service.timeout,
         )?;

@@ -4,20 +4,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use augur_predictor::Prediction;
 use augur_predictor::headers::KeyHeaders;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::plan::is_safe;
 use super::table::Stored;
 use crate::context::Json;
+use crate::http::client::{Pooled, pooled};
+use crate::http::tls::UpstreamTls;
 use crate::http::traceparent::{self, TraceParent};
 use crate::http::{capture, headers};
 
@@ -25,9 +24,10 @@ use crate::http::{capture, headers};
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// The client every speculative request goes through: pooled, keep-alive,
-/// no Nagle.
+/// no Nagle; a dependency that speaks TLS has its own pool
+/// ([`UpstreamTls`]), with its real calls' settings.
 pub(super) struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: Pooled<HttpConnector>,
     /// Answers are parsed for the learner only when JSON and at most this
     /// long, as a real call's are captured.
     json_limit: usize,
@@ -38,9 +38,7 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Self {
-            http: HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector),
+            http: pooled(connector),
             json_limit,
         }
     }
@@ -63,13 +61,17 @@ impl Client {
     pub(super) async fn fetch(
         &self,
         p: &Prediction,
-        addr: SocketAddr,
+        (addr, tls): (SocketAddr, Option<&UpstreamTls>),
         caller: Option<IpAddr>,
         tp: TraceParent,
         key_headers: &KeyHeaders,
     ) -> Result<Option<Stored>, Failed> {
         let req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
-        let resp = self.http.request(req).await.map_err(|e| Failed {
+        let resp = match tls {
+            Some(tls) => tls.speculation_client().request(req).await,
+            None => self.http.request(req).await,
+        };
+        let resp = resp.map_err(|e| Failed {
             // A connection that could not be made carried nothing; the
             // client resends by itself only what it never wrote.
             sent: !e.is_connect(),

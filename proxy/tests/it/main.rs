@@ -15,3 +15,4 @@ mod passthrough;
 mod speculation;
 mod support;
 mod telemetry;
+mod tls;

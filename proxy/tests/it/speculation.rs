@@ -15,15 +15,15 @@ use crate::support::*;
 
 /// One request a dependency saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
+pub(crate) struct Seen {
     method: String,
     uri: String,
     auth: Option<String>,
-    prefetch: bool,
+    pub(crate) prefetch: bool,
 }
 
 impl Seen {
-    fn of(req: &Request<Incoming>) -> Self {
+    pub(crate) fn of(req: &Request<Incoming>) -> Self {
         Seen {
             method: req.method().to_string(),
             uri: req.uri().to_string(),
@@ -39,7 +39,7 @@ impl Seen {
     }
 }
 
-type Log = Arc<Mutex<Vec<Seen>>>;
+pub(crate) type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A dependency that records every request and answers with `answer`,
 /// which sees what it was asked and whether it is a prefetch.
@@ -47,11 +47,30 @@ async fn recording<F>(answer: F) -> (SocketAddr, Log)
 where
     F: Fn(&Seen) -> Option<Response<Body>> + Clone + Send + Sync + 'static,
 {
+    let (handler, log) = recorder(answer);
+    (serve(handler).await, log)
+}
+
+/// A boxed answer, so that a recorder's handler has a type to name.
+type Answer = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// What [`serve`] and [`serve_tls`] take.
+pub(crate) trait Handler:
+    Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static
+{
+}
+impl<T: Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static> Handler for T {}
+
+/// The handler of [`recording`], to serve as the test likes (over TLS).
+pub(crate) fn recorder<F>(answer: F) -> (impl Handler, Log)
+where
+    F: Fn(&Seen) -> Option<Response<Body>> + Clone + Send + Sync + 'static,
+{
     let log: Log = Arc::default();
     let sink = log.clone();
-    let addr = serve(move |req: Request<Incoming>| {
+    let handler = move |req: Request<Incoming>| -> Answer {
         let (answer, sink) = (answer.clone(), sink.clone());
-        async move {
+        Box::pin(async move {
             let seen = Seen::of(&req);
             sink.lock().unwrap().push(seen.clone());
             match answer(&seen) {
@@ -62,10 +81,9 @@ where
                     Response::new(Body::default())
                 }
             }
-        }
-    })
-    .await;
-    (addr, log)
+        })
+    };
+    (handler, log)
 }
 
 fn json(body: String) -> Response<Body> {
@@ -76,14 +94,14 @@ fn json(body: String) -> Response<Body> {
 }
 
 /// users: `/users/{id}` → a uid that names the principal who asked.
-fn users_answer(seen: &Seen) -> Option<Response<Body>> {
+pub(crate) fn users_answer(seen: &Seen) -> Option<Response<Body>> {
     let id = seen.uri.trim_start_matches("/users/");
     let who = seen.auth.clone().unwrap_or_default().replace("Bearer ", "");
     Some(json(format!("{{\"id\":{id},\"uid\":\"u-{id}-{who}\"}}")))
 }
 
 /// posts: echoes the user it was asked for and the principal.
-fn posts_answer(seen: &Seen) -> Option<Response<Body>> {
+pub(crate) fn posts_answer(seen: &Seen) -> Option<Response<Body>> {
     let who = seen.auth.clone().unwrap_or_default();
     Some(json(format!(
         "{{\"for\":\"{}\",\"principal\":\"{who}\"}}",
@@ -93,7 +111,7 @@ fn posts_answer(seen: &Seen) -> Option<Response<Body>> {
 
 /// The frontend: `GET /p/{id}` calls users, then posts with the uid users
 /// gave, passing traceparent and authorization; answers with both bodies.
-async fn frontend(
+pub(crate) async fn frontend(
     users: SocketAddr,
     posts: SocketAddr,
     post_orders: Option<SocketAddr>,
@@ -187,7 +205,7 @@ async fn rig(
     }
 }
 
-async fn ask(augur: &Augur, id: u32, who: &str) -> Got {
+pub(crate) async fn ask(augur: &Augur, id: u32, who: &str) -> Got {
     let req = Request::get(augur.url(&format!("/p/{id}")))
         .header("authorization", format!("Bearer {who}"))
         .body(Body::default())
@@ -196,14 +214,14 @@ async fn ask(augur: &Augur, id: u32, who: &str) -> Got {
 }
 
 /// What a client should get for `id` as `who`.
-fn expected(id: u32, who: &str) -> String {
+pub(crate) fn expected(id: u32, who: &str) -> String {
     format!(
         "{{\"id\":{id},\"uid\":\"u-{id}-{who}\"}}|{{\"for\":\"/posts?user=u-{id}-{who}\",\"principal\":\"Bearer {who}\"}}"
     )
 }
 
 /// The sequence both runs of the differential test send.
-fn sequence() -> Vec<(u32, &'static str)> {
+pub(crate) fn sequence() -> Vec<(u32, &'static str)> {
     (0..40)
         .map(|i| (i % 10, if i % 3 == 0 { "alice" } else { "bob" }))
         .collect()

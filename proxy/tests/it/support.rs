@@ -76,16 +76,7 @@ impl Killable {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let handler = handler.clone();
-                let conn = tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handler(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                let conn = tokio::spawn(connection(stream, handler.clone()));
                 registry.lock().unwrap().push(conn);
             }
         });
@@ -99,6 +90,48 @@ impl Killable {
             t.abort();
         }
     }
+}
+
+/// Serves one connection with `handler` (HTTP/1.1 and h2c).
+async fn connection<IO, F, Fut>(io: IO, handler: F)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// Serves `handler` over TLS (`config`) on 127.0.0.1 until the test ends.
+pub async fn serve_tls<F, Fut>(
+    config: std::sync::Arc<pingora::tls::ServerConfig>,
+    handler: F,
+) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(local(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = pingora::tls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake.
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    connection(tls, handler).await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// An upstream that answers with the request body and describes the

@@ -1,0 +1,23 @@
+//! The pooled HTTP/1 client that speculative requests go through, over
+//! plain TCP or over a dependency's TLS (`tls.rs`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::Connect;
+use hyper_util::rt::TokioExecutor;
+
+/// A pooled, keep-alive client over `C`'s connections.
+pub(crate) type Pooled<C> = Client<C, Full<Bytes>>;
+
+/// A pool over `connector`'s connections; idle ones close after a minute.
+pub(crate) fn pooled<C>(connector: C) -> Pooled<C>
+where
+    C: Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
