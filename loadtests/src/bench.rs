@@ -78,8 +78,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     }
     let (addr, proc) = start_augur_ingress(&binary, &dir, upstream)?;
     targets.push(("augur (ingress)".into(), addr, Some(proc)));
-    let (addr, proc) = start_augur_chain(&binary, &dir, upstream)?;
+    let (addr, proc) = start_augur_chain(&binary, &dir, upstream, true)?;
     targets.push(("augur (ingress + egress, 2 hops)".into(), addr, Some(proc)));
+    // The same two hops without speculation: there the ingress request
+    // predicts its egress call, so each request is also a speculative one
+    // that the real call joins.
+    let (addr, proc) = start_augur_chain(&binary, &dir, upstream, false)?;
+    targets.push(("augur (2 hops, speculation off)".into(), addr, Some(proc)));
     if !opts.skip_peers {
         if procs::which("nginx") {
             let (addr, proc) = start_nginx(&dir, upstream)?;
@@ -319,6 +324,7 @@ fn start_augur_chain(
     binary: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    speculate: bool,
 ) -> anyhow::Result<(SocketAddr, Proc)> {
     let (listen, egress, admin) = (
         local(free_port()?),
@@ -326,9 +332,14 @@ fn start_augur_chain(
         local(free_port()?),
     );
     let config = format!(
-        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{egress}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n\n[[dependency]]\nname = \"upstream\"\nlisten = \"{egress}\"\nupstream = \"{upstream}\"\n"
+        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{egress}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n\n[speculation]\nenabled = {speculate}\n\n[[dependency]]\nname = \"upstream\"\nlisten = \"{egress}\"\nupstream = \"{upstream}\"\n"
     );
-    let proc = procs::start_augur(binary, dir, "augur-chain", &config, admin, Some(PROXY_CPU))?;
+    let name = if speculate {
+        "augur-chain"
+    } else {
+        "augur-chain-plain"
+    };
+    let proc = procs::start_augur(binary, dir, name, &config, admin, Some(PROXY_CPU))?;
     Ok((listen, proc))
 }
 
