@@ -59,16 +59,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let binary = procs::augur_binary(opts.augur.clone())?;
     let dir = procs::scratch("bench")?;
     let me = std::env::current_exe()?;
-    let upstream = local(free_port()?);
-    let mut up_cmd = procs::command(&me, Some(LOAD_CPU));
-    up_cmd.args([
-        "serve-fast",
-        "--listen",
-        &upstream.to_string(),
-        "--body-bytes",
-        &opts.body_bytes.to_string(),
-    ]);
-    let _upstream = procs::start("upstream", up_cmd, &dir.join("upstream.log"), &[upstream])?;
+    let (upstream, _upstream) = start_upstream(&me, &dir, opts.body_bytes)?;
 
     let mut targets: Vec<(String, SocketAddr, Option<Proc>)> =
         vec![("direct".into(), upstream, None)];
@@ -266,6 +257,26 @@ impl Row {
 
 fn or_dash(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// The benchmarks' upstream (`serve-fast`, `body_bytes` bodies), pinned
+/// beside the load.
+pub(crate) fn start_upstream(
+    me: &Path,
+    dir: &Path,
+    body_bytes: usize,
+) -> anyhow::Result<(SocketAddr, Proc)> {
+    let upstream = local(free_port()?);
+    let mut cmd = procs::command(me, Some(LOAD_CPU));
+    cmd.args([
+        "serve-fast",
+        "--listen",
+        &upstream.to_string(),
+        "--body-bytes",
+        &body_bytes.to_string(),
+    ]);
+    let proc = procs::start("upstream", cmd, &dir.join("upstream.log"), &[upstream])?;
+    Ok((upstream, proc))
 }
 
 /// `bare-pingora` beside this program, with `args` added to its flags.

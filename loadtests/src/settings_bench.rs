@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use crate::bench::{self, Wrk};
 use crate::cli::humantime_duration;
 use crate::load::{self, Planned};
-use crate::procs::{self, Proc, free_port, local};
+use crate::procs::{self, Proc};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SettingsOptions {
@@ -41,45 +41,32 @@ pub struct SettingsOptions {
     pub only: Option<String>,
 }
 
-/// One setting changed from augur's.
+/// One setting changed from augur's: its name, and `bare-pingora`'s flags
+/// for it.
 struct Variant {
     name: &'static str,
     args: &'static [&'static str],
 }
 
+const fn variant(name: &'static str, args: &'static [&'static str]) -> Variant {
+    Variant { name, args }
+}
+
 const VARIANTS: &[Variant] = &[
-    Variant {
-        name: "augur's settings (4 KiB read buffer, 1460 B write buffer, pool 1024, upstream timeouts)",
-        args: &[],
-    },
-    Variant {
-        name: "no upstream read/write timeouts",
-        args: &["--no-timeouts"],
-    },
-    Variant {
-        name: "upstream pool 128 (pingora's default)",
-        args: &["--pool", "128"],
-    },
-    Variant {
-        name: "read buffer 64 KiB (pingora's default)",
-        args: &["--read-buffer", "65536"],
-    },
-    Variant {
-        name: "read buffer 16 KiB",
-        args: &["--read-buffer", "16384"],
-    },
-    Variant {
-        name: "no read buffer",
-        args: &["--read-buffer", "0"],
-    },
-    Variant {
-        name: "no write buffer",
-        args: &["--write-buffer", "0"],
-    },
-    Variant {
-        name: "write buffer 16 KiB",
-        args: &["--write-buffer", "16384"],
-    },
+    variant(
+        "augur's settings (4 KiB read buffer, 1460 B write buffer, pool 1024, upstream timeouts)",
+        &[],
+    ),
+    variant("no upstream read/write timeouts", &["--no-timeouts"]),
+    variant("upstream pool 128 (pingora's default)", &["--pool", "128"]),
+    variant(
+        "read buffer 64 KiB (pingora's default)",
+        &["--read-buffer", "65536"],
+    ),
+    variant("read buffer 16 KiB", &["--read-buffer", "16384"]),
+    variant("no read buffer", &["--read-buffer", "0"]),
+    variant("no write buffer", &["--write-buffer", "0"]),
+    variant("write buffer 16 KiB", &["--write-buffer", "16384"]),
 ];
 
 /// What one variant measured in one round.
@@ -96,16 +83,7 @@ struct Sample {
 pub async fn run(opts: SettingsOptions) -> anyhow::Result<String> {
     let dir = procs::scratch("bench-settings")?;
     let me = std::env::current_exe()?;
-    let upstream = local(free_port()?);
-    let mut up_cmd = procs::command(&me, Some(bench::LOAD_CPU));
-    up_cmd.args([
-        "serve-fast",
-        "--listen",
-        &upstream.to_string(),
-        "--body-bytes",
-        &opts.body_bytes.to_string(),
-    ]);
-    let _upstream = procs::start("upstream", up_cmd, &dir.join("upstream.log"), &[upstream])?;
+    let (upstream, _upstream) = bench::start_upstream(&me, &dir, opts.body_bytes)?;
     let variants: Vec<&Variant> = VARIANTS
         .iter()
         .enumerate()
@@ -242,30 +220,26 @@ fn table(variants: &[&Variant], samples: &[Vec<Sample>], opts: &SettingsOptions)
         rate = opts.rate
     );
     let pick = |s: &[Sample], f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
-    let fields: [fn(&Sample) -> f64; 6] = [
-        |s| s.cpu_per_10k,
-        |s| s.p99_ms,
-        |s| s.saturated,
-        |s| s.saturated_new_connections,
-        |s| s.kib_per_idle_connection,
-        |s| s.rss_mib,
+    // Each column: its value, its decimals, and whether it is compared
+    // with augur's settings.
+    type Column = (fn(&Sample) -> f64, usize, bool);
+    let columns: [Column; 6] = [
+        (|s| s.cpu_per_10k, 3, true),
+        (|s| s.p99_ms, 3, false),
+        (|s| s.saturated, 0, true),
+        (|s| s.saturated_new_connections, 0, true),
+        (|s| s.kib_per_idle_connection, 1, true),
+        (|s| s.rss_mib, 1, false),
     ];
-    let base: Vec<f64> = fields.iter().map(|f| pick(&samples[0], *f)).collect();
-    for (variant, s) in variants.iter().zip(samples) {
+    let base: Vec<f64> = columns.iter().map(|c| pick(&samples[0], c.0)).collect();
+    for (row, (variant, s)) in variants.iter().zip(samples).enumerate() {
         let _ = write!(out, "| {} |", variant.name);
-        for (i, f) in fields.iter().enumerate() {
-            let v = pick(s, *f);
-            let decimals = if i < 2 {
-                3
-            } else if i == 4 || i == 5 {
-                1
-            } else {
-                0
-            };
-            if std::ptr::eq(s, &samples[0]) || base[i] == 0.0 || i == 1 || i == 5 {
+        for ((value, decimals, compared), base) in columns.iter().zip(&base) {
+            let v = pick(s, *value);
+            if row == 0 || !compared || *base == 0.0 {
                 let _ = write!(out, " {v:.decimals$} |");
             } else {
-                let change = (v / base[i] - 1.0) * 100.0;
+                let change = (v / base - 1.0) * 100.0;
                 let _ = write!(out, " {v:.decimals$} ({change:+.0}%) |");
             }
         }

@@ -93,18 +93,19 @@ fn body(code: u16, e: &Error, target: &Target) -> String {
 }
 
 fn reason(e: &Error, target: &Target) -> std::borrow::Cow<'static, str> {
-    // Under TLS 1.3 a server that refuses augur's certificate says so in an
-    // alert after the handshake: the first read fails with it.
-    let alert = || {
-        let text = e.to_string().to_ascii_lowercase();
-        text.contains("alert") || text.contains("certificate")
-    };
-    if matches!(
-        e.etype(),
-        TLSHandshakeFailure | InvalidCert | HandshakeError
-    ) || (target.tls.is_some() && alert())
-    {
-        return tls_reason(e, target).into();
+    if let Some(tls) = &target.tls {
+        let text = e.to_string();
+        // Under TLS 1.3 a server that refuses augur's certificate says so
+        // in an alert after the handshake: the first read fails with it.
+        let said = text.to_ascii_lowercase();
+        if matches!(
+            e.etype(),
+            TLSHandshakeFailure | InvalidCert | HandshakeError
+        ) || said.contains("alert")
+            || said.contains("certificate")
+        {
+            return tls_reason(&text, tls.sni()).into();
+        }
     }
     match e.etype() {
         ConnectRefused => "connection refused",
@@ -120,11 +121,9 @@ fn reason(e: &Error, target: &Target) -> std::borrow::Cow<'static, str> {
 
 /// What went wrong in a TLS handshake, in the words an operator acts on.
 /// pingora keeps only the text of rustls's error, so it is read from there.
-fn tls_reason(e: &Error, target: &Target) -> String {
-    let text = e.to_string();
+fn tls_reason(text: &str, sni: &str) -> String {
     let said = text.to_ascii_lowercase();
     let says = |names: &[&str]| names.iter().any(|n| said.contains(n));
-    let sni = target.tls.as_ref().map_or("", |t| t.sni());
     let what = if says(&["unknownissuer", "unknown issuer"]) {
         "its certificate is not signed by a CA augur trusts (tls.ca_file)".to_string()
     } else if says(&["notvalidforname", "not valid for name"]) {
@@ -141,9 +140,7 @@ fn tls_reason(e: &Error, target: &Target) -> String {
         let detail = text
             .find(marker)
             .map(|i| &text[i + marker.len()..])
-            .map_or(text.as_str(), |rest| {
-                rest.split(", SNI:").next().unwrap_or(rest)
-            });
+            .map_or(text, |rest| rest.split(", SNI:").next().unwrap_or(rest));
         format!("the TLS handshake failed: {}", detail.trim())
     };
     format!("TLS to {sni}: {what}")

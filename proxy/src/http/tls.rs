@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,9 +49,12 @@ impl UpstreamTls {
         pingora::tls::install_default_crypto_provider();
         let roots = match &tls.ca_file {
             Some(path) => certificates(path).with_context(|| format!("{label}: tls.ca_file"))?,
-            None => {
-                system_roots().with_context(|| format!("{label}: the system's CA certificates"))?
-            }
+            None => match system_roots()? {
+                [] => bail!(
+                    "{label}: no system CA certificates (give tls.ca_file, or set SSL_CERT_FILE)"
+                ),
+                roots => roots.to_vec(),
+            },
         };
         let mut store = RootCertStore::empty();
         for (i, cert) in roots.iter().enumerate() {
@@ -154,35 +157,39 @@ fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(out)
 }
 
-/// pingora's TLS connector, built with every proxy, loads the system's CAs
-/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` first) and panics when that fails:
-/// the same loading here turns it into an error that says what to fix.
+/// The system's CAs (`SSL_CERT_FILE` and `SSL_CERT_DIR` first), loaded
+/// once: for the start-up check and every `tls` without a `ca_file`.
+static SYSTEM_ROOTS: OnceLock<Result<Vec<CertificateDer<'static>>, String>> = OnceLock::new();
+
+/// Loads the system's CAs as pingora's TLS connector, built with every
+/// proxy, will — it panics when that fails: here it is an error that says
+/// what to fix.
 pub(crate) fn check_system_roots() -> anyhow::Result<()> {
+    // rustls needs a process-wide crypto provider before any ClientConfig.
     pingora::tls::install_default_crypto_provider();
-    let hint = "fix it, or point SSL_CERT_FILE at a PEM bundle";
-    let roots = pingora::tls::load_native_certs()
-        .with_context(|| format!("cannot load the system's CA certificates ({hint})"))?;
-    let mut store = RootCertStore::empty();
-    for (i, cert) in roots.into_iter().enumerate() {
-        store.add(cert).with_context(|| {
-            format!(
-                "the system's CA certificate {} cannot be loaded ({hint})",
-                i + 1
-            )
-        })?;
-    }
-    Ok(())
+    system_roots().map(drop)
 }
 
-fn system_roots() -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let roots = pingora::tls::load_native_certs()?;
-    if roots.is_empty() {
-        bail!("none found (give tls.ca_file, or set SSL_CERT_FILE)");
-    }
-    Ok(roots
-        .into_iter()
-        .filter(|c| x509_parser::parse_x509_certificate(c).is_ok())
-        .collect())
+fn system_roots() -> anyhow::Result<&'static [CertificateDer<'static>]> {
+    let loaded = SYSTEM_ROOTS.get_or_init(|| {
+        let hint = "fix it, or point SSL_CERT_FILE at a PEM bundle";
+        let roots = pingora::tls::load_native_certs()
+            .map_err(|e| format!("cannot load the system's CA certificates ({hint}): {e}"))?;
+        let mut store = RootCertStore::empty();
+        for (i, cert) in roots.iter().enumerate() {
+            store.add(cert.clone()).map_err(|e| {
+                format!(
+                    "the system's CA certificate {} cannot be loaded ({hint}): {e}",
+                    i + 1
+                )
+            })?;
+        }
+        Ok(roots
+            .into_iter()
+            .filter(|c| x509_parser::parse_x509_certificate(c).is_ok())
+            .collect())
+    });
+    loaded.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The speculation client's TLS connector: TCP to the request's address,

@@ -290,7 +290,7 @@ async fn tenants_run(nonce: bool) -> f64 {
         );
         assert_eq!(got["nonce"] != "none", nonce, "request {i}: {got}");
     }
-    answered_ahead(&augur, "users").await
+    augur.answered_ahead("users").await
 }
 
 /// Every header the service sends is part of the key and is predicted:
@@ -424,7 +424,7 @@ where
             assert_eq!(got.status, 200, "{}", got.text());
             answers.push(got.text());
         }
-        let served = answered_ahead(&augur, dependency).await;
+        let served = augur.answered_ahead(dependency).await;
         runs.push((answers, served));
     }
     let on = runs.pop().unwrap();
@@ -528,7 +528,7 @@ async fn an_opted_in_write_runs_exactly_once() {
         runs.values().all(|n| *n == 1),
         "an order ran twice: {runs:?}"
     );
-    let served = answered_ahead(&augur, "orders").await;
+    let served = augur.answered_ahead("orders").await;
     assert!(served >= 15.0, "only {served} orders were answered ahead");
 }
 
@@ -551,18 +551,6 @@ fn past_the_timeout(id: u32) -> (Duration, u16) {
     }
 }
 
-/// The calls to `dependency` answered from speculation so far.
-async fn answered_ahead(augur: &Augur, dependency: &str) -> f64 {
-    let mut served = 0.0;
-    for outcome in ["hit", "coalesced"] {
-        let series = format!(
-            "augur_dependency_calls_total{{dependency=\"{dependency}\",outcome=\"{outcome}\"}}"
-        );
-        served += augur.metric(&series).await;
-    }
-    served
-}
-
 /// A write sent ahead has run, so its real call takes whatever it
 /// answered — however late (within the timeout), whatever the status —
 /// and is never sent again.
@@ -572,7 +560,7 @@ async fn a_write_sent_ahead_is_its_real_call_however_late_or_refused() {
     for id in 1000..1020 {
         assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
     }
-    let before = answered_ahead(&augur, "orders").await;
+    let before = augur.answered_ahead("orders").await;
     for id in 2000..2012 {
         let got = get(&augur.url(&format!("/order/{id}"))).await;
         assert_eq!(
@@ -586,7 +574,7 @@ async fn a_write_sent_ahead_is_its_real_call_however_late_or_refused() {
         runs.values().all(|n| *n == 1),
         "an order ran twice: {runs:?}"
     );
-    let late = answered_ahead(&augur, "orders").await - before;
+    let late = augur.answered_ahead("orders").await - before;
     assert!(late >= 6.0, "only {late} late orders were answered ahead");
 }
 
@@ -599,7 +587,7 @@ async fn a_write_sent_ahead_that_times_out_fails_once_and_is_not_sent_again() {
     for id in 1000..1020 {
         assert_eq!(get(&augur.url(&format!("/order/{id}"))).await.status, 200);
     }
-    let before = answered_ahead(&augur, "orders").await;
+    let before = augur.answered_ahead("orders").await;
     for id in 2000..2004 {
         // The frontend passes on what its call got: augur's 504 text.
         let got = get(&augur.url(&format!("/order/{id}"))).await;
@@ -618,7 +606,7 @@ async fn a_write_sent_ahead_that_times_out_fails_once_and_is_not_sent_again() {
         runs.values().all(|n| *n == 1),
         "an order ran twice: {runs:?}"
     );
-    let late = answered_ahead(&augur, "orders").await - before;
+    let late = augur.answered_ahead("orders").await - before;
     assert!(
         late >= 2.0,
         "only {late} timed-out orders were answered ahead"
@@ -695,7 +683,7 @@ async fn credentialed_header_derived_calls_are_answered_ahead_and_never_across_p
         };
         assert_eq!(send(req).await.text(), want, "request {i}");
     }
-    let served = answered_ahead(&augur, "accounts").await;
+    let served = augur.answered_ahead("accounts").await;
     assert!(
         served >= 20.0,
         "only {served} of 40 account calls were answered ahead"

@@ -416,6 +416,18 @@ impl Augur {
         get(&format!("http://{}{path}", self.admin)).await
     }
 
+    /// The calls to `dependency` answered from speculation so far.
+    pub async fn answered_ahead(&self, dependency: &str) -> f64 {
+        let mut served = 0.0;
+        for outcome in ["hit", "coalesced"] {
+            let series = format!(
+                "augur_dependency_calls_total{{dependency=\"{dependency}\",outcome=\"{outcome}\"}}"
+            );
+            served += self.metric(&series).await;
+        }
+        served
+    }
+
     /// The value of one sample of `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.admin_get("/metrics").await.text();

@@ -147,18 +147,6 @@ fn tls_line(sni: &str, ca: &Path, client: Option<(&Path, &Path)>) -> &'static st
     )
 }
 
-async fn answered_ahead(augur: &Augur, dependency: &str) -> f64 {
-    let mut n = 0.0;
-    for outcome in ["hit", "coalesced"] {
-        n += augur
-            .metric(&format!(
-                "augur_dependency_calls_total{{dependency=\"{dependency}\",outcome=\"{outcome}\"}}"
-            ))
-            .await;
-    }
-    n
-}
-
 /// posts behind TLS (and asking for augur's client certificate): every
 /// answer is what the service would have got, posts is sent speculative
 /// requests over TLS, and they answer real calls.
@@ -201,7 +189,7 @@ async fn a_dependency_behind_tls_is_called_and_speculated_over_tls() {
         prefetches > 0,
         "no speculative request reached posts over TLS"
     );
-    let served = answered_ahead(&augur, "posts").await;
+    let served = augur.answered_ahead("posts").await;
     assert!(served > 0.0, "no call to posts answered from speculation");
 }
 
