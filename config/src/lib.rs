@@ -14,6 +14,7 @@
 //! `settings.rs` for what they turn into. `augur check-config` is a thin
 //! wrapper over [`load`].
 
+mod overrides;
 mod schema;
 mod section;
 mod settings;
@@ -21,6 +22,7 @@ mod settings;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use overrides::Override;
 pub use settings::*;
 
 /// One thing wrong in a file, at a key path such as `dependency[0].listen`.
@@ -78,17 +80,33 @@ impl Error {
     }
 }
 
-/// Reads and validates the file at `path`.
+/// Reads the file at `path`, applies the `AUGUR_SECTION__KEY` variables
+/// of the environment over it, and validates the result.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text)
+    validate(&text, &overrides::from_process())
 }
 
 /// Validates TOML text.
 pub fn parse(text: &str) -> Result<Config, Error> {
+    validate(text, &[])
+}
+
+/// Validates TOML text with `env`'s `AUGUR_SECTION__KEY` variables applied
+/// over it, as [`load`] does with the process's environment.
+pub fn parse_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
+    let vars: Vec<_> = env
+        .iter()
+        .filter(|(name, _)| overrides::is_override(name))
+        .map(|(name, value)| (name.to_string(), Ok(value.to_string())))
+        .collect();
+    validate(text, &vars)
+}
+
+fn validate(text: &str, env: &[(String, Result<String, ()>)]) -> Result<Config, Error> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, column) = line_and_column(text, offset);
@@ -98,12 +116,28 @@ pub fn parse(text: &str) -> Result<Config, Error> {
             message: e.message().trim().to_string(),
         }
     })?;
+    let mut table = table;
     let problems = section::Problems::default();
+    let applied = overrides::apply(&mut table, env, &problems);
     let config = schema::config(section::Section::root(table, &problems));
     match config {
-        Some(config) if problems.is_empty() => Ok(config),
+        Some(config) if problems.is_empty() => Ok(Config {
+            overrides: applied,
+            ..config
+        }),
         _ => {
             let mut problems = problems.into_vec();
+            for problem in &mut problems {
+                let path = &problem.path;
+                let by = |o: &&Override| {
+                    within(path, &o.key) || (!path.is_empty() && within(&o.key, path))
+                };
+                if let Some(o) = applied.iter().find(by) {
+                    problem
+                        .message
+                        .push_str(&format!(" (set by {})", o.variable));
+                }
+            }
             if problems.is_empty() {
                 problems.push(Problem {
                     path: String::new(),
@@ -115,6 +149,47 @@ pub fn parse(text: &str) -> Result<Config, Error> {
     }
 }
 
+fn redact_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut value_is_secret = false;
+    for arg in args {
+        if std::mem::take(&mut value_is_secret) && !arg.starts_with('-') {
+            out.push(REDACTED.to_string());
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((name, _)) if secret_like(name) => out.push(format!("{name}={REDACTED}")),
+            None if arg.starts_with('-') && secret_like(arg) => {
+                value_is_secret = true;
+                out.push(arg.clone());
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    out
+}
+
+fn secret_like(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Whether the key path `path` is `key` or inside it.
+fn within(path: &str, key: &str) -> bool {
+    path.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
@@ -123,7 +198,24 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// What stands for a value that is not shown.
+pub const REDACTED: &str = "[redacted]";
+
 impl Config {
+    /// This configuration with what may be a credential replaced by
+    /// [`REDACTED`]: the values of container arguments named like a secret
+    /// (`--password=…`, `--api-key …`, `TOKEN=…`). Nothing else in the
+    /// schema holds one: certificates and keys are given as file paths.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        for d in &mut config.dependencies {
+            if let Target::Container(c) = &mut d.target {
+                c.args = redact_args(&c.args);
+            }
+        }
+        config
+    }
+
     /// A one-line description, as `check-config` prints for a valid file.
     pub fn summary(&self) -> String {
         let containers = self

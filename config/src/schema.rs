@@ -49,6 +49,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         containers: containers?,
         dependencies: dependencies.into_iter().collect::<Option<_>>()?,
         routes: routes.into_iter().collect::<Option<_>>()?,
+        overrides: Vec::new(),
     })
 }
 
@@ -424,6 +425,7 @@ fn cache(mut s: Section<'_>) -> Option<Cache> {
 fn proxy(mut s: Section<'_>) -> Option<Proxy> {
     let threads = or_default!(s, "threads", count, 1, 256; 2);
     let shutdown_timeout = or_default!(s, "shutdown_timeout", duration; 3 * SECOND);
+    let drain_grace = drain_grace(&mut s, shutdown_timeout);
     let header = or_default!(s, "max_request_header_size", size; 64 << 10);
     let header = header.filter(|&n| {
         let ok = (1024..=(1 << 20)).contains(&n);
@@ -446,12 +448,35 @@ fn proxy(mut s: Section<'_>) -> Option<Proxy> {
     Some(Proxy {
         threads: threads? as usize,
         shutdown_timeout: shutdown_timeout?,
+        drain_grace: drain_grace?,
         max_request_header_size: header?,
         header_timeout: header_timeout?,
         body_timeout: body_timeout?,
         idle_timeout: idle_timeout?,
         max_connections: max_connections? as usize,
     })
+}
+
+/// `proxy.drain_grace`: shorter than the shutdown timeout, and by default
+/// a second or a third of it, whichever is less.
+fn drain_grace(s: &mut Section<'_>, timeout: Option<Duration>) -> Option<Duration> {
+    if !s.has("drain_grace") {
+        return timeout.map(|t| SECOND.min(t / 3));
+    }
+    let grace = s.duration("drain_grace")?;
+    let timeout = timeout?;
+    if grace >= timeout {
+        s.problem(
+            "drain_grace",
+            format!(
+                "{} is not shorter than proxy.shutdown_timeout ({}): the egress listeners would close only at the deadline",
+                humantime::format_duration(grace),
+                humantime::format_duration(timeout)
+            ),
+        );
+        return None;
+    }
+    Some(grace)
 }
 
 fn contexts(mut s: Section<'_>) -> Option<Contexts> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// A whole, validated augur configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     pub service: Service,
     pub admin: Admin,
@@ -20,10 +20,13 @@ pub struct Config {
     pub containers: Containers,
     pub dependencies: Vec<Dependency>,
     pub routes: Vec<Route>,
+    /// The keys the environment set (`AUGUR_SECTION__KEY`), in the order
+    /// they were applied.
+    pub overrides: Vec<crate::Override>,
 }
 
 /// One `[[route]]`: speculation settings for one inbound route.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Route {
     /// The route as augur names it: method and path template
     /// (`GET /users/{id}`).
@@ -37,7 +40,7 @@ pub struct Route {
 }
 
 /// `[service]`: the ingress listener and the service it fronts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Service {
     pub name: String,
     pub listen: SocketAddr,
@@ -45,15 +48,17 @@ pub struct Service {
     pub protocol: Protocol,
     /// TLS to the upstream, when set.
     pub tls: Option<Tls>,
+    #[serde(serialize_with = "text::duration")]
     pub connect_timeout: Duration,
     /// How long augur waits for the next bytes from the upstream before it
     /// answers 504.
+    #[serde(serialize_with = "text::duration")]
     pub timeout: Duration,
 }
 
 /// `tls = true` or a `tls` table: augur speaks TLS to the upstream and
 /// verifies its certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tls {
     /// The name sent in SNI and checked against the certificate: the
     /// upstream's host name unless set (required for an IP address or a
@@ -66,7 +71,7 @@ pub struct Tls {
     pub client_cert: Option<ClientCert>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClientCert {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -80,6 +85,12 @@ pub struct Upstream {
     pub port: u16,
 }
 
+impl serde::Serialize for Upstream {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -91,7 +102,8 @@ impl fmt::Display for Upstream {
 }
 
 /// The protocol augur speaks to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
@@ -100,23 +112,24 @@ pub enum Protocol {
 }
 
 /// `[admin]`: the listener for `/metrics`, `/healthz`, `/readyz`, `/debug/*`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Admin {
     pub listen: SocketAddr,
 }
 
 /// `[telemetry]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Telemetry {
     /// OTLP/gRPC collector; no exporter when absent.
     pub otlp_endpoint: Option<String>,
 }
 
 /// `[speculation]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Speculation {
     pub enabled: bool,
     pub confidence: f64,
+    #[serde(serialize_with = "text::duration")]
     pub horizon: Duration,
     pub methods: Vec<String>,
     pub max_inflight: u32,
@@ -136,7 +149,8 @@ pub struct Speculation {
 }
 
 /// The reach of a write's barrier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WriteBarrier {
     /// Speculations to the dependency written to (the default).
     Dependency,
@@ -145,7 +159,7 @@ pub enum WriteBarrier {
 }
 
 /// `[predictor]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Predictor {
     pub kind: PredictorKind,
     pub min_observations: u32,
@@ -161,34 +175,46 @@ pub struct Predictor {
 }
 
 /// Which sequence model the predictor runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PredictorKind {
     Online,
     Onnx { model: PathBuf },
 }
 
 /// `[cache]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Cache {
     /// Bytes of response held at most.
     pub capacity: u64,
 }
 
 /// `[proxy]`: how the listeners behave.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Proxy {
     /// Worker threads, shared by the ingress and every egress listener.
     pub threads: usize,
-    /// How long a shutdown waits for in-flight requests.
+    /// How long a shutdown takes at most: the egress listeners' grace,
+    /// the in-flight requests, the telemetry flush.
+    #[serde(serialize_with = "text::duration")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM (when the ingress has closed), how long the service
+    /// must go without an inbound request in flight or a call through an
+    /// egress listener before the egress listeners close: the service may
+    /// still be finishing its work.
+    #[serde(serialize_with = "text::duration")]
+    pub drain_grace: Duration,
     /// Largest request header block accepted; larger ones get 431.
     pub max_request_header_size: u64,
     /// From a new connection's accept, or an idle one's first byte, to the
     /// end of the request header; a slower client is disconnected.
+    #[serde(serialize_with = "text::duration")]
     pub header_timeout: Duration,
     /// Longest wait for the next bytes of a request body.
+    #[serde(serialize_with = "text::duration")]
     pub body_timeout: Duration,
     /// How long a kept-alive connection may sit idle between requests.
+    #[serde(serialize_with = "text::duration")]
     pub idle_timeout: Duration,
     /// Open client connections per listener at most (so a flood on the
     /// ingress never shuts the service out of its egress listeners); past
@@ -197,11 +223,12 @@ pub struct Proxy {
 }
 
 /// `[contexts]`: the bookkeeping of in-flight inbound requests.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Contexts {
     /// Open contexts held at most; past it, requests are proxied untracked.
     pub max_open: usize,
     /// An open context older than this is abandoned and dropped.
+    #[serde(serialize_with = "text::duration")]
     pub max_age: Duration,
     /// Dependency calls recorded per context at most.
     pub max_calls: usize,
@@ -217,7 +244,7 @@ pub struct Contexts {
 }
 
 /// One `[[dependency]]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Dependency {
     pub name: String,
     pub listen: SocketAddr,
@@ -225,21 +252,24 @@ pub struct Dependency {
     pub protocol: Protocol,
     /// TLS to the dependency (a static upstream or its containers).
     pub tls: Option<Tls>,
+    #[serde(serialize_with = "text::duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "text::duration")]
     pub timeout: Duration,
     /// Whether augur may send this dependency speculative requests.
     pub speculate: bool,
 }
 
 /// Where a dependency's requests go.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Target {
     Static(Upstream),
     Container(Container),
 }
 
 /// `[dependency.container]`: a container augur manages.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Container {
     pub image: String,
     pub args: Vec<String>,
@@ -249,6 +279,7 @@ pub struct Container {
     pub keep_alive: KeepAlive,
     /// How long a call waits for a container to start and accept
     /// connections before it gets 503.
+    #[serde(serialize_with = "text::duration")]
     pub start_timeout: Duration,
     /// Calls in flight per instance above which another instance starts.
     pub target_inflight: u32,
@@ -267,15 +298,17 @@ pub struct Container {
 }
 
 /// How long an idle instance is kept.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KeepAlive {
-    Fixed(Duration),
+    Fixed(#[serde(serialize_with = "text::duration")] Duration),
     /// Learned from the dependency's idle gaps (hybrid histogram policy).
     Adaptive,
 }
 
 /// When a started container counts as ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Readiness {
     /// It answers an HTTP request (any status).
     Http,
@@ -284,12 +317,13 @@ pub enum Readiness {
 }
 
 /// `[containers]`: limits over all the containers augur runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Containers {
     pub max_containers: usize,
     /// Total of the containers' `memory` limits, when set.
     pub max_memory: Option<u64>,
     /// How often Docker stats are read for running containers.
+    #[serde(serialize_with = "text::duration")]
     pub stats_interval: Duration,
 }
 
@@ -301,3 +335,12 @@ pub const ALWAYS_REDACTED: [&str; 4] = [
     "proxy-authorization",
     "set-cookie",
 ];
+
+/// Values as the file writes them.
+mod text {
+    use std::time::Duration;
+
+    pub(super) fn duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

@@ -202,3 +202,145 @@ tls = { sni = "10.0.0.1" }
         );
     }
 }
+
+const WITH_DEPENDENCIES: &str = r#"
+[service]
+name = "frontend"
+listen = "127.0.0.1:15006"
+upstream = "127.0.0.1:8080"
+
+[[dependency]]
+name = "user-db"
+listen = "127.0.0.1:15101"
+upstream = "127.0.0.1:9101"
+
+[[dependency]]
+name = "rates"
+listen = "127.0.0.1:15102"
+upstream = "127.0.0.1:9102"
+"#;
+
+fn invalid_with_env(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    match parse_with_env(text, env) {
+        Err(e) => e.lines(),
+        Ok(_) => panic!("expected {env:?} to be rejected"),
+    }
+}
+
+#[test]
+fn the_environment_overrides_keys_of_every_type_and_creates_sections() {
+    let c = parse_with_env(
+        WITH_DEPENDENCIES,
+        &[
+            ("AUGUR_SPECULATION__CONFIDENCE", "0.9"),
+            ("AUGUR_SPECULATION__ENABLED", "false"),
+            ("AUGUR_SPECULATION__METHODS", r#"["GET"]"#),
+            ("AUGUR_PROXY__SHUTDOWN_TIMEOUT", "25s"),
+            ("AUGUR_SERVICE__UPSTREAM", "127.0.0.1:8081"),
+            ("AUGUR_SERVICE__NAME", "1234"),
+            ("AUGUR_TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("AUGUR_DEPENDENCY__USER_DB__UPSTREAM", "127.0.0.1:9201"),
+            ("AUGUR_DEPENDENCY__1__TIMEOUT", "2s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.speculation.confidence, 0.9);
+    assert!(!c.speculation.enabled);
+    assert_eq!(c.speculation.methods, ["GET"]);
+    assert_eq!(c.proxy.shutdown_timeout, Duration::from_secs(25));
+    assert_eq!(c.proxy.drain_grace, Duration::from_secs(1));
+    assert_eq!(c.service.upstream.to_string(), "127.0.0.1:8081");
+    // The file gives the name as a string, so the text stays text.
+    assert_eq!(c.service.name, "1234");
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    let Target::Static(users) = &c.dependencies[0].target else {
+        panic!("static");
+    };
+    assert_eq!(users.to_string(), "127.0.0.1:9201");
+    assert_eq!(c.dependencies[1].timeout, Duration::from_secs(2));
+    let keys: Vec<&str> = c.overrides.iter().map(|o| o.key.as_str()).collect();
+    assert!(keys.contains(&"dependency[0].upstream"), "{keys:?}");
+    assert!(keys.contains(&"speculation.confidence"), "{keys:?}");
+    assert_eq!(c.overrides.len(), 9);
+}
+
+#[test]
+fn a_bad_override_is_reported_with_its_variable() {
+    let lines = invalid_with_env(
+        WITH_DEPENDENCIES,
+        &[
+            ("AUGUR_SPECULATION__CONFIDENCE", "1.5"),
+            ("AUGUR_SPECULATION__CONFIDENSE", "0.5"),
+            ("AUGUR_PROXY__THREADS", "many"),
+            ("AUGUR_DEPENDENCY__POSTS__UPSTREAM", "127.0.0.1:1"),
+            ("AUGUR_DEPENDENCY__7__UPSTREAM", "127.0.0.1:1"),
+            ("AUGUR_DEPENDENCY__RATES", "x"),
+            ("AUGUR_SERVICE__NAME__FIRST", "x"),
+            ("AUGUR_SERVICE____NAME", "x"),
+        ],
+    );
+    for expected in [
+        "speculation.confidence: 1.5 is out of range 0..=1 (set by AUGUR_SPECULATION__CONFIDENCE)",
+        "speculation.confidense: unknown key (set by AUGUR_SPECULATION__CONFIDENSE)",
+        "proxy.threads: expected an integer, found string (set by AUGUR_PROXY__THREADS)",
+        "AUGUR_DEPENDENCY__POSTS__UPSTREAM: dependency has no element \"posts\" (by index or name)",
+        "AUGUR_DEPENDENCY__7__UPSTREAM: dependency has no element \"7\" (by index or name)",
+        "AUGUR_DEPENDENCY__RATES: dependency is a list: name an element (index or name) before the key",
+        "AUGUR_SERVICE__NAME__FIRST: service.name is string, not a table",
+        "AUGUR_SERVICE____NAME: expected AUGUR_SECTION__KEY (parts separated by __, none empty)",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "{expected}\nin {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn variables_without_a_key_path_are_not_overrides() {
+    let vars = [("AUGUR_LOG", "debug"), ("AUGURY__X", "1")];
+    assert!(parse_with_env(MINIMAL, &vars).is_ok());
+    assert!(!overrides::is_override("AUGUR_LOG"));
+    assert!(overrides::is_override("AUGUR_PROXY__THREADS"));
+}
+
+#[test]
+fn drain_grace_defaults_under_the_shutdown_timeout_and_must_stay_under_it() {
+    let short = format!("{MINIMAL}\n[proxy]\nshutdown_timeout = \"600ms\"\n");
+    assert_eq!(
+        parse(&short).unwrap().proxy.drain_grace,
+        Duration::from_millis(200)
+    );
+    let lines = invalid_with_env(&short, &[("AUGUR_PROXY__DRAIN_GRACE", "1s")]);
+    assert_eq!(
+        lines,
+        [
+            "proxy.drain_grace: 1s is not shorter than proxy.shutdown_timeout (600ms): the egress listeners would close only at the deadline (set by AUGUR_PROXY__DRAIN_GRACE)"
+        ]
+    );
+}
+
+#[test]
+fn redaction_hides_credentials_and_keeps_the_rest() {
+    let text = format!(
+        r#"{MINIMAL}
+[[dependency]]
+name = "db"
+listen = "127.0.0.1:15101"
+[dependency.container]
+image = "db:1"
+port = 5432
+args = ["--password=hunter2", "--api-key", "hunter2", "--port", "5432", "TOKEN=hunter2"]
+"#
+    );
+    let c = parse(&text).unwrap().redacted();
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("hunter2"), "{json}");
+    assert!(json.contains(r#""--password=[redacted]""#), "{json}");
+    assert!(json.contains(r#""--api-key","[redacted]""#), "{json}");
+    assert!(json.contains(r#""--port","5432""#), "{json}");
+    assert!(json.contains(r#""shutdown_timeout":"3s""#), "{json}");
+}

@@ -32,7 +32,7 @@ use augur_predictor::secret::SecretHasher;
 
 use crate::context::{Closed, ContextTable};
 use crate::learning::Learning;
-use crate::ops::lifecycle::{Inflight, Lifecycle};
+use crate::ops::lifecycle::{Inflight, Lifecycle, Side};
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::Telemetry;
 use crate::speculation::Speculation;
@@ -68,7 +68,7 @@ impl Common {
         }
     }
 
-    fn inflight(&self) -> Inflight {
-        self.lifecycle.inflight_guard()
+    fn inflight(&self, side: Side) -> Inflight {
+        self.lifecycle.inflight_guard(side)
     }
 }

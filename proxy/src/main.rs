@@ -110,6 +110,9 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for o in &config.overrides {
+        tracing::info!("{} set by {}", o.key, o.variable);
+    }
     match augur_proxy::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -127,7 +130,12 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for path in files {
         match augur_config::load(path) {
-            Ok(config) => println!("{}: ok: {}", path.display(), config.summary()),
+            Ok(config) => {
+                println!("{}: ok: {}", path.display(), config.summary());
+                for o in &config.overrides {
+                    println!("{}: {} set by {}", path.display(), o.key, o.variable);
+                }
+            }
             Err(e) => {
                 failed = true;
                 for line in e.lines() {

@@ -5,6 +5,7 @@
 //! sections; `server/sweeper.rs` expires abandoned contexts.
 
 mod parts;
+mod stages;
 mod sweeper;
 
 use std::net::{SocketAddr, TcpListener};
@@ -31,6 +32,7 @@ use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Drain;
 use parts::Upstreams;
+use stages::Staged;
 use sweeper::Sweeper;
 
 /// How long removing an earlier augur's containers may delay start-up.
@@ -57,11 +59,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         target: upstreams.service.clone(),
     };
     let clients = client_limits(&config);
-    let mut proxies = Listeners::default();
-    proxies.add(
+    let mut inbound = Listeners::default();
+    inbound.add(
         config.service.listen,
         guarded(&conf, "ingress", ingress, clients, &common.metrics),
     );
+    let mut proxies = Listeners::default();
     for (listen, dependency) in &upstreams.dependencies {
         let name = format!("egress {}", dependency.name());
         let egress = Egress {
@@ -73,7 +76,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             guarded(&conf, &name, egress, clients, &common.metrics),
         );
     }
-    server.add_service(proxy_service(proxies, config.proxy.threads));
+    server.add_service(Staged {
+        ingress: listening("ingress", inbound),
+        egress: (!upstreams.dependencies.is_empty()).then(|| listening("egress", proxies)),
+        closing: common.lifecycle.closing(),
+        threads: config.proxy.threads,
+    });
     server.add_service(admin_service(&config, &common, &upstreams, listeners));
     let mut sweeper = background_service("contexts", Sweeper::new(&common));
     sweeper.threads = Some(1);
@@ -104,6 +112,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             pools: upstreams.pools.clone(),
             service: config.service.name.clone(),
             timeout: config.proxy.shutdown_timeout,
+            grace: (!config.dependencies.is_empty()).then_some(config.proxy.drain_grace),
         }),
     });
     // Reached only if pingora's own grace period ended before the drain
@@ -174,14 +183,13 @@ fn listener(addr: SocketAddr) -> ListenerConfig {
     })
 }
 
-/// Every proxy listener in one service, on `threads` threads.
-fn proxy_service(proxies: Listeners, threads: usize) -> Service<Listeners> {
-    let addresses: Vec<SocketAddr> = proxies.addresses().collect();
-    let mut service = Service::new("proxy".to_string(), proxies);
+/// A pingora service of `listeners` (run by [`Staged`], on its threads).
+fn listening(name: &str, listeners: Listeners) -> Service<Listeners> {
+    let addresses: Vec<SocketAddr> = listeners.addresses().collect();
+    let mut service = Service::new(name.to_string(), listeners);
     for addr in addresses {
         service.add_listener(listener(addr));
     }
-    service.threads = Some(threads);
     service
 }
 
@@ -200,6 +208,7 @@ fn admin_service(
         metrics: common.metrics.clone(),
         lifecycle: common.lifecycle.clone(),
         listeners,
+        config: serde_json::to_value(config.redacted()).unwrap_or_default(),
     };
     let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
     service.add_listener(listener(config.admin.listen));

@@ -239,6 +239,37 @@ proptest! {
         let wanted = format!("{path}.zz_fuzz: unknown key");
         prop_assert!(err.lines().contains(&wanted), "{wanted:?} not in {:?}", err.lines());
     }
+
+    /// Overrides from the environment, named from the schema's own words
+    /// and junk, over the examples: they load or fail clearly, and a
+    /// failure that is theirs names the variable.
+    #[test]
+    fn environment_overrides_load_or_fail_clearly(
+        design in any::<bool>(),
+        vars in proptest::collection::vec((
+            "AUGUR_(SERVICE|PROXY|SPECULATION|DEPENDENCY|ROUTE|CONTAINERS|X)(__(0|1|9|USERS|RATES|CONTAINER|TLS|NAME|UPSTREAM|THREADS|CONFIDENCE|IMAGE|SNI|[A-Z_]{0,6})){1,3}",
+            value_or_junk(),
+        ), 1..4),
+    ) {
+        let text = example(if design { "design.toml" } else { "passthrough.toml" });
+        let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match augur_config::parse_with_env(&text, &env) {
+            Ok(config) => prop_assert!(config.overrides.len() <= env.len()),
+            Err(Error::Invalid(problems)) => {
+                for p in &problems {
+                    prop_assert!(!p.message.trim().is_empty(), "{p:?}");
+                    prop_assert!(!p.to_string().contains('\n'), "one line per problem: {p:?}");
+                }
+                if check(&text).is_ok() {
+                    prop_assert!(
+                        problems.iter().any(|p| p.to_string().contains("AUGUR_")),
+                        "a valid file failed without naming a variable: {problems:?}"
+                    );
+                }
+            }
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
 }
 
 #[test]

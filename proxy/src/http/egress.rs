@@ -23,7 +23,7 @@ use crate::context::{
     Attached, CallOutcome, CallRecord, Charge, ContextId, Json, Recorded, parse_json,
 };
 use crate::dependency::{Dependency, Lease, Purpose};
-use crate::ops::lifecycle::Inflight;
+use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 use crate::speculation::{Key, Stored, is_safe};
 
@@ -85,7 +85,7 @@ impl ProxyHttp for Egress {
             write: false,
             lease: None,
             cold_wait: Duration::ZERO,
-            _inflight: self.common.inflight(),
+            _inflight: self.common.inflight(Side::Call),
         }
     }
 

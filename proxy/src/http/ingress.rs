@@ -19,7 +19,7 @@ use super::traceparent::{self, TraceParent};
 use super::upstream::Target;
 use super::{Common, downstream, failure, headers, request};
 use crate::context::{ContextId, InboundRecord};
-use crate::ops::lifecycle::Inflight;
+use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 
 pub(crate) struct Ingress {
@@ -52,7 +52,7 @@ impl ProxyHttp for Ingress {
             traceparent: None,
             span: None,
             body: Capture::default(),
-            _inflight: self.common.inflight(),
+            _inflight: self.common.inflight(Side::Inbound),
         }
     }
 

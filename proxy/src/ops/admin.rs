@@ -33,6 +33,9 @@ pub(crate) struct Admin {
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Every proxy listener, for readiness.
     pub(crate) listeners: Vec<SocketAddr>,
+    /// The effective configuration (the file with the environment's
+    /// overrides applied, defaults filled in, secrets redacted).
+    pub(crate) config: serde_json::Value,
 }
 
 #[async_trait]
@@ -51,6 +54,7 @@ impl ServeHttp for Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics(),
             ),
+            "/debug/config" => json(&self.config),
             "/debug/containers" => json(&self.containers()),
             "/debug/model" => json(&self.learning.describe()),
             "/debug/speculations" => match limit(&query) {
@@ -63,7 +67,7 @@ impl ServeHttp for Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /metrics /debug/contexts?limit=N /debug/containers /debug/model /debug/speculations?limit=N\n",
+                "not found; try /healthz /readyz /metrics /debug/config /debug/contexts?limit=N /debug/containers /debug/model /debug/speculations?limit=N\n",
             ),
         }
     }

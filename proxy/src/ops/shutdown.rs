@@ -1,6 +1,16 @@
-//! Shutdown on SIGTERM or SIGINT: stop accepting (pingora does this when
-//! told the shutdown is graceful), let in-flight requests finish, flush
-//! telemetry, and exit — all within `proxy.shutdown_timeout`.
+//! Shutdown on SIGTERM or SIGINT, in order, all within
+//! `proxy.shutdown_timeout`:
+//!
+//! 1. `/readyz` answers 503 and the ingress stops accepting
+//!    (`server/stages.rs`): no new work reaches the service.
+//! 2. The egress listeners keep serving until the service has had no
+//!    inbound request in flight and made no call for `proxy.drain_grace`:
+//!    a service still finishing its work, or draining its own queue after
+//!    the same SIGTERM, can reach its dependencies (the sidecar that exits
+//!    first breaks its service's shutdown otherwise). Then pingora is told,
+//!    and they stop accepting too.
+//! 3. In-flight requests finish, augur's containers are removed, telemetry
+//!    is flushed, and the process exits.
 //!
 //! pingora's own graceful path sleeps a fixed grace period even when idle;
 //! the drain thread here exits as soon as nothing is in flight instead, and
@@ -18,6 +28,7 @@ use super::telemetry::Telemetry;
 use crate::containers::pool::ContainerPool;
 
 /// Waits for a signal, then drains: what it needs to know and to stop.
+#[derive(Clone)]
 pub(crate) struct Drain {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) telemetry: Arc<Telemetry>,
@@ -25,6 +36,9 @@ pub(crate) struct Drain {
     pub(crate) pools: Vec<Arc<ContainerPool>>,
     pub(crate) service: String,
     pub(crate) timeout: Duration,
+    /// How long the service must be quiet before the egress listeners
+    /// close; `None` when there are none.
+    pub(crate) grace: Option<Duration>,
 }
 
 #[async_trait]
@@ -41,16 +55,30 @@ impl ShutdownSignalWatch for Drain {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!("{name}: draining for at most {:?}", self.timeout);
+        let started = Instant::now();
+        let flush_budget = (self.timeout / 3).min(Duration::from_secs(1));
+        let deadline = started + self.timeout.saturating_sub(flush_budget);
         self.lifecycle.start_draining();
-        let drain = Drain {
-            lifecycle: self.lifecycle.clone(),
-            telemetry: self.telemetry.clone(),
-            pools: self.pools.clone(),
-            service: self.service.clone(),
-            timeout: self.timeout,
-        };
-        std::thread::spawn(move || drain.drain());
+        match self.grace {
+            Some(grace) => {
+                tracing::info!(
+                    "{name}: ingress closed; the egress listeners serve until the service has been quiet for {grace:?} (at most {:?})",
+                    self.timeout
+                );
+                if self.lifecycle.quiet_for(grace, deadline).await {
+                    tracing::info!(
+                        "the service has been quiet for {grace:?}: closing the egress listeners"
+                    );
+                } else {
+                    tracing::warn!(
+                        "the service was still busy at the shutdown deadline: closing the egress listeners"
+                    );
+                }
+            }
+            None => tracing::info!("{name}: draining for at most {:?}", self.timeout),
+        }
+        let drain = self.clone();
+        std::thread::spawn(move || drain.drain(started, deadline));
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -58,14 +86,10 @@ impl ShutdownSignalWatch for Drain {
 impl Drain {
     /// Waits for in-flight requests (leaving time to flush telemetry),
     /// stops the containers, flushes, and exits the process.
-    fn drain(&self) {
-        let started = Instant::now();
-        let timeout = self.timeout;
-        let flush_budget = (timeout / 3).min(Duration::from_secs(1));
-        let drain_until = started + timeout.saturating_sub(flush_budget);
+    fn drain(&self, started: Instant, deadline: Instant) {
         // Let the listeners see the shutdown before counting what is left.
         std::thread::sleep(Duration::from_millis(20));
-        while self.lifecycle.inflight() > 0 && Instant::now() < drain_until {
+        while self.lifecycle.inflight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let left = self.lifecycle.inflight();
@@ -78,7 +102,7 @@ impl Drain {
             }
             crate::containers::remove_owned(&self.service, CONTAINER_REMOVAL);
         }
-        let remaining = timeout.saturating_sub(started.elapsed());
+        let remaining = self.timeout.saturating_sub(started.elapsed());
         self.telemetry
             .shutdown(remaining.max(Duration::from_millis(100)));
         tracing::info!("stopped after {:?}", started.elapsed());

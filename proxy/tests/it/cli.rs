@@ -133,3 +133,157 @@ async fn sigint_on_an_idle_proxy_exits_at_once() {
         started.elapsed()
     );
 }
+
+/// The sidecar that exits first: after SIGTERM the ingress takes no new
+/// connection and closes its idle ones, but the service, still finishing
+/// its work, reaches its dependency through the egress listener — on new
+/// connections — until it has been quiet for `proxy.drain_grace`; then
+/// augur exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_the_ingress_closes_and_the_egress_serves_the_services_last_calls() {
+    let ports = Ports::new(1);
+    let dependency = serve(|_req| async { Response::new(Body::from("from the dependency")) }).await;
+    let egress = local(ports.deps[0]);
+    // The service: finishes its work after a while, then calls its
+    // dependency through augur.
+    let service = serve(move |_req| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let got = get(&format!("http://{egress}/data")).await;
+        Response::new(Body::from(format!("{} {}", got.status, got.text())))
+    })
+    .await;
+    let mut augur = Augur::start(
+        &ports,
+        service,
+        &[Dep::new("data", dependency)],
+        "[proxy]\nshutdown_timeout = \"5s\"\ndrain_grace = \"1s\"\n",
+    )
+    .await;
+    // A client with a kept-alive connection to the ingress, idle.
+    let mut idle = std::net::TcpStream::connect(augur.ingress).unwrap();
+    let request = b"GET /work HTTP/1.1\r\nHost: svc\r\n\r\n";
+    std::io::Write::write_all(&mut idle, request).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = std::io::Read::read(&mut idle, &mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+
+    let url = augur.url("/work");
+    let inbound = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    augur.signal("TERM");
+
+    let ingress = augur.ingress;
+    eventually(
+        Duration::from_millis(500),
+        "the ingress to refuse",
+        || async move { std::net::TcpStream::connect(ingress).is_err().then_some(()) },
+    )
+    .await;
+    let closed = tokio::task::block_in_place(|| std::io::Read::read(&mut idle, &mut buf));
+    assert!(
+        matches!(closed, Ok(0)),
+        "the idle connection stays open: {closed:?}"
+    );
+    // The request in flight finishes, with the call it made after SIGTERM.
+    let got = inbound.await.unwrap();
+    assert_eq!(got.text(), "200 from the dependency");
+    // A call the service makes later, within the grace, gets through too.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = get(&format!("http://{egress}/late")).await;
+    assert_eq!(late.text(), "from the dependency");
+    let quiet_from = Instant::now();
+
+    let status = tokio::task::block_in_place(|| augur.wait(Duration::from_secs(5)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        augur.log_text()
+    );
+    let quiet = quiet_from.elapsed();
+    assert!(
+        quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(3),
+        "exited {quiet:?} after the last call (grace 1s)"
+    );
+    assert!(std::net::TcpStream::connect(egress).is_err());
+}
+
+/// Keys set from the environment: `check-config` lists them, `augur run`
+/// uses them, and `/debug/config` shows the effective configuration with
+/// them applied and secrets redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_are_listed_used_and_shown() {
+    let file = write_config(
+        "[service]\nname = \"svc\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n",
+    );
+    let out = augur_command()
+        .arg("check-config")
+        .arg(&file)
+        .env("AUGUR_SPECULATION__CONFIDENCE", "0.9")
+        .env("AUGUR_PROXY__THREADS", "lots")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "proxy.threads: expected an integer, found string (set by AUGUR_PROXY__THREADS)"
+        ),
+        "{stdout}"
+    );
+    let out = augur_command()
+        .arg("check-config")
+        .arg(&file)
+        .env("AUGUR_SPECULATION__CONFIDENCE", "0.9")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}: speculation.confidence set by AUGUR_SPECULATION__CONFIDENCE",
+            file.display()
+        )),
+        "{stdout}"
+    );
+
+    let upstream = echo_server().await;
+    let ports = Ports::new(1);
+    let augur = Augur::start_with_env(
+        &ports,
+        upstream,
+        &[Dep {
+            name: "db",
+            upstream: String::new(),
+            extra: "[dependency.container]\nimage = \"augur-no-such-image:1\"\nport = 5432\nargs = [\"--password\", \"hunter2\"]\n",
+        }],
+        "",
+        &[
+            ("AUGUR_SPECULATION__CONFIDENCE", "0.9"),
+            ("AUGUR_DEPENDENCY__DB__CONTAINER__PORT", "5433"),
+        ],
+    )
+    .await;
+    let got = augur.admin_get("/debug/config").await;
+    assert_eq!(got.status, 200);
+    let config: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(config["speculation"]["confidence"], 0.9);
+    assert_eq!(config["proxy"]["shutdown_timeout"], "3s");
+    let container = &config["dependencies"][0]["target"]["container"];
+    assert_eq!(container["port"], 5433);
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["--password", "[redacted]"])
+    );
+    assert!(!got.text().contains("hunter2"));
+    let keys: Vec<&str> = config["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["dependency[0].container.port", "speculation.confidence"]
+    );
+}
