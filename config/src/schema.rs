@@ -20,6 +20,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
     }
     let admin = admin(root.table_or_empty("admin"), &mut claims);
     let telemetry = telemetry(root.table_or_empty("telemetry"));
+    let log = log(root.table_or_empty("log"));
     let speculation = speculation(root.table_or_empty("speculation"));
     let predictor = predictor(root.table_or_empty("predictor"));
     let cache = cache(root.table_or_empty("cache"));
@@ -41,6 +42,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         service: service??,
         admin: admin?,
         telemetry: telemetry?,
+        log: log?,
         speculation: speculation?,
         predictor: predictor?,
         cache: cache?,
@@ -319,6 +321,35 @@ fn telemetry(mut s: Section<'_>) -> Option<Telemetry> {
     s.finish();
     Some(Telemetry {
         otlp_endpoint: endpoint?,
+    })
+}
+
+fn log(mut s: Section<'_>) -> Option<Log> {
+    let format = s.parsed_or(
+        "format",
+        "log format (\"text\" or \"json\")",
+        LogFormat::Text,
+        |f| match f {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        },
+    );
+    let access = s.parsed_or(
+        "access",
+        "access log (\"off\", \"stderr\" or a file path)",
+        AccessLog::Off,
+        |a| match a {
+            "off" => Some(AccessLog::Off),
+            "stderr" => Some(AccessLog::Stderr),
+            path if !path.is_empty() => Some(AccessLog::File(PathBuf::from(path))),
+            _ => None,
+        },
+    );
+    s.finish();
+    Some(Log {
+        format: format?,
+        access: access?,
     })
 }
 

@@ -165,6 +165,21 @@ impl<'p> Section<'p> {
         parsed
     }
 
+    /// [`parsed`](Self::parsed), or `default` when the key is absent.
+    pub(crate) fn parsed_or<T>(
+        &mut self,
+        key: &str,
+        what: &str,
+        default: T,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        if self.has(key) {
+            self.parsed(key, what, parse)
+        } else {
+            Some(default)
+        }
+    }
+
     pub(crate) fn duration(&mut self, key: &str) -> Option<Duration> {
         self.parsed(key, "duration", |s| humantime::parse_duration(s).ok())
     }

@@ -12,6 +12,7 @@ pub struct Config {
     pub service: Service,
     pub admin: Admin,
     pub telemetry: Telemetry,
+    pub log: Log,
     pub speculation: Speculation,
     pub predictor: Predictor,
     pub cache: Cache,
@@ -122,6 +123,34 @@ pub struct Admin {
 pub struct Telemetry {
     /// OTLP/gRPC collector; no exporter when absent.
     pub otlp_endpoint: Option<String>,
+}
+
+/// `[log]`: augur's own log and the access log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Log {
+    /// How both are written.
+    pub format: LogFormat,
+    pub access: AccessLog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event, `key=value` fields.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the access log goes: one line per inbound request and per
+/// dependency call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    Off,
+    Stderr,
+    /// Appended to this file (created if absent).
+    File(PathBuf),
 }
 
 /// `[speculation]`.

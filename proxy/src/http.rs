@@ -32,6 +32,7 @@ use augur_predictor::secret::SecretHasher;
 
 use crate::context::{Closed, ContextTable};
 use crate::learning::Learning;
+use crate::ops::access::AccessLog;
 use crate::ops::lifecycle::{Inflight, Lifecycle, Side};
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::Telemetry;
@@ -45,6 +46,7 @@ pub(crate) struct Common {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) access: Arc<AccessLog>,
     /// Keys the hashes that stand for credentials.
     pub(crate) hasher: SecretHasher,
     /// Lowercase header names whose values are credentials.

@@ -99,7 +99,6 @@ fn print_json<T: serde::Serialize>(
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    augur_proxy::init_logs();
     let config = match augur_config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -110,13 +109,18 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let format = config.log.format;
+    augur_proxy::init_logs(format);
     for o in &config.overrides {
         tracing::info!("{} set by {}", o.key, o.variable);
     }
     match augur_proxy::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("augur: {e:#}");
+            match format {
+                augur_config::LogFormat::Text => eprintln!("augur: {e:#}"),
+                augur_config::LogFormat::Json => tracing::error!("{e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

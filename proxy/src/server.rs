@@ -109,6 +109,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shutdown_signal: Box::new(Drain {
             lifecycle: common.lifecycle.clone(),
             telemetry: telemetry.clone(),
+            access: common.access.clone(),
             pools: upstreams.pools.clone(),
             service: config.service.name.clone(),
             timeout: config.proxy.shutdown_timeout,

@@ -145,6 +145,8 @@ pub(crate) struct Answer {
     pub(crate) stored: Arc<Stored>,
     /// `Hit` or `Coalesced`.
     pub(crate) outcome: CallOutcome,
+    /// When the speculation was sent.
+    pub(crate) sent: Option<std::time::Instant>,
 }
 
 impl Speculation {
@@ -439,11 +441,11 @@ impl Speculation {
         key: &Key,
         dependency: &Arc<str>,
     ) -> Result<Option<Answer>, SentWrite> {
-        let (stored, outcome) = match self.table.claim(key, dependency) {
+        let (stored, outcome, sent) = match self.table.claim(key, dependency) {
             Found::Nothing => return Ok(None),
             Found::SentWrite => return Err(SentWrite),
-            Found::Done(stored) => (stored, CallOutcome::Hit),
-            Found::InFlight(mut rx, until) => {
+            Found::Done(stored, sent) => (stored, CallOutcome::Hit, sent),
+            Found::InFlight(mut rx, until, sent) => {
                 let waited =
                     tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
                 let stored = match waited {
@@ -460,11 +462,15 @@ impl Speculation {
                     };
                 };
                 self.table.used(key);
-                (stored, CallOutcome::Coalesced)
+                (stored, CallOutcome::Coalesced, sent)
             }
         };
         self.count(dependency, Outcome::Used);
-        Ok(Some(Answer { stored, outcome }))
+        Ok(Some(Answer {
+            stored,
+            outcome,
+            sent,
+        }))
     }
 
     /// A call with side effects to `dependency` starts in `context`: what

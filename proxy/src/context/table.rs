@@ -69,10 +69,11 @@ impl Recorded {
 }
 
 /// What a dependency call carrying a trace id finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Attached {
-    /// The one open context of that trace id, and when it started.
-    Context(ContextId, Instant),
+    /// The one open context of that trace id, when it started, and its
+    /// route.
+    Context(ContextId, Instant, Arc<str>),
     /// Several inbound requests with that trace id are open: the call
     /// cannot be told apart.
     Ambiguous,
@@ -268,7 +269,7 @@ impl ContextTable {
                     trace,
                     serial: ctx.serial,
                 };
-                Attached::Context(id, ctx.started)
+                Attached::Context(id, ctx.started, ctx.inbound.route.clone())
             }
             [_] => Attached::None,
             _ => Attached::Ambiguous,

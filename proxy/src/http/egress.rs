@@ -23,6 +23,7 @@ use crate::context::{
     Attached, CallOutcome, CallRecord, Charge, ContextId, Json, Recorded, parse_json,
 };
 use crate::dependency::{Dependency, Lease, Purpose};
+use crate::ops::access::Entry;
 use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 use crate::speculation::{Key, Stored, is_safe};
@@ -40,6 +41,8 @@ pub(crate) struct CallCtx {
     context: Option<(ContextId, Instant)>,
     /// The `traceparent` sent upstream, when the call came with one.
     traceparent: Option<TraceParent>,
+    /// The route of the context's inbound request.
+    route: Option<Arc<str>>,
     span: MaybeSpan,
     /// The request headers that matter, recorded when the call joins a
     /// context.
@@ -59,6 +62,9 @@ pub(crate) struct CallCtx {
     cold_wait: Duration,
     /// Set when a speculation answered the call: `hit` or `coalesced`.
     served: Option<(CallOutcome, Option<Json>)>,
+    /// How long before the call the speculation that answered it was
+    /// sent.
+    lead: Option<Duration>,
     /// The call has side effects and holds speculation back in its context
     /// until it ends.
     write: bool,
@@ -75,6 +81,7 @@ impl ProxyHttp for Egress {
             accepted: false,
             context: None,
             traceparent: None,
+            route: None,
             span: None,
             headers: Vec::new(),
             response_bytes: 0,
@@ -82,6 +89,7 @@ impl ProxyHttp for Egress {
             request_body: Capture::default(),
             response: Capture::default(),
             served: None,
+            lead: None,
             write: false,
             lease: None,
             cold_wait: Duration::ZERO,
@@ -98,7 +106,10 @@ impl ProxyHttp for Egress {
         let req = session.req_header();
         let parent = request::traceparent(req);
         ctx.context = match parent.map(|p| common.contexts.attach(p.trace_id)) {
-            Some(Attached::Context(id, started)) => Some((id, started)),
+            Some(Attached::Context(id, started, route)) => {
+                ctx.route = Some(route);
+                Some((id, started))
+            }
             Some(Attached::Ambiguous) => {
                 common.metrics.calls_ambiguous.inc();
                 None
@@ -255,6 +266,20 @@ impl ProxyHttp for Egress {
         let status = request::final_status(session, e);
         let outcome = self.record(session, ctx, status, elapsed);
         let name = self.dependency.name();
+        if self.common.access.enabled() {
+            self.common.access.write(&Entry {
+                kind: "call",
+                trace_id: ctx.traceparent.map(|t| t.trace_id),
+                route: ctx.route.as_deref(),
+                dependency: Some(name),
+                method: session.req_header().method.as_str(),
+                status,
+                outcome: Some(outcome.as_str()),
+                latency: elapsed,
+                bytes: ctx.response_bytes,
+                lead: ctx.lead,
+            });
+        }
         self.dependency.series().call(outcome, elapsed);
         // Each read and write is bounded by the dependency's timeout, but
         // a call as a whole should not outlast connect + timeout (plus a
@@ -340,6 +365,9 @@ impl Egress {
         serve(session, &answer.stored).await?;
         ctx.response_bytes = answer.stored.body.len() as u64;
         ctx.served = Some((answer.outcome, answer.stored.json.clone()));
+        ctx.lead = answer
+            .sent
+            .map(|sent| ctx.started.saturating_duration_since(sent));
         Ok(true)
     }
 

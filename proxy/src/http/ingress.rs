@@ -19,6 +19,7 @@ use super::traceparent::{self, TraceParent};
 use super::upstream::Target;
 use super::{Common, downstream, failure, headers, request};
 use crate::context::{ContextId, InboundRecord};
+use crate::ops::access::Entry;
 use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 
@@ -189,7 +190,22 @@ impl ProxyHttp for Ingress {
                 self.common.context_closed(closed);
             }
         }
-        self.common.metrics.inbound(&route, ctx.started.elapsed());
+        let elapsed = ctx.started.elapsed();
+        self.common.metrics.inbound(&route, elapsed);
+        if self.common.access.enabled() {
+            self.common.access.write(&Entry {
+                kind: "inbound",
+                trace_id: ctx.traceparent.map(|t| t.trace_id),
+                route: Some(&route),
+                dependency: None,
+                method: session.req_header().method.as_str(),
+                status,
+                outcome: None,
+                latency: elapsed,
+                bytes: session.body_bytes_sent() as u64,
+                lead: None,
+            });
+        }
         telemetry::finish(&mut ctx.span, status, Vec::new);
     }
 }

@@ -94,6 +94,7 @@ pub(crate) struct Metrics {
     pub(crate) contexts_expired: prometheus::IntCounter,
     pub(crate) contexts_ambiguous: prometheus::IntCounter,
     pub(crate) calls_ambiguous: prometheus::IntCounter,
+    pub(crate) access_log_dropped: prometheus::IntCounter,
     pub(crate) container_starts: IntCounterVec,
     pub(crate) container_starts_denied: IntCounterVec,
     pub(crate) container_evictions: IntCounterVec,
@@ -154,6 +155,10 @@ impl Metrics {
         let calls_ambiguous = plain_counter(
             "augur_calls_ambiguous_total",
             "Dependency calls whose trace id belonged to several open inbound requests: proxied, never answered from speculation, not recorded",
+        )?;
+        let access_log_dropped = plain_counter(
+            "augur_access_log_dropped_total",
+            "Access log lines dropped because the writer was behind (the request went on; only its line is lost)",
         )?;
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
@@ -306,6 +311,7 @@ impl Metrics {
             contexts_expired,
             contexts_ambiguous,
             calls_ambiguous,
+            access_log_dropped,
             container_starts: counter(
                 "augur_container_starts_total",
                 "Containers started, by dependency and reason (cold: a call waited; prestart: ahead of a predicted call; prewarm: adaptive keep-alive expects a call; scale: every instance was busy)",

@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::access::AccessLog;
 use super::lifecycle::Lifecycle;
 use super::telemetry::Telemetry;
 use crate::containers::pool::ContainerPool;
@@ -32,6 +33,7 @@ use crate::containers::pool::ContainerPool;
 pub(crate) struct Drain {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) access: Arc<AccessLog>,
     /// The pools to close, and `service.name` whose containers to remove.
     pub(crate) pools: Vec<Arc<ContainerPool>>,
     pub(crate) service: String,
@@ -102,6 +104,7 @@ impl Drain {
             }
             crate::containers::remove_owned(&self.service, CONTAINER_REMOVAL);
         }
+        self.access.flush(Duration::from_millis(200));
         let remaining = self.timeout.saturating_sub(started.elapsed());
         self.telemetry
             .shutdown(remaining.max(Duration::from_millis(100)));

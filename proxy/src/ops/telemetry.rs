@@ -23,15 +23,21 @@ use crate::http::traceparent::{TraceParent, fresh_id64};
 
 /// Installs the log subscriber: `RUST_LOG` if set, else info for augur and
 /// warnings for pingora.
-pub fn init_logs() {
+pub fn init_logs(format: augur_config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        augur_config::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One object per line: time, level, target, and the event's
+        // fields with its message under `fields`.
+        augur_config::LogFormat::Json => logs.json().with_current_span(false).try_init(),
+    };
 }
 
 /// The span exporter, if one is configured.

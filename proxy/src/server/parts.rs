@@ -20,6 +20,7 @@ use crate::dependency::{Dependency, Environment};
 use crate::http::Common;
 use crate::http::upstream::Target;
 use crate::learning::Learning;
+use crate::ops::access::AccessLog;
 use crate::ops::lifecycle::Lifecycle;
 use crate::ops::metrics::Metrics;
 use crate::ops::telemetry::Telemetry;
@@ -132,6 +133,10 @@ pub(super) fn common(
         key_headers,
         body_limit: usize::try_from(config.predictor.max_body_capture).unwrap_or(usize::MAX),
     });
+    let access = Arc::new(AccessLog::open(
+        &config.log,
+        metrics.access_log_dropped.clone(),
+    )?);
     Ok(Arc::new(Common {
         contexts,
         speculation,
@@ -139,6 +144,7 @@ pub(super) fn common(
         metrics,
         telemetry,
         lifecycle: Arc::new(Lifecycle::default()),
+        access,
         hasher,
         redact: c.redact_headers.clone(),
         max_header_size: usize::try_from(config.proxy.max_request_header_size)

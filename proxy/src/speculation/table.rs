@@ -69,14 +69,15 @@ impl Weighter<Key, Arc<Stored>> for ByBytes {
 
 /// What a real call finds for its key.
 pub(crate) enum Found {
-    /// A completed, servable response: serve it.
-    Done(Arc<Stored>),
+    /// A completed, servable response: serve it. With when it was sent.
+    Done(Arc<Stored>, Option<std::time::Instant>),
     /// The speculative request is in flight: wait on it, at most until
     /// the instant given (its expected latency, with slack), then go
     /// upstream rather than pay for a speculation that hangs.
     InFlight(
         watch::Receiver<Option<Option<Arc<Stored>>>>,
         std::time::Instant,
+        Option<std::time::Instant>,
     ),
     /// Nothing usable: go upstream.
     Nothing,
@@ -448,7 +449,9 @@ impl SpeculationTable {
         };
         match open.entries.get_mut(key) {
             Some(entry) => match &entry.state {
-                State::InFlight(tx, until) => Found::InFlight(tx.subscribe(), *until),
+                State::InFlight(tx, until) => {
+                    Found::InFlight(tx.subscribe(), *until, entry.info.as_ref().map(|i| i.sent))
+                }
                 State::Done => {
                     let write = entry.is_write();
                     let stored = if write {
@@ -461,8 +464,9 @@ impl SpeculationTable {
                             entry.state = State::Used;
                             let info = entry.info.clone();
                             drop(entries);
+                            let sent = info.as_ref().map(|i| i.sent);
                             self.finished(info, Outcome::Used);
-                            Found::Done(stored)
+                            Found::Done(stored, sent)
                         }
                         // Evicted for room: it was wasted.
                         None if !write => {

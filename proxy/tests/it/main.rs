@@ -11,6 +11,7 @@ mod differential;
 mod failures;
 mod fidelity;
 mod learning;
+mod logs;
 mod passthrough;
 mod speculation;
 mod support;

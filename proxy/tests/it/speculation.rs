@@ -43,7 +43,7 @@ pub(crate) type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A dependency that records every request and answers with `answer`,
 /// which sees what it was asked and whether it is a prefetch.
-async fn recording<F>(answer: F) -> (SocketAddr, Log)
+pub(crate) async fn recording<F>(answer: F) -> (SocketAddr, Log)
 where
     F: Fn(&Seen) -> Option<Response<Body>> + Clone + Send + Sync + 'static,
 {

@@ -51,7 +51,7 @@ fn open(t: &ContextTable, trace: TraceKey) -> ContextId {
 
 fn attached(t: &ContextTable, trace: TraceKey) -> ContextId {
     match t.attach(trace) {
-        Attached::Context(id, _) => id,
+        Attached::Context(id, ..) => id,
         other => panic!("{other:?}"),
     }
 }

@@ -121,7 +121,7 @@ fn a_response_is_served_once_and_only_to_its_own_key() {
         Found::Nothing
     ));
     match table.claim(&alice, &"users".into()) {
-        Found::Done(s) => assert_eq!(s.body, "alice's"),
+        Found::Done(s, _) => assert_eq!(s.body, "alice's"),
         _ => panic!("alice's own call must find it"),
     }
     assert!(
@@ -213,7 +213,7 @@ fn a_write_discards_what_was_speculated_before_it_and_holds_back_more() {
     assert!(table.begin(&done, info(), Duration::from_millis(5)));
     assert!(table.begin(&flying, info(), Duration::from_millis(50)));
     assert_eq!(table.complete(&done, Some(stored("before")), None), None);
-    let Found::InFlight(mut waiting, _) = table.claim(&flying, &"users".into()) else {
+    let Found::InFlight(mut waiting, ..) = table.claim(&flying, &"users".into()) else {
         panic!("in flight");
     };
     let users: Arc<str> = "users".into();
