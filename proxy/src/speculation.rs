@@ -137,6 +137,7 @@ fn unknown_write(p: &Prediction, dependency: &str, status: u16, why: &str) -> St
         body,
         prediction: p.clone(),
         json: None,
+        took: std::time::Duration::ZERO,
     }
 }
 

@@ -280,7 +280,7 @@ impl ProxyHttp for Egress {
                 lead: ctx.lead,
             });
         }
-        self.dependency.series().call(outcome, elapsed);
+        self.dependency.series().call(outcome, status, elapsed);
         // Each read and write is bounded by the dependency's timeout, but
         // a call as a whole should not outlast connect + timeout (plus a
         // cold start it waited for): one that does is a stall to find.
@@ -368,6 +368,9 @@ impl Egress {
         ctx.lead = answer
             .sent
             .map(|sent| ctx.started.saturating_duration_since(sent));
+        if let Some(lead) = ctx.lead {
+            self.dependency.series().hidden(lead.min(answer.stored.took));
+        }
         Ok(true)
     }
 

@@ -191,7 +191,7 @@ impl ProxyHttp for Ingress {
             }
         }
         let elapsed = ctx.started.elapsed();
-        self.common.metrics.inbound(&route, elapsed);
+        self.common.metrics.inbound(&route, status, elapsed);
         if self.common.access.enabled() {
             self.common.access.write(&Entry {
                 kind: "inbound",

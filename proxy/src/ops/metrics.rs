@@ -34,14 +34,31 @@ pub(crate) struct CallSeries {
     duration: [prometheus::Histogram; CallOutcome::ALL.len()],
     real: prometheus::IntCounter,
     speculative: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
+    hidden: prometheus::Counter,
+}
+
+/// An answer that counts against the success rate, as Linkerd and Envoy
+/// count one: a 5xx, or none at all (0).
+fn failed(status: u16) -> bool {
+    status >= 500 || status == 0
 }
 
 impl CallSeries {
-    /// A call that ended with `outcome` after `elapsed`.
-    pub(crate) fn call(&self, outcome: CallOutcome, elapsed: Duration) {
+    /// A call that ended with `outcome` and `status` after `elapsed`.
+    pub(crate) fn call(&self, outcome: CallOutcome, status: u16, elapsed: Duration) {
         let i = outcome.index();
         self.calls[i].inc();
         self.duration[i].observe(elapsed.as_secs_f64());
+        if failed(status) {
+            self.errors.inc();
+        }
+    }
+
+    /// A call answered from speculation was spared `hidden` of its
+    /// dependency's latency.
+    pub(crate) fn hidden(&self, hidden: Duration) {
+        self.hidden.inc_by(hidden.as_secs_f64());
     }
 
     /// A request sent upstream: for a real call, or a speculative one.
@@ -61,12 +78,16 @@ struct RouteSeries {
     used: Arc<AtomicU64>,
     requests: prometheus::IntCounter,
     duration: prometheus::Histogram,
+    errors: prometheus::IntCounter,
 }
 
 impl RouteSeries {
-    fn record(&self, elapsed: Duration) {
+    fn record(&self, status: u16, elapsed: Duration) {
         self.requests.inc();
         self.duration.observe(elapsed.as_secs_f64());
+        if failed(status) {
+            self.errors.inc();
+        }
     }
 
     fn used(&self) -> u64 {
@@ -83,7 +104,10 @@ pub(crate) struct Metrics {
     pub(crate) routes_evicted: prometheus::IntCounter,
     inbound_requests: IntCounterVec,
     inbound_duration: HistogramVec,
+    inbound_errors: IntCounterVec,
     dependency_calls: IntCounterVec,
+    dependency_errors: IntCounterVec,
+    hidden: prometheus::CounterVec,
     dependency_overdue: IntCounterVec,
     dependency_duration: HistogramVec,
     upstream_requests: IntCounterVec,
@@ -189,6 +213,14 @@ impl Metrics {
             &["dependency"],
         )?;
         registry.register(Box::new(container_seconds.clone()))?;
+        let hidden = prometheus::CounterVec::new(
+            Opts::new(
+                "augur_speculation_hidden_seconds_total",
+                "Dependency latency the service did not wait for because speculation answered its calls: per call, the speculative request's duration, up to how long before the call it was sent",
+            ),
+            &["dependency"],
+        )?;
+        registry.register(Box::new(hidden.clone()))?;
         let float_gauge =
             |name: &str, help: &str| -> Result<prometheus::GaugeVec, prometheus::Error> {
                 let g = prometheus::GaugeVec::new(Opts::new(name, help), &["dependency"])?;
@@ -272,6 +304,17 @@ impl Metrics {
                 "Inbound request duration, from request header to the end of the response",
                 &["route"],
             )?,
+            inbound_errors: counter(
+                "augur_inbound_errors_total",
+                "Inbound requests answered with a 5xx or not at all, by route (the success rate's complement)",
+                &["route"],
+            )?,
+            dependency_errors: counter(
+                "augur_dependency_call_errors_total",
+                "Dependency calls answered with a 5xx or not at all, by dependency, however augur answered them",
+                &["dependency"],
+            )?,
+            hidden,
             dependency_calls: counter(
                 "augur_dependency_calls_total",
                 "Calls the service made to a dependency, by how augur answered them",
@@ -349,15 +392,15 @@ impl Metrics {
     }
 
     /// Counts an inbound request on `route` that took `elapsed`.
-    pub(crate) fn inbound(&self, route: &Arc<str>, elapsed: Duration) {
+    pub(crate) fn inbound(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
         if let Some(series) = self.routes.read().get(route) {
             series
                 .used
                 .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
-            series.record(elapsed);
+            series.record(status, elapsed);
             return;
         }
-        self.new_route(route).record(elapsed);
+        self.new_route(route).record(status, elapsed);
     }
 
     /// The series of a route not seen (or forgotten) before; a new one
@@ -378,6 +421,7 @@ impl Metrics {
                 if !keep {
                     let _ = self.inbound_requests.remove_label_values(&[label]);
                     let _ = self.inbound_duration.remove_label_values(&[label]);
+                    let _ = self.inbound_errors.remove_label_values(&[label]);
                     self.routes_evicted.inc();
                 }
                 keep
@@ -388,6 +432,7 @@ impl Metrics {
             used: Arc::new(AtomicU64::new(epoch)),
             requests: self.inbound_requests.with_label_values(&[&**route]),
             duration: self.inbound_duration.with_label_values(&[&**route]),
+            errors: self.inbound_errors.with_label_values(&[&**route]),
         };
         routes.insert(route.clone(), series.clone());
         series
@@ -443,6 +488,8 @@ impl Metrics {
             speculative: self
                 .upstream_requests
                 .with_label_values(&[dependency, "speculative"]),
+            errors: self.dependency_errors.with_label_values(&[dependency]),
+            hidden: self.hidden.with_label_values(&[dependency]),
         }
     }
 
@@ -506,8 +553,8 @@ mod tests {
         let tick = Duration::from_millis(1);
         for i in 0..3 * MAX_ROUTES {
             let junk: Arc<str> = Arc::from(format!("GET /junk{i}"));
-            m.inbound(&junk, tick);
-            m.inbound(&kept, tick);
+            m.inbound(&junk, 200, tick);
+            m.inbound(&kept, 200, tick);
         }
         let text = String::from_utf8(m.render()).unwrap();
         let series = text

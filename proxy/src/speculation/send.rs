@@ -66,6 +66,7 @@ impl Client {
         tp: TraceParent,
         key_headers: &KeyHeaders,
     ) -> Result<Option<Stored>, Failed> {
+        let started = std::time::Instant::now();
         let req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
         let resp = match tls {
             Some(tls) => tls.speculation_client().request(req).await,
@@ -112,6 +113,7 @@ impl Client {
             body,
             prediction: p.clone(),
             json,
+            took: started.elapsed(),
         }))
     }
 }

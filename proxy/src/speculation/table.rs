@@ -44,6 +44,8 @@ pub(crate) struct Stored {
     pub(crate) prediction: augur_predictor::Prediction,
     /// The body parsed as JSON, when it is JSON.
     pub(crate) json: Option<Json>,
+    /// How long the speculative request took, sent to last byte.
+    pub(crate) took: std::time::Duration,
 }
 
 impl Stored {

@@ -287,11 +287,17 @@ pub struct Augur {
 }
 
 pub fn config_text(ports: &Ports, service: SocketAddr, deps: &[Dep], extra: &str) -> String {
-    // One worker thread per listener unless the test sets [proxy] itself.
+    // One worker thread unless the test sets it, and a short drain grace
+    // (augur stops at the end of every test, when its service makes no
+    // more calls) unless the test is about it.
+    let mut proxy = "[proxy]\nthreads = 1".to_string();
+    if !extra.contains("drain_grace") {
+        proxy.push_str("\ndrain_grace = \"100ms\"");
+    }
     let extra = if extra.contains("[proxy]") {
-        extra.replace("[proxy]", "[proxy]\nthreads = 1")
+        extra.replace("[proxy]", &proxy)
     } else {
-        format!("[proxy]\nthreads = 1\n{extra}")
+        format!("{proxy}\n{extra}")
     };
     let mut text = format!(
         "[service]\nname = \"svc-{}\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"{service}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{extra}\n",

@@ -59,6 +59,7 @@ fn stored(body: &str) -> Stored {
             occurrence: 0,
         },
         json: None,
+        took: std::time::Duration::ZERO,
     }
 }
 
