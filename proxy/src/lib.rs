@@ -25,6 +25,7 @@ mod ops;
 mod recent;
 mod server;
 mod speculation;
+pub mod stat;
 
 pub use ops::telemetry::init_logs;
 pub use server::run;

@@ -46,6 +46,12 @@ enum Command {
     /// speculation_precision, speculation_recall, hidden_latency_fraction,
     /// predict_us_p50/p99. Bad lines are reported and skipped.
     Eval(augur_proxy::offline::EvalArgs),
+    /// What a running augur is doing, per route and per dependency, over
+    /// a window (two scrapes of its /metrics): request rate, success rate,
+    /// p50/p99 latency, and for dependencies the share answered from
+    /// speculation (AHEAD), the latency it hid per call (HIDDEN), the
+    /// extra upstream requests it cost (EXTRA) and the containers running.
+    Stat(augur_proxy::stat::StatArgs),
     /// Write the call sequences of trace files as JSON: the training data
     /// of `predictor/train/train.py`.
     ExportSequences {
@@ -60,6 +66,13 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::CheckConfig { files } => check_config(&files),
         Command::Eval(args) => eval(args),
+        Command::Stat(args) => match augur_proxy::stat::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("augur stat: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::ExportSequences { traces } => print_json(
             "export-sequences",
             augur_proxy::offline::export(&traces),

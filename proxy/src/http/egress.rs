@@ -369,7 +369,9 @@ impl Egress {
             .sent
             .map(|sent| ctx.started.saturating_duration_since(sent));
         if let Some(lead) = ctx.lead {
-            self.dependency.series().hidden(lead.min(answer.stored.took));
+            self.dependency
+                .series()
+                .hidden(lead.min(answer.stored.took));
         }
         Ok(true)
     }

@@ -698,3 +698,157 @@ async fn at_capacity_prestarts_rank_by_probability_times_criticality() {
     assert_eq!(containers(&service_name).len(), 1, "never above the limit");
     remove(&containers(&service_name));
 }
+
+/// Metric names and, for each, the label names its samples carry, from
+/// Prometheus text.
+fn exported(text: &str) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+    let mut out: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let end = line.find(['{', ' ']).unwrap();
+        let labels = out.entry(line[..end].to_string()).or_default();
+        if let Some(inner) = line[end..].strip_prefix('{') {
+            for pair in inner.split("\",") {
+                if let Some((k, _)) = pair.split_once('=') {
+                    labels.insert(k.trim_start_matches(',').to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `augur_…` metric names in a PromQL expression, and the label names
+/// it groups by or matches on.
+fn referenced(expr: &str) -> (Vec<String>, Vec<String>) {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let metrics = expr
+        .split(|c: char| !word(c))
+        .filter(|w| w.starts_with("augur_"))
+        .map(str::to_string)
+        .collect();
+    let mut labels = Vec::new();
+    for (i, _) in expr.match_indices("by (") {
+        let inner = &expr[i + 4..];
+        let inner = &inner[..inner.find(')').unwrap()];
+        labels.extend(inner.split(',').map(|l| l.trim().to_string()));
+    }
+    for (i, _) in expr.match_indices('{') {
+        let inner = &expr[i + 1..];
+        let inner = &inner[..inner.find('}').unwrap()];
+        for matcher in inner.split(',') {
+            if let Some(end) = matcher.find(['=', '!']) {
+                labels.push(matcher[..end].trim().to_string());
+            }
+        }
+    }
+    (metrics, labels)
+}
+
+/// Every metric the Grafana dashboard queries, and every label it groups
+/// by or matches on, is one augur exports — checked against a real
+/// augur's /metrics after traffic that exercises each (speculation, a
+/// container's cold start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_what_metrics_exports() {
+    use crate::speculation::{ask, frontend, recording, users_answer};
+    require_image();
+    let ports = Ports::new(2);
+    let (users, _) = recording(users_answer).await;
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let deps = [Dep::new("users", users), container_dep("posts", fast())];
+    let augur = Augur::start(&ports, service, &deps, "").await;
+    let name = format!("svc-{}", ports.ingress);
+    for i in 0..12 {
+        assert_eq!(ask(&augur, i % 3, "alice").await.status, 200);
+    }
+    let text = augur.admin_get("/metrics").await.text();
+    let metrics = exported(&text);
+    drop(augur);
+    remove(&containers(&name));
+
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/augur.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut queries = 0;
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for panel in panels {
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate panel id"
+        );
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            queries += 1;
+            let concrete = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard:q{queries}\n        expr: {}\n",
+                serde_json::to_string(&concrete).unwrap()
+            ));
+            let (names, labels) = referenced(expr);
+            assert!(!names.is_empty(), "{expr}");
+            for name in &names {
+                assert!(
+                    metrics.contains_key(name),
+                    "{:?} queries {name}, which /metrics does not have",
+                    panel["title"]
+                );
+            }
+            for label in labels
+                .iter()
+                .filter(|l| !["instance", "job"].contains(&l.as_str()))
+            {
+                assert!(
+                    names.iter().any(|n| metrics[n].contains(label)),
+                    "{:?} uses label {label:?}, which none of {names:?} has",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queries >= 15, "{queries} queries");
+    // promtool (scripts/setup installs it) parses every query as PromQL and
+    // lints the exposition itself.
+    promtool(&["check", "rules"], "rules.yml", &rules);
+    promtool(&["check", "metrics"], "", &text);
+}
+
+/// Runs `promtool ARGS FILE` on `input` written to FILE (or on stdin when
+/// FILE is empty); fails with what it said.
+fn promtool(args: &[&str], file: &str, input: &str) {
+    use std::io::Write;
+    let mut command = Command::new("promtool");
+    command.args(args);
+    let path = std::env::temp_dir().join(format!("augur-promtool-{}-{file}", std::process::id()));
+    if !file.is_empty() {
+        std::fs::write(&path, input).unwrap();
+        command.arg(&path);
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run promtool (scripts/setup installs it): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    if file.is_empty() {
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

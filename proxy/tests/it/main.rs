@@ -14,6 +14,7 @@ mod learning;
 mod logs;
 mod passthrough;
 mod speculation;
+mod stat;
 mod support;
 mod telemetry;
 mod tls;
