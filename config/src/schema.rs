@@ -25,6 +25,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
     let predictor = predictor(root.table_or_empty("predictor"));
     let cache = cache(root.table_or_empty("cache"));
     let proxy = proxy(root.table_or_empty("proxy"));
+    let dns = dns(root.table_or_empty("dns"));
     let contexts = contexts(root.table_or_empty("contexts"));
     let containers = containers(root.table_or_empty("containers"));
     let dependencies: Vec<_> = root
@@ -47,6 +48,7 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         predictor: predictor?,
         cache: cache?,
         proxy: proxy?,
+        dns: dns?,
         contexts: contexts?,
         containers: containers?,
         dependencies: dependencies.into_iter().collect::<Option<_>>()?,
@@ -450,6 +452,56 @@ fn cache(mut s: Section<'_>) -> Option<Cache> {
     s.finish();
     Some(Cache {
         capacity: capacity?,
+    })
+}
+
+fn dns(mut s: Section<'_>) -> Option<Dns> {
+    // Envoy re-resolves every 5 s by default; CoreDNS answers with 30 s
+    // and Docker's DNS with 600 s, too long for a restarted container's
+    // new address. A failed connection asks for an earlier answer anyway.
+    let min_ttl = positive(&mut s, "min_ttl", SECOND);
+    let max_ttl = positive(&mut s, "max_ttl", 10 * SECOND);
+    let nameservers = or_default!(s, "nameservers", string_list; Vec::new());
+    let nameservers = nameservers.and_then(|list| {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            match nameserver(text) {
+                Some(addr) => out.push(addr),
+                None => s.problem(
+                    &format!("nameservers[{i}]"),
+                    format!("{text:?} is not an IP address or IP:port"),
+                ),
+            }
+        }
+        (out.len() == list.len()).then_some(out)
+    });
+    if let (Some(min), Some(max)) = (min_ttl, max_ttl) {
+        if min > max {
+            s.problem(
+                "min_ttl",
+                format!(
+                    "{} is more than max_ttl ({})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
+        }
+    }
+    s.finish();
+    Some(Dns {
+        min_ttl: min_ttl?,
+        max_ttl: max_ttl?,
+        nameservers: nameservers?,
+    })
+}
+
+/// `"10.0.0.2"` (port 53), `"10.0.0.2:5353"`, `"[::1]:53"`.
+fn nameserver(text: &str) -> Option<SocketAddr> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
     })
 }
 

@@ -17,6 +17,7 @@ pub struct Config {
     pub predictor: Predictor,
     pub cache: Cache,
     pub proxy: Proxy,
+    pub dns: Dns,
     pub contexts: Contexts,
     pub containers: Containers,
     pub dependencies: Vec<Dependency>,
@@ -79,7 +80,7 @@ pub struct ClientCert {
 }
 
 /// A static upstream: an IP address or a host name, and a port. Host names
-/// are resolved once, at start-up.
+/// are resolved at start-up and again while augur runs (`[dns]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub host: String,
@@ -216,6 +217,23 @@ pub enum PredictorKind {
 pub struct Cache {
     /// Bytes of response held at most.
     pub capacity: u64,
+}
+
+/// `[dns]`: how upstreams given by host name are resolved, at start-up and
+/// again while augur runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Dns {
+    /// The shortest time an answer is kept: a TTL below it (0 included)
+    /// counts as this.
+    #[serde(serialize_with = "text::duration")]
+    pub min_ttl: Duration,
+    /// The longest: a name is resolved again at least this often, whatever
+    /// its TTL says (Docker's DNS answers with 600 s).
+    #[serde(serialize_with = "text::duration")]
+    pub max_ttl: Duration,
+    /// Name servers to ask instead of `/etc/resolv.conf`'s; `/etc/hosts` is
+    /// read either way.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `[proxy]`: how the listeners behave.

@@ -344,3 +344,35 @@ args = ["--password=hunter2", "--api-key", "hunter2", "--port", "5432", "TOKEN=h
     assert!(json.contains(r#""--port","5432""#), "{json}");
     assert!(json.contains(r#""shutdown_timeout":"3s""#), "{json}");
 }
+
+#[test]
+fn dns_defaults_and_its_problems() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.dns.min_ttl, Duration::from_secs(1));
+    assert_eq!(c.dns.max_ttl, Duration::from_secs(10));
+    assert!(c.dns.nameservers.is_empty());
+    let text = format!(
+        "{MINIMAL}\n[dns]\nmin_ttl = \"500ms\"\nmax_ttl = \"1m\"\nnameservers = [\"10.0.0.2\", \"127.0.0.1:5353\", \"[::1]:53\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.dns.min_ttl, Duration::from_millis(500));
+    assert_eq!(c.dns.max_ttl, Duration::from_secs(60));
+    let servers: Vec<String> = c.dns.nameservers.iter().map(|a| a.to_string()).collect();
+    assert_eq!(servers, ["10.0.0.2:53", "127.0.0.1:5353", "[::1]:53"]);
+
+    let bad =
+        format!("{MINIMAL}\n[dns]\nmin_ttl = \"0s\"\nnameservers = [\"dns.example\"]\nttl = 5\n");
+    assert_eq!(
+        invalid_with_env(&bad, &[]),
+        [
+            "dns.min_ttl: must be greater than zero",
+            "dns.nameservers[0]: \"dns.example\" is not an IP address or IP:port",
+            "dns.ttl: unknown key",
+        ]
+    );
+    let crossed = format!("{MINIMAL}\n[dns]\nmin_ttl = \"30s\"\nmax_ttl = \"5s\"\n");
+    assert_eq!(
+        invalid_with_env(&crossed, &[]),
+        ["dns.min_ttl: 30s is more than max_ttl (5s)"]
+    );
+}

@@ -17,7 +17,8 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::containers::backend::{Backend, Spec};
 use crate::containers::capacity::Capacity;
 use crate::containers::pool::{self, ContainerPool, PoolError};
-use crate::http::upstream::Target;
+use crate::http::names::{Names, Unresolved};
+use crate::http::upstream::{Settings, Target};
 use crate::ops::metrics::{CallSeries, Metrics};
 
 /// Keep-alive of an adaptive pool until it has seen enough idle gaps.
@@ -52,6 +53,8 @@ pub(crate) struct Environment<'a> {
     pub(crate) backend: &'a Arc<dyn Backend>,
     pub(crate) capacity: &'a Arc<Capacity>,
     pub(crate) metrics: &'a Metrics,
+    /// The host names of static upstreams, shared by all.
+    pub(crate) names: &'a Names,
     /// `speculation.horizon`: a prestart unused past it (and a grace) is
     /// waste.
     pub(crate) horizon: Duration,
@@ -59,33 +62,25 @@ pub(crate) struct Environment<'a> {
 
 impl Dependency {
     /// The dependency a `[[dependency]]` section describes. Fails only when
-    /// a static upstream's name does not resolve.
+    /// its TLS files cannot be used.
     pub(crate) fn from_config(
         dep: &augur_config::Dependency,
         env: &Environment<'_>,
     ) -> anyhow::Result<Self> {
+        let settings = Settings {
+            protocol: dep.protocol,
+            tls: dep.tls.as_ref(),
+            connect_timeout: dep.connect_timeout,
+            timeout: dep.timeout,
+        };
         let (target, containers) = match &dep.target {
             ConfigTarget::Static(upstream) => {
-                let target = Target::new(
-                    "dependency",
-                    &dep.name,
-                    upstream,
-                    dep.protocol,
-                    dep.tls.as_ref(),
-                    dep.connect_timeout,
-                    dep.timeout,
-                )?;
+                let host = |host: &str| env.names.get(host, env.metrics);
+                let target = Target::new("dependency", &dep.name, upstream, host, settings)?;
                 (target, None)
             }
             ConfigTarget::Container(c) => {
-                let target = Target::dynamic(
-                    "dependency",
-                    &dep.name,
-                    dep.protocol,
-                    dep.tls.as_ref(),
-                    dep.connect_timeout,
-                    dep.timeout,
-                )?;
+                let target = Target::dynamic("dependency", &dep.name, settings)?;
                 (target, Some(pool_of(&dep.name, c, env)))
             }
         };
@@ -137,10 +132,10 @@ impl Dependency {
     }
 
     /// An instance to send one request to, held until the lease drops.
-    pub(crate) async fn lease(&self, purpose: Purpose) -> Result<Lease, PoolError> {
+    pub(crate) async fn lease(&self, purpose: Purpose) -> Result<Lease, NoInstance> {
         let Some(pool) = &self.containers else {
             return Ok(Lease {
-                addr: self.target.addr,
+                addr: self.target.address()?,
                 pool: None,
                 cold_wait: None,
             });
@@ -161,11 +156,19 @@ impl Dependency {
 
     /// A pingora peer for a request under `lease`.
     pub(crate) fn peer(&self, lease: &Lease) -> Box<HttpPeer> {
-        match lease.pool {
-            None => self.target.peer(),
-            Some(_) => self.target.peer_at(lease.addr),
-        }
+        self.target.peer_at(lease.addr)
     }
+}
+
+/// Why a request got no instance to go to.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoInstance {
+    /// The dependency's containers lent none.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// Its host name has no address yet.
+    #[error(transparent)]
+    Unresolved(#[from] Unresolved),
 }
 
 /// An instance lent to one request.
@@ -267,6 +270,7 @@ mod tests {
             backend: &backend,
             capacity: &Capacity::new(4, None),
             metrics: &metrics,
+            names: &Names::default(),
             horizon: Duration::from_millis(200),
         };
         config
@@ -314,7 +318,7 @@ readiness = "tcp"
         assert!(!posts.takes_speculation());
         assert!(matches!(
             posts.lease(Purpose::Speculation).await,
-            Err(PoolError::NoneReady)
+            Err(NoInstance::Pool(PoolError::NoneReady))
         ));
         assert_eq!(backend.running.lock().len(), 0);
         // A call does, and waits for it.

@@ -18,6 +18,7 @@ pub(crate) mod failure;
 pub(crate) mod headers;
 pub(crate) mod ingress;
 pub(crate) mod listeners;
+pub(crate) mod names;
 pub(crate) mod request;
 pub(crate) mod tls;
 pub(crate) mod traceparent;

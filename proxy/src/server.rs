@@ -86,6 +86,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut sweeper = background_service("contexts", Sweeper::new(&common));
     sweeper.threads = Some(1);
     server.add_service(sweeper);
+    if !upstreams.names.is_empty() {
+        let mut names = background_service("dns", upstreams.names.refresher(&config.dns));
+        names.threads = Some(1);
+        server.add_service(names);
+    }
     if !upstreams.pools.is_empty() {
         let keeper = Keeper {
             pools: upstreams.pools.clone(),

@@ -230,12 +230,24 @@ impl ProxyHttp for Egress {
         Ok(None)
     }
 
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        _: &mut CallCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.dependency.target().failed_to_connect(e)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut CallCtx,
     ) -> FailToProxy {
+        let target = self.dependency.target();
+        let addr = ctx.lease.as_ref().map(Lease::addr);
         let unanswered =
             matches!(e.esource(), pingora::ErrorSource::Upstream) && failure::status_of(e) == 502;
         if unanswered {
@@ -245,7 +257,7 @@ impl ProxyHttp for Egress {
                 lease.failed().await;
             }
         }
-        failure::respond(session, e, self.dependency.target()).await
+        failure::respond(session, e, target, addr).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut CallCtx) {

@@ -1,19 +1,33 @@
 //! The one place that decides what a client sees when proxying fails: the
 //! status, and a short plain-text body that names what failed. Errors keep
 //! their type to here: a dependency that could lend no instance (a
-//! [`PoolError`] under pingora's error) says why.
+//! [`PoolError`] under pingora's error) or a name with no address yet
+//! ([`Unresolved`]) says why.
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use pingora::ErrorType::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource};
 
+use super::names::Unresolved;
 use super::upstream::Target;
 use crate::containers::pool::PoolError;
+use crate::dependency::NoInstance;
 
-/// The error for a call that got no instance, for [`respond`] to explain.
-pub(crate) fn no_instance(e: PoolError) -> Box<Error> {
-    Error::because(HTTPStatus(503), "no instance for the call", e)
+/// The error for a call that got no instance, for [`respond`] to explain:
+/// 503 when its containers lent none, 502 when its name has no address.
+pub(crate) fn no_instance(e: NoInstance) -> Box<Error> {
+    match e {
+        NoInstance::Pool(e) => Error::because(HTTPStatus(503), "no instance for the call", e),
+        NoInstance::Unresolved(e) => unresolved(e),
+    }
+}
+
+/// The error for a request whose upstream's name has no address yet.
+pub(crate) fn unresolved(e: Unresolved) -> Box<Error> {
+    Error::because(HTTPStatus(502), "no address for the upstream", e)
 }
 
 /// A real write whose speculation was sent (so it may have run) but whose
@@ -57,30 +71,31 @@ pub(crate) fn status_of(e: &Error) -> u16 {
     }
 }
 
-fn body(code: u16, e: &Error, target: &Target) -> String {
+fn body(code: u16, e: &Error, target: &Target, addr: Option<SocketAddr>) -> String {
     if let Some(why) = e.root_cause().downcast_ref::<PoolError>() {
+        return format!("augur: {}: {why}\n", target.label);
+    }
+    if let Some(why) = e.root_cause().downcast_ref::<Unresolved>() {
         return format!("augur: {}: {why}\n", target.label);
     }
     if let Some(why) = e.root_cause().downcast_ref::<SentWrite>() {
         return format!("augur: {}: {why}\n", target.label);
     }
+    let at = target.at(addr);
     match code {
         504 if matches!(e.etype(), ConnectTimedout) => format!(
-            "augur: {} at {}: no connection within {}\n",
+            "augur: {} at {at}: no connection within {}\n",
             target.label,
-            target.addr,
             humanize(target.connect_timeout)
         ),
         504 => format!(
-            "augur: {} at {} did not answer within {}\n",
+            "augur: {} at {at} did not answer within {}\n",
             target.label,
-            target.addr,
             humanize(target.timeout)
         ),
         502 => format!(
-            "augur: {} at {} failed: {}\n",
+            "augur: {} at {at} failed: {}\n",
             target.label,
-            target.addr,
             reason(e, target)
         ),
         400 => "augur: bad request\n".to_string(),
@@ -155,11 +170,17 @@ fn humanize(d: std::time::Duration) -> String {
 }
 
 /// Writes the error response (when the client can still take one) and
-/// reports the status for logging. The connection is never reused.
-pub(crate) async fn respond(session: &mut Session, e: &Error, target: &Target) -> FailToProxy {
+/// reports the status for logging. `addr` is where the request went, when
+/// it got that far. The connection is never reused.
+pub(crate) async fn respond(
+    session: &mut Session,
+    e: &Error,
+    target: &Target,
+    addr: Option<SocketAddr>,
+) -> FailToProxy {
     let code = status_of(e);
     if code > 0 && session.response_written().is_none() {
-        let text = body(code, e, target);
+        let text = body(code, e, target, addr);
         if let Err(write) = session
             .respond_error_with_body(code, Bytes::from(text))
             .await
@@ -176,6 +197,7 @@ pub(crate) async fn respond(session: &mut Session, e: &Error, target: &Target) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::upstream::Settings;
     use augur_config::{Protocol, Upstream};
     use std::time::Duration;
 
@@ -189,21 +211,24 @@ mod tests {
             "dependency",
             "posts",
             &upstream,
-            Protocol::Http1,
-            None,
-            Duration::from_secs(5),
-            Duration::from_secs(30),
+            |_| unreachable!("an IP address is not resolved"),
+            Settings {
+                protocol: Protocol::Http1,
+                tls: None,
+                connect_timeout: Duration::from_secs(5),
+                timeout: Duration::from_secs(30),
+            },
         )
         .unwrap();
         let connect = Error::explain(ConnectTimedout, "connecting").into_up();
         assert_eq!(status_of(&connect), 504);
         assert_eq!(
-            body(504, &connect, &target),
+            body(504, &connect, &target, None),
             "augur: dependency \"posts\" at 127.0.0.1:9: no connection within 5s\n"
         );
         let read = Error::explain(ReadTimedout, "reading").into_up();
         assert_eq!(
-            body(504, &read, &target),
+            body(504, &read, &target, None),
             "augur: dependency \"posts\" at 127.0.0.1:9 did not answer within 30s\n"
         );
     }

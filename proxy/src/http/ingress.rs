@@ -38,6 +38,8 @@ pub(crate) struct InboundCtx {
     span: MaybeSpan,
     /// The JSON request body, copied for the learner while it streams.
     body: Capture,
+    /// Where the request was sent, once it was.
+    upstream: Option<std::net::SocketAddr>,
     _inflight: Inflight,
 }
 
@@ -53,6 +55,7 @@ impl ProxyHttp for Ingress {
             traceparent: None,
             span: None,
             body: Capture::default(),
+            upstream: None,
             _inflight: self.common.inflight(Side::Inbound),
         }
     }
@@ -142,8 +145,10 @@ impl ProxyHttp for Ingress {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _: &mut Session, _: &mut InboundCtx) -> Result<Box<HttpPeer>> {
-        Ok(self.target.peer())
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut InboundCtx) -> Result<Box<HttpPeer>> {
+        let (peer, addr) = self.target.next_peer().map_err(failure::unresolved)?;
+        ctx.upstream = Some(addr);
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -170,13 +175,23 @@ impl ProxyHttp for Ingress {
         Ok(())
     }
 
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        _: &mut InboundCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.target.failed_to_connect(e)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        _: &mut InboundCtx,
+        ctx: &mut InboundCtx,
     ) -> FailToProxy {
-        failure::respond(session, e, &self.target).await
+        failure::respond(session, e, &self.target, ctx.upstream).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {

@@ -140,6 +140,9 @@ pub(crate) struct Metrics {
     pub(crate) context_bodies_refused: prometheus::IntCounter,
     pub(crate) downstream_connections: prometheus::IntGaugeVec,
     pub(crate) downstream_closed: IntCounterVec,
+    pub(crate) dns_resolutions: IntCounterVec,
+    pub(crate) dns_failing: prometheus::IntGaugeVec,
+    pub(crate) upstream_addresses: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -277,7 +280,32 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(downstream_connections.clone()))?;
+        let gauge_vec = |name: &str,
+                         help: &str,
+                         labels: &[&str]|
+         -> Result<prometheus::IntGaugeVec, prometheus::Error> {
+            let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let dns_failing = gauge_vec(
+            "augur_dns_failing",
+            "1 while an upstream host name does not resolve and augur keeps sending to its last good addresses (or, with none yet, answers 502)",
+            &["host"],
+        )?;
+        let upstream_addresses = gauge_vec(
+            "augur_upstream_addresses",
+            "Addresses an upstream host name resolves to now (requests are spread over all of them)",
+            &["host"],
+        )?;
         Ok(Self {
+            dns_resolutions: counter(
+                "augur_dns_resolutions_total",
+                "Resolutions of upstream host names, by host and result (ok or failed)",
+                &["host", "result"],
+            )?,
+            dns_failing,
+            upstream_addresses,
             learner_evictions: counter(
                 "augur_learner_evictions_total",
                 "Entries the learner forgot to stay within its bounds (least recently seen first), by table",

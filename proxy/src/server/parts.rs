@@ -18,7 +18,8 @@ use crate::containers::pool::ContainerPool;
 use crate::context::{ContextTable, Limits};
 use crate::dependency::{Dependency, Environment};
 use crate::http::Common;
-use crate::http::upstream::Target;
+use crate::http::names::Names;
+use crate::http::upstream::{Settings, Target};
 use crate::learning::Learning;
 use crate::ops::access::AccessLog;
 use crate::ops::lifecycle::Lifecycle;
@@ -35,21 +36,28 @@ pub(super) struct Upstreams {
     pub(super) pools: Vec<Arc<ContainerPool>>,
     /// The limit over all of them.
     pub(super) capacity: Arc<Capacity>,
+    /// The host names among them, kept resolved.
+    pub(super) names: Names,
 }
 
 impl Upstreams {
-    /// Resolves every static upstream (a name that does not resolve is an
-    /// error now) and sets up the container pools.
+    /// Resolves every upstream given by host name once (one that does not
+    /// resolve yet is logged, and its requests fail until it does) and
+    /// sets up the container pools.
     pub(super) fn build(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
         let service = &config.service;
+        let names = Names::default();
         let target = Target::new(
             "service",
             &service.name,
             &service.upstream,
-            service.protocol,
-            service.tls.as_ref(),
-            service.connect_timeout,
-            service.timeout,
+            |host| names.get(host, metrics),
+            Settings {
+                protocol: service.protocol,
+                tls: service.tls.as_ref(),
+                connect_timeout: service.connect_timeout,
+                timeout: service.timeout,
+            },
         )?;
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::new());
         let capacity = Capacity::new(
@@ -61,6 +69,7 @@ impl Upstreams {
             backend: &backend,
             capacity: &capacity,
             metrics,
+            names: &names,
             horizon: config.speculation.horizon,
         };
         let mut dependencies = Vec::new();
@@ -72,7 +81,11 @@ impl Upstreams {
             .iter()
             .filter_map(|(_, d)| d.containers().cloned())
             .collect();
+        if !names.is_empty() {
+            names.resolve_now(&config.dns)?;
+        }
         Ok(Self {
+            names,
             service: target,
             dependencies,
             pools,

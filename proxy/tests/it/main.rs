@@ -12,6 +12,7 @@ mod failures;
 mod fidelity;
 mod learning;
 mod logs;
+mod names;
 mod passthrough;
 mod speculation;
 mod stat;

@@ -362,7 +362,12 @@ impl Augur {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Augur {
-        let path = write_config(&config_text(ports, service, deps, extra));
+        Self::start_from_text(ports, &config_text(ports, service, deps, extra), env).await
+    }
+
+    /// As [`Augur::start`], with the whole configuration given.
+    pub async fn start_from_text(ports: &Ports, text: &str, env: &[(&str, &str)]) -> Augur {
+        let path = write_config(text);
         let log = path.with_extension("log");
         let child = augur_command()
             .args(["run", "--config"])
