@@ -135,6 +135,20 @@ fn parse_upstream(raw: &str) -> Option<Upstream> {
     })
 }
 
+fn listen_protocol(s: &mut Section<'_>) -> Option<ListenProtocol> {
+    s.parsed_or(
+        "listen_protocol",
+        "listen protocol (\"auto\", \"http1\" or \"h2c\")",
+        ListenProtocol::Auto,
+        |p| match p {
+            "auto" => Some(ListenProtocol::Auto),
+            "http1" => Some(ListenProtocol::Http1),
+            "h2c" => Some(ListenProtocol::H2c),
+            _ => None,
+        },
+    )
+}
+
 fn protocol(s: &mut Section<'_>) -> Option<Protocol> {
     if !s.has("protocol") {
         return Some(Protocol::Http1);
@@ -282,6 +296,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
     let listen = s.socket_addr("listen");
     let listen = s.required("listen", listen);
     claims.address(&s, "listen", listen);
+    let listen_protocol = listen_protocol(&mut s);
     let up = upstream(&mut s);
     let up = s.required("upstream", up);
     let protocol = protocol(&mut s);
@@ -291,6 +306,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
     Some(Service {
         name: name?,
         listen: listen?,
+        listen_protocol: listen_protocol?,
         upstream: up?,
         protocol: protocol?,
         tls: tls?,
@@ -596,6 +612,7 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
     let listen = s.socket_addr("listen");
     let listen = s.required("listen", listen);
     claims.address(&s, "listen", listen);
+    let listen_protocol = listen_protocol(&mut s);
     let has_upstream = s.has("upstream");
     let up = upstream(&mut s);
     let container = s.table("container").map(container);
@@ -623,6 +640,7 @@ fn dependency(mut s: Section<'_>, claims: &mut Claims) -> Option<Dependency> {
     Some(Dependency {
         name: name?,
         listen: listen?,
+        listen_protocol: listen_protocol?,
         target: target?,
         protocol: protocol?,
         tls: tls?,

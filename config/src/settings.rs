@@ -46,6 +46,8 @@ pub struct Route {
 pub struct Service {
     pub name: String,
     pub listen: SocketAddr,
+    /// What the ingress listener accepts.
+    pub listen_protocol: ListenProtocol,
     pub upstream: Upstream,
     pub protocol: Protocol,
     /// TLS to the upstream, when set.
@@ -110,6 +112,19 @@ pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
     /// HTTP/2 over cleartext, with prior knowledge.
+    H2c,
+}
+
+/// What a proxy listener accepts from its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenProtocol {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (gRPC), told apart by a
+    /// connection's first bytes.
+    Auto,
+    /// HTTP/1.x only.
+    Http1,
+    /// HTTP/2 with prior knowledge only.
     H2c,
 }
 
@@ -295,6 +310,8 @@ pub struct Contexts {
 pub struct Dependency {
     pub name: String,
     pub listen: SocketAddr,
+    /// What its egress listener accepts.
+    pub listen_protocol: ListenProtocol,
     pub target: Target,
     pub protocol: Protocol,
     /// TLS to the dependency (a static upstream or its containers).

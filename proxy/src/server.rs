@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use augur_config::Config;
+use augur_config::{Config, ListenProtocol};
+use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{ProxyHttp, http_proxy};
@@ -62,10 +63,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut inbound = Listeners::default();
     inbound.add(
         config.service.listen,
-        guarded(&conf, "ingress", ingress, clients, &common.metrics),
+        guarded(
+            &conf,
+            ("ingress", config.service.listen_protocol),
+            ingress,
+            clients,
+            &common.metrics,
+        ),
     );
     let mut proxies = Listeners::default();
-    for (listen, dependency) in &upstreams.dependencies {
+    for ((listen, dependency), dep) in upstreams.dependencies.iter().zip(&config.dependencies) {
         let name = format!("egress {}", dependency.name());
         let egress = Egress {
             common: common.clone(),
@@ -73,7 +80,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         proxies.add(
             *listen,
-            guarded(&conf, &name, egress, clients, &common.metrics),
+            guarded(
+                &conf,
+                (&name, dep.listen_protocol),
+                egress,
+                clients,
+                &common.metrics,
+            ),
         );
     }
     server.add_service(Staged {
@@ -156,21 +169,30 @@ pub(super) fn client_limits(config: &Config) -> downstream::Limits {
     }
 }
 
-/// One listener's app: a pingora proxy behind the client limits.
+/// One listener's apps: a pingora proxy for each protocol it takes, behind
+/// the client limits. The HTTP/2 one has pingora's h2c detection on; it
+/// gets only connections [`Guarded`] saw begin with the preface.
 fn guarded<P>(
     conf: &Arc<ServerConf>,
-    name: &str,
+    (name, protocol): (&str, ListenProtocol),
     proxy: P,
     limits: downstream::Limits,
     metrics: &Metrics,
 ) -> Guarded<pingora::proxy::HttpProxy<P>>
 where
-    P: ProxyHttp + Send + Sync + 'static,
+    P: ProxyHttp + Clone + Send + Sync + 'static,
     P::CTX: Send + Sync,
 {
-    // Downstream h2c stays off: pingora detects it by reading 24 bytes
-    // before parsing, which leaves a shorter HTTP/1 request hanging.
-    Guarded::new(http_proxy(conf, proxy), name, limits, metrics)
+    let h1 = (protocol != ListenProtocol::H2c).then(|| http_proxy(conf, proxy.clone()));
+    let h2 = (protocol != ListenProtocol::Http1).then(|| {
+        let mut app = http_proxy(conf, proxy);
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        options.h2_idle_timeout = Some(limits.idle_timeout);
+        app.server_options = Some(options);
+        app
+    });
+    Guarded::new((h1, h2), name, limits, metrics)
 }
 
 /// Each client connection's read buffer, in front of pingora's own header

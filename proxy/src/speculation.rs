@@ -134,6 +134,7 @@ fn unknown_write(p: &Prediction, dependency: &str, status: u16, why: &str) -> St
             ),
         ],
         chunked: false,
+        trailers: Vec::new(),
         body,
         prediction: p.clone(),
         json: None,
@@ -371,7 +372,11 @@ impl Speculation {
                 dep.series().upstream(true);
                 let sent = self.client.fetch(
                     &p,
-                    (lease.addr(), dep.target().tls.as_ref()),
+                    (
+                        lease.addr(),
+                        dep.target().tls.as_ref(),
+                        dep.target().protocol,
+                    ),
                     caller.flatten(),
                     tp,
                     &self.key_headers,

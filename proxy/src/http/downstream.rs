@@ -13,6 +13,15 @@
 //! * leaves the body to pingora's per-read timeout, set to
 //!   `proxy.body_timeout` once the header is in ([`header_read`]).
 //!
+//! A listener that takes HTTP/2 (`listen_protocol = "auto"` or `"h2c"`)
+//! tells a connection's protocol from its first bytes: the HTTP/2 preface
+//! (24 bytes) or anything else. An HTTP/1 request differs from the preface
+//! in its first or second byte, so no HTTP/1 client waits for bytes it will
+//! never send (pingora's own detection reads 24 first); those bytes are
+//! handed to pingora as if unread ([`Watched::sniff`]). An HTTP/2
+//! connection carries many requests at once: it has no header or idle
+//! timer of ours, and pingora closes it after `proxy.idle_timeout` idle.
+//!
 //! A connection cut for time is closed without an answer (as nginx does
 //! for `client_header_timeout`) and counted in
 //! `augur_downstream_closed_total`. The timers live in the connection's
@@ -60,20 +69,41 @@ struct Listener {
     refused: IntCounter,
     header_timeouts: IntCounter,
     idle_timeouts: IntCounter,
+    wrong_protocol: IntCounter,
 }
 
-/// A pingora app (an `HttpProxy`) behind the connection limits.
+/// A listener's pingora apps (`HttpProxy`s of the same proxy) behind the
+/// connection limits: one for HTTP/1 connections, one for HTTP/2, as the
+/// listener takes them.
 pub(crate) struct Guarded<A> {
-    inner: Arc<A>,
+    h1: Option<Arc<A>>,
+    h2: Option<Arc<A>>,
     listener: Arc<Listener>,
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    H2,
+}
+
 impl<A> Guarded<A> {
-    /// `name` labels the listener's counters (`ingress`, `egress users`).
-    pub(crate) fn new(inner: A, name: &str, limits: Limits, metrics: &Metrics) -> Self {
+    /// `name` labels the listener's counters (`ingress`, `egress users`);
+    /// at least one of `h1` and `h2` is given.
+    pub(crate) fn new(
+        (h1, h2): (Option<A>, Option<A>),
+        name: &str,
+        limits: Limits,
+        metrics: &Metrics,
+    ) -> Self {
         let closed = |reason: &str| metrics.downstream_closed.with_label_values(&[name, reason]);
         Self {
-            inner: Arc::new(inner),
+            h1: h1.map(Arc::new),
+            h2: h2.map(Arc::new),
             listener: Arc::new(Listener {
                 limits,
                 open: AtomicUsize::new(0),
@@ -81,6 +111,7 @@ impl<A> Guarded<A> {
                 refused: closed("limit"),
                 header_timeouts: closed("header_timeout"),
                 idle_timeouts: closed("idle"),
+                wrong_protocol: closed("protocol"),
             }),
         }
     }
@@ -96,7 +127,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // pingora keeps an HTTP/1 connection inside `process_new` between
         // its requests; what comes back is handed to pingora again as is.
         if stream.as_any().is::<Watched>() {
-            return self.inner.process_new(stream, shutdown).await;
+            let h1 = self.h1.as_ref()?;
+            return h1.process_new(stream, shutdown).await;
         }
         let listener = &self.listener;
         if listener.open.fetch_add(1, Ordering::AcqRel) >= listener.limits.max_connections {
@@ -105,12 +137,33 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return None;
         }
         listener.gauge.inc();
-        let watched: Stream = Box::new(Watched::new(stream, listener.clone()));
-        self.inner.process_new(watched, shutdown).await
+        let mut watched = Watched::new(stream, listener.clone());
+        let app = match (&self.h1, &self.h2) {
+            (Some(h1), None) => h1,
+            (h1, Some(h2)) => match watched.sniff().await {
+                // Closed, or timed out (counted), before saying anything.
+                Ok(None) | Err(_) => return None,
+                Ok(Some(Sniffed::H2)) => {
+                    watched.multiplexed();
+                    h2
+                }
+                Ok(Some(Sniffed::Http1)) => match h1 {
+                    Some(h1) => h1,
+                    None => {
+                        listener.wrong_protocol.inc();
+                        return None;
+                    }
+                },
+            },
+            (None, None) => return None,
+        };
+        app.process_new(Box::new(watched), shutdown).await
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await;
+        for app in self.h1.iter().chain(&self.h2) {
+            app.cleanup().await;
+        }
     }
 }
 
@@ -181,6 +234,13 @@ pub(crate) struct Watched {
     signal: AtomicU8,
     /// When the phase's time runs out.
     deadline: Instant,
+    /// The first bytes, read to tell the protocol ([`Watched::sniff`]),
+    /// given to the next reads before anything else.
+    head: [u8; H2_PREFACE.len()],
+    head_len: u8,
+    head_taken: u8,
+    /// An HTTP/2 connection: many requests at once, no timer of ours.
+    multiplexed: bool,
     /// Armed at or before `deadline`: moving a deadline later (what each
     /// request does) leaves the timer alone, and a timer that fires early
     /// is re-armed then, so a busy connection touches the timer wheel
@@ -199,8 +259,50 @@ impl Watched {
             phase: Phase::Header,
             signal: AtomicU8::new(NOTHING),
             deadline,
+            head: [0; H2_PREFACE.len()],
+            head_len: 0,
+            head_taken: 0,
+            multiplexed: false,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
+    }
+
+    /// Reads until the first bytes differ from the HTTP/2 preface or match
+    /// all of it (within the header timeout), and keeps them for pingora.
+    /// `None` when the client closed first.
+    async fn sniff(&mut self) -> io::Result<Option<Sniffed>> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; H2_PREFACE.len()];
+        let mut n = 0;
+        while n < head.len() {
+            let got = self.read(&mut head[n..]).await?;
+            if got == 0 {
+                return Ok(None);
+            }
+            n += got;
+            if head[..n] != H2_PREFACE[..n] {
+                break;
+            }
+        }
+        self.head = head;
+        self.head_len = n as u8;
+        Ok(Some(if head[..n] == H2_PREFACE[..] {
+            Sniffed::H2
+        } else {
+            Sniffed::Http1
+        }))
+    }
+
+    /// The connection is HTTP/2: its requests overlap, so no header or
+    /// idle timer of ours applies (pingora's `h2_idle_timeout` does).
+    fn multiplexed(&mut self) {
+        self.multiplexed = true;
+        self.phase = Phase::Request;
+    }
+
+    /// The sniffed bytes not yet read.
+    fn unread_head(&self) -> &[u8] {
+        &self.head[self.head_taken as usize..self.head_len as usize]
     }
 
     fn enter(&mut self, phase: Phase) {
@@ -222,6 +324,9 @@ impl Watched {
 
     /// Takes what the request path said since the last read.
     fn follow_signal(&mut self) {
+        if self.multiplexed {
+            return;
+        }
         match self.signal.swap(NOTHING, Ordering::AcqRel) {
             HEADER_IN => self.enter(Phase::Request),
             ANSWERED => self.enter(Phase::Idle),
@@ -282,6 +387,13 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let head = this.unread_head();
+        if !head.is_empty() {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head[..n]);
+            this.head_taken += n as u8;
+            return Poll::Ready(Ok(()));
+        }
         this.follow_signal();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -382,7 +494,17 @@ impl GetSocketDigest for Watched {
 
 #[async_trait]
 impl Peek for Watched {
+    /// pingora peeks for the HTTP/2 preface, which [`Watched::sniff`] read
+    /// already.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let head = self.unread_head();
+        if head.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        if head.len() < buf.len() {
+            return Ok(false);
+        }
+        buf.copy_from_slice(&head[..buf.len()]);
+        Ok(true)
     }
 }

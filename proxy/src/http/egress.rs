@@ -28,6 +28,7 @@ use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 use crate::speculation::{Key, Stored, is_safe};
 
+#[derive(Clone)]
 pub(crate) struct Egress {
     pub(crate) common: Arc<Common>,
     pub(crate) dependency: Arc<Dependency>,
@@ -461,7 +462,7 @@ impl Egress {
 /// Writes a speculative response to the service as the dependency sent it:
 /// its status, every end-to-end header (`content-length` too), and its
 /// framing — chunked if it was, no body for HEAD, 204 and 304 (pingora
-/// writes none for them).
+/// writes none for them) — and its trailers.
 async fn serve(session: &mut Session, stored: &Stored) -> Result<()> {
     let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 1))?;
     for (name, value) in &stored.headers {
@@ -470,14 +471,23 @@ async fn serve(session: &mut Session, stored: &Stored) -> Result<()> {
     if stored.chunked {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    let bodiless = stored.body.is_empty();
+    // HTTP/1 carries none here, as pingora drops them from real calls.
+    let trailers = !stored.trailers.is_empty() && session.is_http2();
+    let bodiless = stored.body.is_empty() && !trailers;
     session
         .write_response_header(Box::new(resp), bodiless)
         .await?;
     if !bodiless {
         session
-            .write_response_body(Some(stored.body.clone()), true)
+            .write_response_body(Some(stored.body.clone()), !trailers)
             .await?;
+    }
+    if trailers {
+        let mut map = http::HeaderMap::with_capacity(stored.trailers.len());
+        for (name, value) in &stored.trailers {
+            map.append(name.clone(), value.clone());
+        }
+        session.write_response_trailers(map).await?;
     }
     Ok(())
 }

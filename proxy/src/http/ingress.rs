@@ -23,6 +23,7 @@ use crate::ops::access::Entry;
 use crate::ops::lifecycle::{Inflight, Side};
 use crate::ops::telemetry::{self, MaybeSpan};
 
+#[derive(Clone)]
 pub(crate) struct Ingress {
     pub(crate) common: Arc<Common>,
     pub(crate) target: Target,

@@ -45,6 +45,8 @@ pub(crate) struct Target {
     pub(crate) connect_timeout: Duration,
     /// Its TLS settings, when it speaks TLS.
     pub(crate) tls: Option<UpstreamTls>,
+    /// HTTP/1 or HTTP/2 with prior knowledge.
+    pub(crate) protocol: Protocol,
     /// The connection settings, and the address when it is fixed.
     peer: HttpPeer,
 }
@@ -115,6 +117,7 @@ impl Target {
             timeout,
             connect_timeout,
             tls,
+            protocol,
             peer,
         })
     }

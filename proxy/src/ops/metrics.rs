@@ -313,7 +313,7 @@ impl Metrics {
             )?,
             downstream_closed: counter(
                 "augur_downstream_closed_total",
-                "Client connections augur closed, by listener and reason (limit: the listener held proxy.max_connections; header_timeout: the request header did not arrive within proxy.header_timeout; idle: no request within proxy.idle_timeout)",
+                "Client connections augur closed, by listener and reason (limit: the listener held proxy.max_connections; header_timeout: the request header did not arrive within proxy.header_timeout; idle: no request within proxy.idle_timeout; protocol: an HTTP/1 client on a listener that takes only h2c)",
                 &["listener", "reason"],
             )?,
             learner_routes,

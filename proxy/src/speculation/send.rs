@@ -19,15 +19,18 @@ use crate::http::client::{Pooled, pooled};
 use crate::http::tls::UpstreamTls;
 use crate::http::traceparent::{self, TraceParent};
 use crate::http::{capture, headers};
+use augur_config::Protocol;
 
 /// The largest speculative response kept; larger ones are not served.
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// The client every speculative request goes through: pooled, keep-alive,
-/// no Nagle; a dependency that speaks TLS has its own pool
-/// ([`UpstreamTls`]), with its real calls' settings.
+/// no Nagle; HTTP/2 with prior knowledge to a dependency whose real calls
+/// go so (`protocol = "h2c"`); a dependency that speaks TLS has its own
+/// pool ([`UpstreamTls`]), with its real calls' settings.
 pub(super) struct Client {
     http: Pooled<HttpConnector>,
+    h2c: Pooled<HttpConnector>,
     /// Answers are parsed for the learner only when JSON and at most this
     /// long, as a real call's are captured.
     json_limit: usize,
@@ -38,7 +41,8 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Self {
-            http: pooled(connector),
+            http: pooled(connector.clone(), false),
+            h2c: pooled(connector, true),
             json_limit,
         }
     }
@@ -61,15 +65,20 @@ impl Client {
     pub(super) async fn fetch(
         &self,
         p: &Prediction,
-        (addr, tls): (SocketAddr, Option<&UpstreamTls>),
+        (addr, tls, protocol): (SocketAddr, Option<&UpstreamTls>, Protocol),
         caller: Option<IpAddr>,
         tp: TraceParent,
         key_headers: &KeyHeaders,
     ) -> Result<Option<Stored>, Failed> {
         let started = std::time::Instant::now();
-        let req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
+        let h2 = protocol == Protocol::H2c;
+        let mut req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
+        if h2 {
+            *req.version_mut() = http::Version::HTTP_2;
+        }
         let resp = match tls {
             Some(tls) => tls.speculation_client().request(req).await,
+            None if h2 => self.h2c.request(req).await,
             None => self.http.request(req).await,
         };
         let resp = resp.map_err(|e| Failed {
@@ -80,12 +89,22 @@ impl Client {
         })?;
         let status = resp.status();
         let mut headers = resp.headers().clone();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        let collected = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| Failed::sent(anyhow::anyhow!("reading the response: {e}")))?
-            .to_bytes();
-        let chunked = headers::is_chunked(&headers);
+            .map_err(|e| Failed::sent(anyhow::anyhow!("reading the response: {e}")))?;
+        let trailers = collected
+            .trailers()
+            .map(headers::end_to_end)
+            .unwrap_or_default();
+        let body = collected.to_bytes();
+        // HTTP/2 frames every body; without a length, the real call reaches
+        // an HTTP/1 service chunked (pingora), and so does this answer.
+        let chunked = if h2 {
+            !headers.contains_key(http::header::CONTENT_LENGTH)
+        } else {
+            headers::is_chunked(&headers)
+        };
         let framed = chunked
             || headers.contains_key(http::header::CONTENT_LENGTH)
             || p.method == "HEAD"
@@ -111,6 +130,7 @@ impl Client {
             headers: headers::end_to_end(&headers),
             chunked,
             body,
+            trailers,
             prediction: p.clone(),
             json,
             took: started.elapsed(),

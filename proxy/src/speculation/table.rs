@@ -39,6 +39,9 @@ pub(crate) struct Stored {
     /// chunked too.
     pub(crate) chunked: bool,
     pub(crate) body: Bytes,
+    /// Trailers after the body (HTTP/2: gRPC's `grpc-status`), served as
+    /// they came.
+    pub(crate) trailers: Vec<(HeaderName, HeaderValue)>,
     /// The prediction it was sent for, to chain further predictions on its
     /// response.
     pub(crate) prediction: augur_predictor::Prediction,
@@ -54,6 +57,7 @@ impl Stored {
         let headers: usize = self
             .headers
             .iter()
+            .chain(&self.trailers)
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
         (self.body.len() + headers + 128) as u64

@@ -10,6 +10,7 @@ mod contexts;
 mod differential;
 mod failures;
 mod fidelity;
+mod grpc;
 mod learning;
 mod logs;
 mod names;

@@ -20,13 +20,18 @@ pub(crate) struct Seen {
     uri: String,
     auth: Option<String>,
     pub(crate) prefetch: bool,
+    pub(crate) http2: bool,
 }
 
 impl Seen {
     pub(crate) fn of(req: &Request<Incoming>) -> Self {
         Seen {
             method: req.method().to_string(),
-            uri: req.uri().to_string(),
+            // HTTP/2 requests carry the whole URI; the path is what counts.
+            uri: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), ToString::to_string),
             auth: req
                 .headers()
                 .get("authorization")
@@ -35,6 +40,7 @@ impl Seen {
                 .headers()
                 .get("sec-purpose")
                 .is_some_and(|v| v == "prefetch"),
+            http2: req.version() == hyper::Version::HTTP_2,
         }
     }
 }
@@ -693,6 +699,7 @@ async fn users_resetting_prefetches() -> SocketAddr {
                             uri: path,
                             auth,
                             prefetch: false,
+                            http2: false,
                         };
                         let resp = users_answer(&seen).unwrap();
                         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -45,6 +45,7 @@ fn stored(body: &str) -> Stored {
         headers: Vec::new(),
         chunked: false,
         body: Bytes::from(body.to_string()),
+        trailers: Vec::new(),
         prediction: augur_predictor::Prediction {
             dependency: "users".into(),
             method: "GET".into(),
