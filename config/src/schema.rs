@@ -135,6 +135,23 @@ fn parse_upstream(raw: &str) -> Option<Upstream> {
     })
 }
 
+/// `[service.listen_tls]`: `cert_file` and `key_file`, both required.
+fn listen_tls(s: &mut Section<'_>) -> Option<Option<ClientCert>> {
+    if !s.has("listen_tls") {
+        return Some(None);
+    }
+    let mut t = s.table("listen_tls")?;
+    let cert_file = readable(&mut t, "cert_file");
+    let cert_file = t.required("cert_file", cert_file);
+    let key_file = readable(&mut t, "key_file");
+    let key_file = t.required("key_file", key_file);
+    t.finish();
+    Some(Some(ClientCert {
+        cert_file: cert_file?,
+        key_file: key_file?,
+    }))
+}
+
 fn listen_protocol(s: &mut Section<'_>) -> Option<ListenProtocol> {
     s.parsed_or(
         "listen_protocol",
@@ -297,6 +314,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
     let listen = s.required("listen", listen);
     claims.address(&s, "listen", listen);
     let listen_protocol = listen_protocol(&mut s);
+    let listen_tls = listen_tls(&mut s);
     let up = upstream(&mut s);
     let up = s.required("upstream", up);
     let protocol = protocol(&mut s);
@@ -307,6 +325,7 @@ fn service(mut s: Section<'_>, claims: &mut Claims) -> Option<Service> {
         name: name?,
         listen: listen?,
         listen_protocol: listen_protocol?,
+        listen_tls: listen_tls?,
         upstream: up?,
         protocol: protocol?,
         tls: tls?,

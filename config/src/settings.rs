@@ -48,6 +48,8 @@ pub struct Service {
     pub listen: SocketAddr,
     /// What the ingress listener accepts.
     pub listen_protocol: ListenProtocol,
+    /// TLS on the ingress listener: its certificate chain and key.
+    pub listen_tls: Option<ClientCert>,
     pub upstream: Upstream,
     pub protocol: Protocol,
     /// TLS to the upstream, when set.
@@ -75,6 +77,8 @@ pub struct Tls {
     pub client_cert: Option<ClientCert>,
 }
 
+/// A certificate chain and its key (PEM files): augur's client certificate
+/// to an upstream, or the ingress listener's server certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClientCert {
     pub cert_file: PathBuf,

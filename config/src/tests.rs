@@ -376,3 +376,25 @@ fn dns_defaults_and_its_problems() {
         ["dns.min_ttl: 30s is more than max_ttl (5s)"]
     );
 }
+
+#[test]
+fn listen_protocol_and_listen_tls_are_checked() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.service.listen_protocol, ListenProtocol::Auto);
+    assert_eq!(c.service.listen_tls, None);
+    let text = MINIMAL.replace(
+        "upstream = ",
+        "listen_protocol = \"h3\"\nlisten_tls = { cert_file = \"/nonexistent/cert.pem\" }\nupstream = ",
+    );
+    let lines = invalid_with_env(&text, &[]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("service.listen_protocol: invalid listen protocol"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("service.listen_tls.cert_file: cannot read /nonexistent/cert.pem"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "service.listen_tls.key_file: missing");
+}

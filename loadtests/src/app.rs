@@ -27,6 +27,9 @@ pub trait App {
     const NAME: &'static str;
     /// Its dependencies, by name, in the order the frontend takes them.
     const DEPENDENCIES: &'static [&'static str];
+    /// How augur reaches each dependency listed here (plain HTTP/1 for
+    /// the others); the frontend calls augur, or them directly, in HTTP/1.
+    const TRANSPORTS: &'static [(&'static str, crate::transport::Transport)] = &[];
 
     /// Starts the dependencies, each answering after `latency`; returns
     /// their addresses in [`Self::DEPENDENCIES`] order.

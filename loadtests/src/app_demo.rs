@@ -123,6 +123,20 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
         opts.rate
     );
 
+    if !A::TRANSPORTS.is_empty() {
+        let how: Vec<String> = A::TRANSPORTS
+            .iter()
+            .map(|(name, t)| match t {
+                crate::transport::Transport::Tls => format!("{name} behind TLS"),
+                crate::transport::Transport::H2c => format!("{name} over h2c"),
+            })
+            .collect();
+        println!(
+            "{}: augur reaches {} (the rest over HTTP/1)",
+            A::NAME,
+            how.join(", ")
+        );
+    }
     let mut runs = Vec::new();
     let modes: &[Mode] = if opts.only_speculating {
         &[Mode::Speculating]
@@ -283,8 +297,13 @@ async fn start_augur<A: App>(
         .collect::<Result<_, _>>()?;
     let frontend = A::start_frontend(egress.clone()).await?;
     let speculate = mode == Mode::Speculating;
-    let mut config = augur_config::<A>(
-        "frontend", ingress, admin, frontend, &egress, deps, speculate,
+    let (upstreams, extras) = crate::transport::reach::<A>(dir, deps).await?;
+    let mut config = augur_config_with::<A>(
+        ("frontend", ingress, admin, frontend),
+        &egress,
+        &upstreams,
+        &extras,
+        speculate,
     );
     if let (true, Some(path)) = (speculate, trace) {
         let path = std::path::absolute(path)?;
@@ -319,13 +338,37 @@ pub(crate) fn augur_config<A: App>(
     upstreams: &[SocketAddr],
     speculate: bool,
 ) -> String {
+    let plain = vec![String::new(); upstreams.len()];
+    augur_config_with::<A>(
+        (name, ingress, admin, frontend),
+        egress,
+        upstreams,
+        &plain,
+        speculate,
+    )
+}
+
+/// [`augur_config`] with more TOML lines for each dependency (its
+/// protocol, its TLS table: [`crate::transport::reach`]).
+pub(crate) fn augur_config_with<A: App>(
+    (name, ingress, admin, frontend): (&str, SocketAddr, SocketAddr, SocketAddr),
+    egress: &[SocketAddr],
+    upstreams: &[SocketAddr],
+    extras: &[String],
+    speculate: bool,
+) -> String {
     let mut config = format!(
         "[service]\nname = \"{name}\"\nlisten = \"{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[speculation]\nenabled = {speculate}\n"
     );
-    for ((name, listen), upstream) in A::DEPENDENCIES.iter().zip(egress).zip(upstreams) {
+    let deps = A::DEPENDENCIES
+        .iter()
+        .zip(egress)
+        .zip(upstreams)
+        .zip(extras);
+    for (((name, listen), upstream), extra) in deps {
         let _ = write!(
             config,
-            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n{extra}"
         );
     }
     config

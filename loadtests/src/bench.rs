@@ -36,6 +36,42 @@ pub struct BenchOptions {
     /// Measure only direct and augur.
     #[arg(long)]
     pub skip_peers: bool,
+    /// Leave out the rows with an HTTPS and an h2c upstream.
+    #[arg(long)]
+    pub plain_only: bool,
+}
+
+/// How a proxy reaches the upstream.
+#[derive(Clone, Copy)]
+enum Link<'a> {
+    Plain,
+    /// TLS to the upstream's TLS port, verified against this CA for the
+    /// name [`TLS_NAME`].
+    Https(&'a Path),
+    /// HTTP/2 with prior knowledge.
+    H2c,
+}
+
+const TLS_NAME: &str = "bench.test";
+
+impl Link<'_> {
+    /// What a row's name says of it.
+    fn suffix(self) -> &'static str {
+        match self {
+            Link::Plain => "",
+            Link::Https(_) => ", HTTPS upstream",
+            Link::H2c => ", h2c upstream",
+        }
+    }
+
+    /// What a log or config file's name says of it.
+    fn tag(self) -> &'static str {
+        match self {
+            Link::Plain => "",
+            Link::Https(_) => "-https",
+            Link::H2c => "-h2c",
+        }
+    }
 }
 
 /// One row of the results.
@@ -59,7 +95,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     let binary = procs::augur_binary(opts.augur.clone())?;
     let dir = procs::scratch("bench")?;
     let me = std::env::current_exe()?;
-    let (upstream, _upstream) = start_upstream(&me, &dir, opts.body_bytes)?;
+    let ca = crate::transport::Ca::new(&dir)?;
+    let (upstream, tls_upstream, _upstream) = start_upstreams(&me, &dir, opts.body_bytes, &ca)?;
 
     let mut targets: Vec<(String, SocketAddr, Option<Proc>)> =
         vec![("direct".into(), upstream, None)];
@@ -67,7 +104,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         Ok((addr, proc)) => targets.push(("bare pingora".into(), addr, Some(proc))),
         Err(e) => eprintln!("bare pingora skipped: {e:#}"),
     }
-    let (addr, proc) = start_augur_ingress(&binary, &dir, upstream)?;
+    let (addr, proc) = start_augur_ingress(&binary, &dir, upstream, Link::Plain)?;
     targets.push(("augur (ingress)".into(), addr, Some(proc)));
     let (addr, proc) = start_augur_chain(&binary, &dir, upstream, true)?;
     targets.push(("augur (ingress + egress, 2 hops)".into(), addr, Some(proc)));
@@ -78,16 +115,46 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
     targets.push(("augur (2 hops, speculation off)".into(), addr, Some(proc)));
     if !opts.skip_peers {
         if procs::which("nginx") {
-            let (addr, proc) = start_nginx(&dir, upstream)?;
+            let (addr, proc) = start_nginx(&dir, upstream, Link::Plain)?;
             targets.push(("nginx 1 worker".into(), addr, Some(proc)));
         } else {
             eprintln!("nginx not found: skipped (apt-get install nginx)");
         }
         if procs::which("haproxy") {
-            let (addr, proc) = start_haproxy(&dir, upstream)?;
+            let (addr, proc) = start_haproxy(&dir, upstream, Link::Plain)?;
             targets.push(("haproxy 1 thread".into(), addr, Some(proc)));
         } else {
             eprintln!("haproxy not found: skipped (apt-get install haproxy)");
+        }
+    }
+    if !opts.plain_only {
+        // nginx proxies HTTP/1.x only (grpc_pass aside): no h2c row.
+        for link in [Link::Https(&ca.file), Link::H2c] {
+            let to = match link {
+                Link::Https(_) => tls_upstream,
+                _ => upstream,
+            };
+            let (addr, proc) = start_augur_ingress(&binary, &dir, to, link)?;
+            targets.push((
+                format!("augur (ingress){}", link.suffix()),
+                addr,
+                Some(proc),
+            ));
+            if opts.skip_peers {
+                continue;
+            }
+            if matches!(link, Link::Https(_)) && procs::which("nginx") {
+                let (addr, proc) = start_nginx(&dir, to, link)?;
+                targets.push((format!("nginx 1 worker{}", link.suffix()), addr, Some(proc)));
+            }
+            if procs::which("haproxy") {
+                let (addr, proc) = start_haproxy(&dir, to, link)?;
+                targets.push((
+                    format!("haproxy 1 thread{}", link.suffix()),
+                    addr,
+                    Some(proc),
+                ));
+            }
         }
     }
 
@@ -217,14 +284,22 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
 /// Each proxy against nginx: saturated throughput (two hops against
 /// nginx's one), and CPU per request at each fixed rate.
 fn ratios(out: &mut String, rows: &[Row]) {
-    let Some(nginx) = rows.iter().find(|r| r.name.starts_with("nginx")) else {
+    let Some(plain) = rows.iter().find(|r| r.name == "nginx 1 worker") else {
         return;
     };
     let _ = writeln!(
         out,
-        "\nAgainst nginx (saturated req/s ratio; CPU per request ratio at each rate):\n"
+        "\nAgainst nginx with the same upstream (plain nginx where none: h2c) (saturated req/s ratio; CPU per request ratio at each rate):\n"
     );
-    for row in rows.iter().filter(|r| r.proxies() && r.name != nginx.name) {
+    for row in rows
+        .iter()
+        .filter(|r| r.proxies() && !r.name.starts_with("nginx"))
+    {
+        let link = row.name.find(", ").map_or("", |i| &row.name[i..]);
+        let nginx = rows
+            .iter()
+            .find(|r| r.name == format!("nginx 1 worker{link}"))
+            .unwrap_or(plain);
         let saturated = row
             .saturated
             .zip(nginx.saturated)
@@ -242,8 +317,9 @@ fn ratios(out: &mut String, rows: &[Row]) {
             .collect();
         let _ = writeln!(
             out,
-            "* {}: saturated {saturated}; CPU {}",
+            "* {} (against {}): saturated {saturated}; CPU {}",
             row.name,
+            nginx.name,
             cpu.join(", ")
         );
     }
@@ -277,6 +353,28 @@ pub(crate) fn start_upstream(
     ]);
     let proc = procs::start("upstream", cmd, &dir.join("upstream.log"), &[upstream])?;
     Ok((upstream, proc))
+}
+
+/// The upstream of [`run`]: in the clear, and over TLS with a certificate
+/// for [`TLS_NAME`] signed by `ca`, from one process.
+fn start_upstreams(
+    me: &Path,
+    dir: &Path,
+    body_bytes: usize,
+    ca: &crate::transport::Ca,
+) -> anyhow::Result<(SocketAddr, SocketAddr, Proc)> {
+    let (plain, tls) = (local(free_port()?), local(free_port()?));
+    let (cert, key) = ca.leaf_files(TLS_NAME)?;
+    let mut cmd = procs::command(me, Some(LOAD_CPU));
+    cmd.args(["serve-fast", "--listen", &plain.to_string()])
+        .args(["--body-bytes", &body_bytes.to_string()])
+        .args(["--tls-listen", &tls.to_string()])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key);
+    let proc = procs::start("upstream", cmd, &dir.join("upstream.log"), &[plain, tls])?;
+    Ok((plain, tls, proc))
 }
 
 /// `bare-pingora` beside this program, with `args` added to its flags.
@@ -315,15 +413,24 @@ fn start_augur_ingress(
     binary: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    link: Link<'_>,
 ) -> anyhow::Result<(SocketAddr, Proc)> {
     let (listen, admin) = (local(free_port()?), local(free_port()?));
+    let how = match link {
+        Link::Plain => String::new(),
+        Link::H2c => "protocol = \"h2c\"\n".to_string(),
+        Link::Https(ca) => format!(
+            "[service.tls]\nsni = \"{TLS_NAME}\"\nca_file = {:?}\n",
+            ca.display().to_string()
+        ),
+    };
     let config = format!(
-        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n"
+        "[service]\nname = \"bench\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n{how}\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 1\n"
     );
     let proc = procs::start_augur(
         binary,
         dir,
-        "augur-ingress",
+        &format!("augur-ingress{}", link.tag()),
         &config,
         admin,
         Some(PROXY_CPU),
@@ -354,12 +461,26 @@ fn start_augur_chain(
     Ok((listen, proc))
 }
 
-fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+fn start_nginx(
+    dir: &Path,
+    upstream: SocketAddr,
+    link: Link<'_>,
+) -> anyhow::Result<(SocketAddr, Proc)> {
     let listen = local(free_port()?);
-    let prefix = dir.join("nginx");
+    let prefix = dir.join(format!("nginx{}", link.tag()));
     std::fs::create_dir_all(prefix.join("logs"))?;
+    let (scheme, tls) = match link {
+        Link::Https(ca) => (
+            "https",
+            format!(
+                "      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {};\n      proxy_ssl_name {TLS_NAME};\n      proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n",
+                ca.display()
+            ),
+        ),
+        _ => ("http", String::new()),
+    };
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  upstream up {{ server {upstream}; keepalive 128; }}\n  server {{\n    listen {listen} reuseport;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+        "daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  upstream up {{ server {upstream}; keepalive 128; }}\n  server {{\n    listen {listen} reuseport;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass {scheme}://up;\n{tls}      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
         prefix = prefix.display()
     );
     let path = prefix.join("nginx.conf");
@@ -369,25 +490,37 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, 
     let proc = procs::start(
         "nginx",
         with_taskset(cmd, "nginx")?,
-        &dir.join("nginx.log"),
+        &dir.join(format!("nginx{}.log", link.tag())),
         &[listen],
     )?;
     Ok((listen, proc))
 }
 
-fn start_haproxy(dir: &Path, upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Proc)> {
+fn start_haproxy(
+    dir: &Path,
+    upstream: SocketAddr,
+    link: Link<'_>,
+) -> anyhow::Result<(SocketAddr, Proc)> {
     let listen = local(free_port()?);
+    let how = match link {
+        Link::Plain => String::new(),
+        Link::H2c => " proto h2".to_string(),
+        Link::Https(ca) => format!(
+            " ssl verify required ca-file {} sni str({TLS_NAME})",
+            ca.display()
+        ),
+    };
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n  option forwardfor\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
+        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n  option forwardfor\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}{how}\n"
     );
-    let path = dir.join("haproxy.cfg");
+    let path = dir.join(format!("haproxy{}.cfg", link.tag()));
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(resolve("haproxy")?);
     cmd.arg("-db").arg("-f").arg(&path);
     let proc = procs::start(
         "haproxy",
         with_taskset(cmd, "haproxy")?,
-        &dir.join("haproxy.log"),
+        &dir.join(format!("haproxy{}.log", link.tag())),
         &[listen],
     )?;
     Ok((listen, proc))

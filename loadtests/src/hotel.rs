@@ -26,6 +26,7 @@ use crate::app::{self, App, Counts, Outbound, dependency, json, mix, outbound, q
 use crate::load::Planned;
 use crate::procs::local;
 use crate::server::{self, respond};
+use crate::transport::Transport;
 
 /// The hotels near a point: five ids.
 pub fn nearby(lat: u64, lon: u64) -> Vec<u64> {
@@ -119,6 +120,10 @@ impl App for Hotel {
         "user",
         "reservation",
     ];
+    /// One dependency behind TLS and one over HTTP/2, as a real
+    /// deployment mixes them; the results match the all-HTTP/1 run.
+    const TRANSPORTS: &'static [(&'static str, Transport)] =
+        &[("profile", Transport::Tls), ("rate", Transport::H2c)];
 
     async fn start_dependencies(
         latency: Duration,

@@ -25,3 +25,4 @@ pub mod procs;
 pub mod server;
 pub mod settings_bench;
 pub mod shop;
+pub mod transport;

@@ -10,6 +10,7 @@ use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
 use augur_loadtests::{
     app_demo, bench, chaos, containers_bench, demo, fuzz_http, hostile, server, settings_bench,
+    transport,
 };
 use clap::{Parser, Subcommand};
 
@@ -137,6 +138,13 @@ enum Command {
         /// Take this long to answer each request.
         #[arg(long, default_value = "0s", value_parser = humantime_duration)]
         latency: Duration,
+        /// Also serve over TLS here, with `--cert` and `--key` (PEM).
+        #[arg(long, requires_all = ["cert", "key"])]
+        tls_listen: Option<SocketAddr>,
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
     },
     /// Serve one role of the tour's application (the docker-compose demo).
     Serve {
@@ -278,10 +286,13 @@ fn main() -> anyhow::Result<()> {
                 body_bytes,
                 startup,
                 latency,
+                tls_listen,
+                cert,
+                key,
             } => {
                 tokio::time::sleep(startup).await;
                 let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
-                server::serve(listen, move |_req| {
+                let handler = move |_req| {
                     let body = body.clone();
                     async move {
                         if !latency.is_zero() {
@@ -289,8 +300,12 @@ fn main() -> anyhow::Result<()> {
                         }
                         server::respond(200, "application/octet-stream", body)
                     }
-                })
-                .await?;
+                };
+                if let (Some(at), Some(cert), Some(key)) = (tls_listen, cert, key) {
+                    let config = transport::server_config_from(&cert, &key)?;
+                    server::serve_tls(at, config, handler.clone()).await?;
+                }
+                server::serve(listen, handler).await?;
                 until_stopped().await
             }
             Command::Serve { role } => {

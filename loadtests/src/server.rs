@@ -28,15 +28,53 @@ where
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
+            tokio::spawn(connection(stream, handler.clone()));
+        }
+    });
+    Ok(bound)
+}
+
+/// Serves one connection with `handler`, HTTP/1.1 or HTTP/2 as the client
+/// speaks.
+async fn connection<IO, F, Fut>(io: IO, handler: F)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// [`serve`] over TLS (`config`).
+pub async fn serve_tls<F, Fut>(
+    addr: SocketAddr,
+    config: std::sync::Arc<pingora::tls::ServerConfig>,
+    handler: F,
+) -> std::io::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let acceptor = pingora::tls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    connection(tls, handler).await;
+                }
             });
         }
     });

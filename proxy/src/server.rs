@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use augur_config::{Config, ListenProtocol};
 use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{ProxyHttp, http_proxy};
 use pingora::server::configuration::ServerConf;
@@ -45,6 +46,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     crate::http::tls::check_system_roots()?;
     let upstreams = Upstreams::build(&config, &metrics)?;
+    let service = &config.service;
+    let ingress_tls = service
+        .listen_tls
+        .as_ref()
+        .map(|files| {
+            let h2 = service.listen_protocol != ListenProtocol::Http1;
+            crate::http::tls::listener_settings(files, h2)
+        })
+        .transpose()?;
     if !upstreams.pools.is_empty() {
         crate::containers::remove_owned(&config.service.name, LEFTOVER_REMOVAL);
     }
@@ -58,6 +68,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let ingress = Ingress {
         common: common.clone(),
         target: upstreams.service.clone(),
+        scheme: if ingress_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     };
     let clients = client_limits(&config);
     let mut inbound = Listeners::default();
@@ -90,8 +105,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     server.add_service(Staged {
-        ingress: listening("ingress", inbound),
-        egress: (!upstreams.dependencies.is_empty()).then(|| listening("egress", proxies)),
+        ingress: listening("ingress", inbound, ingress_tls.map(|t| (service.listen, t))),
+        egress: (!upstreams.dependencies.is_empty()).then(|| listening("egress", proxies, None)),
         closing: common.lifecycle.closing(),
         threads: config.proxy.threads,
     });
@@ -203,20 +218,30 @@ where
 const CLIENT_READ_BUFFER: usize = 4096;
 
 /// A listener with augur's buffer sizes (the write buffer keeps pingora's
-/// 1460 bytes, one segment).
-fn listener(addr: SocketAddr) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings {
+/// 1460 bytes, one segment), and TLS when given.
+fn listener(addr: SocketAddr, tls: Option<TlsSettings>) -> ListenerConfig {
+    let config = ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),
         write: None,
-    })
+    });
+    match tls {
+        Some(tls) => config.tls(tls),
+        None => config,
+    }
 }
 
-/// A pingora service of `listeners` (run by [`Staged`], on its threads).
-fn listening(name: &str, listeners: Listeners) -> Service<Listeners> {
+/// A pingora service of `listeners` (run by [`Staged`], on its threads);
+/// `tls` is one listener's TLS.
+fn listening(
+    name: &str,
+    listeners: Listeners,
+    mut tls: Option<(SocketAddr, TlsSettings)>,
+) -> Service<Listeners> {
     let addresses: Vec<SocketAddr> = listeners.addresses().collect();
     let mut service = Service::new(name.to_string(), listeners);
     for addr in addresses {
-        service.add_listener(listener(addr));
+        let settings = tls.take_if(|(at, _)| *at == addr).map(|(_, t)| t);
+        service.add_listener(listener(addr, settings));
     }
     service
 }
@@ -239,7 +264,7 @@ fn admin_service(
         config: serde_json::to_value(config.redacted()).unwrap_or_default(),
     };
     let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
-    service.add_listener(listener(config.admin.listen));
+    service.add_listener(listener(config.admin.listen, None));
     service.threads = Some(1);
     service
 }

@@ -19,8 +19,9 @@
 //! in its first or second byte, so no HTTP/1 client waits for bytes it will
 //! never send (pingora's own detection reads 24 first); those bytes are
 //! handed to pingora as if unread ([`Watched::sniff`]). An HTTP/2
-//! connection carries many requests at once: it has no header or idle
-//! timer of ours, and pingora closes it after `proxy.idle_timeout` idle.
+//! connection carries many requests at once: past its handshake (due
+//! within the header timeout) it has no header or idle timer of ours, and
+//! pingora closes it after `proxy.idle_timeout` idle.
 //!
 //! A connection cut for time is closed without an answer (as nginx does
 //! for `client_header_timeout`) and counted in
@@ -239,7 +240,8 @@ pub(crate) struct Watched {
     head: [u8; H2_PREFACE.len()],
     head_len: u8,
     head_taken: u8,
-    /// An HTTP/2 connection: many requests at once, no timer of ours.
+    /// An HTTP/2 connection: many requests at once, no timer of ours past
+    /// its handshake.
     multiplexed: bool,
     /// Armed at or before `deadline`: moving a deadline later (what each
     /// request does) leaves the timer alone, and a timer that fires early
@@ -294,10 +296,12 @@ impl Watched {
     }
 
     /// The connection is HTTP/2: its requests overlap, so no header or
-    /// idle timer of ours applies (pingora's `h2_idle_timeout` does).
+    /// idle timer of ours applies once the client has said more than the
+    /// preface (its SETTINGS, which the handshake waits for, are due
+    /// within the header timeout); pingora's `h2_idle_timeout` closes it
+    /// when idle.
     fn multiplexed(&mut self) {
         self.multiplexed = true;
-        self.phase = Phase::Request;
     }
 
     /// The sniffed bytes not yet read.
@@ -398,7 +402,11 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if this.phase == Phase::Idle && buf.filled().len() > before {
+                let read = buf.filled().len() > before;
+                if this.multiplexed && read {
+                    // Past the preface: HTTP/2 keeps its own time.
+                    this.enter(Phase::Request);
+                } else if this.phase == Phase::Idle && read {
                     // The next request began: its header has its own time.
                     this.enter(Phase::Header);
                 }

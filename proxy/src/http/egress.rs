@@ -193,7 +193,7 @@ impl ProxyHttp for Egress {
         ctx: &mut CallCtx,
     ) -> Result<()> {
         headers::strip_request(upstream);
-        headers::add_forwarded(upstream, request::client_ip(session));
+        headers::add_forwarded(upstream, request::client_ip(session), "http");
         if let Some(tp) = ctx.traceparent {
             upstream.insert_header(traceparent::HEADER, tp.header_value())?;
         }

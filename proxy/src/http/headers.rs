@@ -96,10 +96,11 @@ pub(crate) fn strip_response(resp: &mut ResponseHeader) {
     }
 }
 
-/// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239).
-pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
+/// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239);
+/// `proto` is what the client spoke to augur (`http` or `https`).
+pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
     let Some(ip) = client else { return };
-    for (name, value) in forwarded(&req.headers, ip) {
+    for (name, value) in forwarded(&req.headers, ip, proto) {
         let _ = req.insert_header(name, value);
     }
 }
@@ -108,15 +109,19 @@ pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>) {
 /// `x-forwarded-for` and `forwarded` with the client appended to what the
 /// request had, and `x-forwarded-proto` unless it had one. One rule for a
 /// real call and for the speculative request that stands for it.
-pub(crate) fn forwarded(headers: &HeaderMap, client: IpAddr) -> Vec<(&'static str, String)> {
+pub(crate) fn forwarded(
+    headers: &HeaderMap,
+    client: IpAddr,
+    proto: &str,
+) -> Vec<(&'static str, String)> {
     let prior = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let xff = match prior("x-forwarded-for") {
         Some(prev) => format!("{prev}, {client}"),
         None => client.to_string(),
     };
     let node = match client {
-        IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
     };
     let fwd = match prior("forwarded") {
         Some(prev) => format!("{prev}, {node}"),
@@ -124,7 +129,7 @@ pub(crate) fn forwarded(headers: &HeaderMap, client: IpAddr) -> Vec<(&'static st
     };
     let mut out = vec![("x-forwarded-for", xff), ("forwarded", fwd)];
     if !headers.contains_key("x-forwarded-proto") {
-        out.push(("x-forwarded-proto", "http".to_string()));
+        out.push(("x-forwarded-proto", proto.to_string()));
     }
     out
 }
@@ -241,11 +246,11 @@ mod tests {
     #[test]
     fn forwarded_headers_append() {
         let mut r = req(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut r, Some("127.0.0.1".parse().unwrap()));
+        add_forwarded(&mut r, Some("127.0.0.1".parse().unwrap()), "http");
         assert_eq!(r.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(r.headers["forwarded"], "for=127.0.0.1;proto=http");
         let mut r = req(&[]);
-        add_forwarded(&mut r, Some("::1".parse().unwrap()));
+        add_forwarded(&mut r, Some("::1".parse().unwrap()), "http");
         assert_eq!(r.headers["forwarded"], "for=\"[::1]\";proto=http");
     }
 

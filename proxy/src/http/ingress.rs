@@ -27,6 +27,9 @@ use crate::ops::telemetry::{self, MaybeSpan};
 pub(crate) struct Ingress {
     pub(crate) common: Arc<Common>,
     pub(crate) target: Target,
+    /// What clients speak to the listener: `http`, or `https` with
+    /// `service.listen_tls` (for `x-forwarded-proto`).
+    pub(crate) scheme: &'static str,
 }
 
 pub(crate) struct InboundCtx {
@@ -159,7 +162,7 @@ impl ProxyHttp for Ingress {
         ctx: &mut InboundCtx,
     ) -> Result<()> {
         headers::strip_request(upstream);
-        headers::add_forwarded(upstream, request::client_ip(session));
+        headers::add_forwarded(upstream, request::client_ip(session), self.scheme);
         if let Some(tp) = ctx.traceparent {
             upstream.insert_header(traceparent::HEADER, tp.header_value())?;
         }

@@ -278,3 +278,33 @@ impl tower_service::Service<http::Uri> for Connect {
         })
     }
 }
+
+/// The ingress listener's TLS (`service.listen_tls`): its certificate
+/// chain and key read and checked now, so that pingora (which panics on a
+/// file it cannot load) never reads them. ALPN offers HTTP/2 beside
+/// HTTP/1.1 when the listener takes both.
+pub(crate) fn listener_settings(
+    files: &augur_config::ClientCert,
+    h2: bool,
+) -> anyhow::Result<pingora::listeners::tls::TlsSettings> {
+    pingora::tls::install_default_crypto_provider();
+    let chain = certificates(&files.cert_file).context("service.listen_tls.cert_file")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| {
+        anyhow::anyhow!(
+            "service.listen_tls.key_file {}: no private key read: {e}",
+            files.key_file.display()
+        )
+    })?;
+    let config = pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("service.listen_tls: cert_file and key_file do not make a server certificate")?;
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
+    settings.set_cert_resolver(config.cert_resolver.clone());
+    if h2 {
+        settings.enable_h2();
+    } else {
+        settings.set_alpn(pingora::listeners::ALPN::H1);
+    }
+    Ok(settings)
+}

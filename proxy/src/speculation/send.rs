@@ -169,7 +169,8 @@ fn request(
         sent.append(HeaderName::from_bytes(name.as_bytes())?, value.parse()?);
     }
     if let Some(ip) = caller {
-        for (name, value) in headers::forwarded(&sent, ip) {
+        // The egress listener is plain HTTP, as the real call came.
+        for (name, value) in headers::forwarded(&sent, ip, "http") {
             sent.insert(name, value.parse()?);
         }
     }

@@ -309,3 +309,24 @@ async fn calls_to_h2c_dependencies_are_answered_from_speculation_sent_over_http2
         "every request, real and speculative, over HTTP/2: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_after_the_preface_is_cut_at_the_header_timeout() {
+    let upstream = echo_server().await;
+    let ports = Ports::new(0);
+    let augur = Augur::start(&ports, upstream, &[], "[proxy]\nheader_timeout = \"300ms\"").await;
+    let started = std::time::Instant::now();
+    // The preface and no SETTINGS: pingora's handshake would wait for ever.
+    let resp = raw_exchange(
+        augur.ingress,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{resp:?}");
+    assert_eq!(
+        augur
+            .metric("augur_downstream_closed_total{listener=\"ingress\",reason=\"header_timeout\"}")
+            .await,
+        1.0
+    );
+}

@@ -124,12 +124,21 @@ async fn answers(augur: &Augur, n: usize) -> Vec<String> {
     seen
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_that_moves_is_followed_spread_over_its_addresses_and_kept_when_it_fails() {
+/// Servers on A and B at one port, the test's DNS server answering
+/// `zone` with `ttl`, and augur with dependency "users" at
+/// `users.augur.test:port` resolved within `max_ttl` (logging at info).
+struct Rig {
+    a: Killable,
+    _b: Killable,
+    dns: Dns,
+    augur: Augur,
+}
+
+async fn rig(zone: Zone, ttl: u32, max_ttl: &str) -> Rig {
     let port = free_port();
-    let _a = server_at(A, port).await;
-    let _b = server_at(B, port).await;
-    let dns = Dns::start(Zone::Addresses(vec![A])).await;
+    let a = server_at(A, port).await;
+    let b = server_at(B, port).await;
+    let dns = Dns::with_ttl(zone, ttl).await;
     let ports = Ports::new(1);
     let mut dep = Dep::new("users", local(port));
     dep.upstream = format!("{HOST}:{port}");
@@ -138,10 +147,27 @@ async fn a_name_that_moves_is_followed_spread_over_its_addresses_and_kept_when_i
         &ports,
         service,
         &[dep],
-        &dns_section(&dns, "500ms"),
+        &dns_section(&dns, max_ttl),
         &[("RUST_LOG", "info")],
     )
     .await;
+    Rig {
+        a,
+        _b: b,
+        dns,
+        augur,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_moves_is_followed_spread_over_its_addresses_and_kept_when_it_fails() {
+    let Rig {
+        dns,
+        augur,
+        _b,
+        a: _a,
+        ..
+    } = rig(Zone::Addresses(vec![A]), 1, "500ms").await;
     let host = format!("host=\"{HOST}\"");
 
     assert_eq!(answers(&augur, 3).await, ["127.0.0.1"; 3]);
@@ -261,22 +287,7 @@ async fn a_service_name_that_does_not_resolve_yet_gets_502s_that_name_it_until_i
 async fn a_refused_connection_resolves_the_name_again_without_waiting_for_its_ttl() {
     // A restarted container: the old address stops answering and the name
     // moves, while the answer augur has is good for another minute.
-    let port = free_port();
-    let a = server_at(A, port).await;
-    let _b = server_at(B, port).await;
-    let dns = Dns::with_ttl(Zone::Addresses(vec![A]), 300).await;
-    let ports = Ports::new(1);
-    let mut dep = Dep::new("users", local(port));
-    dep.upstream = format!("{HOST}:{port}");
-    let service = echo_server().await;
-    let augur = Augur::start_with_env(
-        &ports,
-        service,
-        &[dep],
-        &dns_section(&dns, "60s"),
-        &[("RUST_LOG", "info")],
-    )
-    .await;
+    let Rig { a, dns, augur, _b } = rig(Zone::Addresses(vec![A]), 300, "60s").await;
     assert_eq!(answers(&augur, 2).await, ["127.0.0.1"; 2]);
 
     dns.set(Zone::Addresses(vec![B]));
@@ -303,15 +314,12 @@ async fn a_refused_connection_resolves_the_name_again_without_waiting_for_its_tt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_cannot_connect_to_one_address_of_several_tries_the_next() {
-    let port = free_port();
-    let a = server_at(A, port).await;
-    let _b = server_at(B, port).await;
-    let dns = Dns::with_ttl(Zone::Addresses(vec![A, B]), 300).await;
-    let ports = Ports::new(1);
-    let mut dep = Dep::new("users", local(port));
-    dep.upstream = format!("{HOST}:{port}");
-    let service = echo_server().await;
-    let augur = Augur::start(&ports, service, &[dep], &dns_section(&dns, "60s")).await;
+    let Rig {
+        a,
+        augur,
+        dns: _dns,
+        _b,
+    } = rig(Zone::Addresses(vec![A, B]), 300, "60s").await;
     let seen = answers(&augur, 4).await;
     assert_eq!(
         seen.iter().filter(|s| *s == "127.0.0.1").count(),

@@ -32,6 +32,9 @@ struct Pki {
     other_ca_file: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// The `posts.test` certificate and key as files (for augur's ingress).
+    server_cert: PathBuf,
+    server_key: PathBuf,
     /// A server for `posts.test`, and one whose certificate has expired.
     server: Arc<ServerConfig>,
     expired: Arc<ServerConfig>,
@@ -123,6 +126,8 @@ fn pki() -> Pki {
         other_ca_file: write("other-ca.pem", other.0.pem()),
         client_cert: write("client.pem", client.0.pem()),
         client_key: write("client.key", client.1.serialize_pem()),
+        server_cert: write("server.pem", server.0.pem()),
+        server_key: write("server.key", server.1.serialize_pem()),
         server: server_config(&server, None),
         expired: server_config(&expired, None),
         mutual: server_config(&server, Some(&authority.0)),
@@ -304,4 +309,116 @@ async fn a_missing_ssl_cert_file_does_not_stop_plain_proxying() {
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-echo-uri"), Some("/hello"));
     assert!(!augur.log_text().contains("panicked"));
+}
+
+/// A TLS client trusting `ca`, offering `alpn`, connected to `addr` for
+/// the name `posts.test`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> pingora::tls::ClientTlsStream<tokio::net::TcpStream> {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
+        let cert: CertificateDer<'static> = cert.unwrap();
+        roots.add(cert).unwrap();
+    }
+    let mut config = pingora::tls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = pingora::tls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = pingora::tls::ServerName::try_from("posts.test").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// The ingress behind TLS (`service.listen_tls`): HTTP/2 or HTTP/1.1 as
+/// ALPN decides, the service told `x-forwarded-proto: https`; plain HTTP
+/// on the port gets no answer; a bad key stops augur at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_takes_tls_with_http2_or_http1_by_alpn() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let pki = pki();
+    let upstream = echo_server().await;
+    let ports = Ports::new(0);
+    let listen_tls = format!(
+        "[service.listen_tls]\ncert_file = {:?}\nkey_file = {:?}\n\n[admin]",
+        pki.server_cert, pki.server_key
+    );
+    let text = config_text(&ports, upstream, &[], "").replacen("[admin]", &listen_tls, 1);
+    let augur = Augur::start_from_text(&ports, &text, &[]).await;
+
+    // HTTP/2, chosen by ALPN.
+    let tls = tls_connect(augur.ingress, &pki.ca_file, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = h2
+        .send_request(
+            hyper::Request::get("https://posts.test/over-h2")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-echo-h-x-forwarded-proto"], "https");
+    assert!(
+        resp.headers()["x-echo-h-forwarded"]
+            .to_str()
+            .unwrap()
+            .ends_with("proto=https")
+    );
+
+    // HTTP/1.1 when the client offers only that.
+    let tls = tls_connect(augur.ingress, &pki.ca_file, &[b"http/1.1"]).await;
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = h1
+        .send_request(
+            hyper::Request::get("/over-h1")
+                .header("host", "posts.test")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-echo-uri"], "/over-h1");
+    assert_eq!(resp.headers()["x-echo-h-x-forwarded-proto"], "https");
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let resp = raw_exchange(
+        augur.ingress,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(!resp.starts_with(b"HTTP/1.1 200"), "{resp:?}");
+
+    // A key that is not a key: a clear error at start, no panic.
+    drop(augur);
+    let junk = pki.dir.join("junk.key");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let bad = text.replace(&format!("{:?}", pki.server_key), &format!("{junk:?}"));
+    let out = augur_command()
+        .args(["run", "--config"])
+        .arg(write_config(&bad))
+        .env("ORT_DYLIB_PATH", ort_dylib())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "augur started: {stderr}");
+    assert!(
+        stderr.contains(&format!("service.listen_tls.key_file {}", junk.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
