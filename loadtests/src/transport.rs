@@ -127,7 +127,8 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// TLS settings from a certificate and key in PEM files ([`Ca::leaf_files`]).
+/// TLS settings from a certificate and key in PEM files (as the
+/// benchmark writes them for its upstream).
 pub fn server_config_from(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let cert = CertificateDer::from_pem_file(cert)
         .with_context(|| format!("read a certificate from {}", cert.display()))?;
