@@ -26,7 +26,7 @@ use pingora::services::listening::Service;
 
 use crate::containers::keeper::Keeper;
 use crate::http::Common;
-use crate::http::downstream::{self, Guarded};
+use crate::http::downstream::{self, Guarded, Lazy};
 use crate::http::egress::Egress;
 use crate::http::ingress::Ingress;
 use crate::http::listeners::Listeners;
@@ -185,8 +185,9 @@ pub(super) fn client_limits(config: &Config) -> downstream::Limits {
 }
 
 /// One listener's apps: a pingora proxy for each protocol it takes, behind
-/// the client limits. The HTTP/2 one has pingora's h2c detection on; it
-/// gets only connections [`Guarded`] saw begin with the preface.
+/// the client limits. The HTTP/2 one, made at its first connection, has
+/// pingora's h2c detection on; it gets only connections [`Guarded`] saw
+/// begin with the preface.
 fn guarded<P>(
     conf: &Arc<ServerConf>,
     (name, protocol): (&str, ListenProtocol),
@@ -199,13 +200,16 @@ where
     P::CTX: Send + Sync,
 {
     let h1 = (protocol != ListenProtocol::H2c).then(|| http_proxy(conf, proxy.clone()));
+    let conf = conf.clone();
     let h2 = (protocol != ListenProtocol::Http1).then(|| {
-        let mut app = http_proxy(conf, proxy);
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        options.h2_idle_timeout = Some(limits.idle_timeout);
-        app.server_options = Some(options);
-        app
+        Lazy::new(move || {
+            let mut app = http_proxy(&conf, proxy.clone());
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            options.h2_idle_timeout = Some(limits.idle_timeout);
+            app.server_options = Some(options);
+            app
+        })
     });
     Guarded::new((h1, h2), name, limits, metrics)
 }

@@ -32,8 +32,8 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -78,8 +78,29 @@ struct Listener {
 /// listener takes them.
 pub(crate) struct Guarded<A> {
     h1: Option<Arc<A>>,
-    h2: Option<Arc<A>>,
+    h2: Option<Lazy<A>>,
     listener: Arc<Listener>,
+}
+
+/// An app made when first needed: the HTTP/2 one, which most listeners
+/// never use, costs half a MiB made (pingora's connector with its pool
+/// and the system's CA store).
+pub(crate) struct Lazy<A> {
+    make: Box<dyn Fn() -> A + Send + Sync>,
+    app: OnceLock<Arc<A>>,
+}
+
+impl<A> Lazy<A> {
+    pub(crate) fn new(make: impl Fn() -> A + Send + Sync + 'static) -> Self {
+        Self {
+            make: Box::new(make),
+            app: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> &Arc<A> {
+        self.app.get_or_init(|| Arc::new((self.make)()))
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -96,7 +117,7 @@ impl<A> Guarded<A> {
     /// `name` labels the listener's counters (`ingress`, `egress users`);
     /// at least one of `h1` and `h2` is given.
     pub(crate) fn new(
-        (h1, h2): (Option<A>, Option<A>),
+        (h1, h2): (Option<A>, Option<Lazy<A>>),
         name: &str,
         limits: Limits,
         metrics: &Metrics,
@@ -104,7 +125,7 @@ impl<A> Guarded<A> {
         let closed = |reason: &str| metrics.downstream_closed.with_label_values(&[name, reason]);
         Self {
             h1: h1.map(Arc::new),
-            h2: h2.map(Arc::new),
+            h2,
             listener: Arc::new(Listener {
                 limits,
                 open: AtomicUsize::new(0),
@@ -146,7 +167,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 Ok(None) | Err(_) => return None,
                 Ok(Some(Sniffed::H2)) => {
                     watched.multiplexed();
-                    h2
+                    h2.get()
                 }
                 Ok(Some(Sniffed::Http1)) => match h1 {
                     Some(h1) => h1,
@@ -162,7 +183,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 
     async fn cleanup(&self) {
-        for app in self.h1.iter().chain(&self.h2) {
+        let h2 = self.h2.as_ref().and_then(|l| l.app.get());
+        for app in self.h1.iter().chain(h2) {
             app.cleanup().await;
         }
     }
