@@ -21,6 +21,16 @@ use crate::load::Planned;
 use crate::procs::local;
 use crate::server::{self, Body, respond};
 
+/// How augur reaches a dependency besides plain HTTP/1
+/// ([`crate::transport::reach`] sets it up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `protocol = "h2c"`.
+    H2c,
+    /// TLS to a terminator in front of the dependency.
+    Tls,
+}
+
 /// A demo application.
 pub trait App {
     /// Its name in the demo's output.
@@ -29,7 +39,7 @@ pub trait App {
     const DEPENDENCIES: &'static [&'static str];
     /// How augur reaches each dependency listed here (plain HTTP/1 for
     /// the others); the frontend calls augur, or them directly, in HTTP/1.
-    const TRANSPORTS: &'static [(&'static str, crate::transport::Transport)] = &[];
+    const TRANSPORTS: &'static [(&'static str, Transport)] = &[];
 
     /// Starts the dependencies, each answering after `latency`; returns
     /// their addresses in [`Self::DEPENDENCIES`] order.

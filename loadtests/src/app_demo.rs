@@ -127,8 +127,8 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
         let how: Vec<String> = A::TRANSPORTS
             .iter()
             .map(|(name, t)| match t {
-                crate::transport::Transport::Tls => format!("{name} behind TLS"),
-                crate::transport::Transport::H2c => format!("{name} over h2c"),
+                crate::app::Transport::Tls => format!("{name} behind TLS"),
+                crate::app::Transport::H2c => format!("{name} over h2c"),
             })
             .collect();
         println!(

@@ -22,11 +22,12 @@ use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
 
-use crate::app::{self, App, Counts, Outbound, dependency, json, mix, outbound, query, text};
+use crate::app::{
+    self, App, Counts, Outbound, Transport, dependency, json, mix, outbound, query, text,
+};
 use crate::load::Planned;
 use crate::procs::local;
 use crate::server::{self, respond};
-use crate::transport::Transport;
 
 /// The hotels near a point: five ids.
 pub fn nearby(lat: u64, lon: u64) -> Vec<u64> {

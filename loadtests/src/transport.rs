@@ -14,16 +14,8 @@ use pingora::tls::{CertificateDer, PrivateKeyDer, ServerConfig, TlsAcceptor};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject as _;
 
-use crate::app::App;
+use crate::app::{App, Transport};
 use crate::procs::local;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// `protocol = "h2c"`.
-    H2c,
-    /// TLS to a terminator in front of the dependency.
-    Tls,
-}
 
 /// Where augur sends each dependency's requests (in
 /// [`App::DEPENDENCIES`] order), and the TOML lines of each
