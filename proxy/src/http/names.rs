@@ -54,6 +54,8 @@ struct State {
     failure: Option<String>,
     /// When the last resolution ended.
     resolved: Instant,
+    /// Whether any resolution ended yet.
+    tried: bool,
     /// When to resolve again.
     due: Instant,
 }
@@ -82,6 +84,7 @@ impl Name {
                 addresses: Arc::new([]),
                 failure: Some("not resolved yet".to_string()),
                 resolved: now,
+                tried: false,
                 due: now,
             }),
             next: AtomicUsize::new(0),
@@ -129,6 +132,7 @@ impl Name {
         let now = Instant::now();
         let mut state = self.state.write();
         state.resolved = now;
+        let tried = std::mem::replace(&mut state.tried, true);
         match answer {
             Ok(Answer { mut addresses, ttl }) => {
                 addresses.sort_unstable();
@@ -158,11 +162,13 @@ impl Name {
                 self.series.failed.inc();
                 self.series.failing.set(1);
                 state.due = now + dns.min_ttl;
-                let first = state.failure.is_none() || state.addresses.is_empty();
+                // Said once when it starts failing (or fails at start),
+                // not at every retry.
+                let news = state.failure.is_none() || !tried;
                 let known = state.addresses.len();
                 state.failure = Some(why);
                 let why = state.failure.as_deref().unwrap_or_default();
-                match (first, known) {
+                match (news, known) {
                     (false, _) => tracing::debug!("{} still does not resolve: {why}", self.host),
                     (true, 0) => tracing::warn!(
                         "{} does not resolve ({why}): requests to it fail with 502 until it does",
