@@ -233,15 +233,15 @@ impl Names {
             .build()
             .context("cannot start a runtime to resolve upstream names")?;
         runtime.block_on(async {
-            let resolver = resolver(dns)?;
+            let resolver = resolver(dns, true);
             let names = self.all();
             futures_util::future::join_all(names.iter().map(|name| {
                 let resolver = &resolver;
                 async move { name.apply(lookup(resolver, &name.host).await, dns) }
             }))
             .await;
-            Ok(())
-        })
+        });
+        Ok(())
     }
 
     /// The background service that keeps every name resolved.
@@ -260,13 +260,22 @@ struct Answer {
 
 /// A resolver for `dns`: `/etc/resolv.conf`'s servers, search domains and
 /// options, or the servers `dns.nameservers` names; `/etc/hosts` first
-/// either way.
-fn resolver(dns: &Dns) -> anyhow::Result<TokioResolver> {
+/// either way. Without a usable `/etc/resolv.conf`, only `/etc/hosts`
+/// (said when `say`).
+fn resolver(dns: &Dns, say: bool) -> TokioResolver {
     let provider = TokioConnectionProvider::default();
     let mut builder = if dns.nameservers.is_empty() {
-        TokioResolver::builder(provider).context(
-            "cannot read the system's DNS settings (/etc/resolv.conf); set dns.nameservers",
-        )?
+        match TokioResolver::builder(provider.clone()) {
+            Ok(builder) => builder,
+            Err(e) => {
+                if say {
+                    tracing::warn!(
+                        "cannot use the system's DNS settings (/etc/resolv.conf: {e}): upstream names resolve from /etc/hosts only (set dns.nameservers)"
+                    );
+                }
+                TokioResolver::builder_with_config(ResolverConfig::new(), provider)
+            }
+        }
     } else {
         let mut servers = NameServerConfigGroup::new();
         for addr in &dns.nameservers {
@@ -289,7 +298,7 @@ fn resolver(dns: &Dns) -> anyhow::Result<TokioResolver> {
     options.positive_min_ttl = Some(dns.min_ttl);
     options.positive_max_ttl = Some(dns.max_ttl);
     options.negative_max_ttl = Some(dns.min_ttl);
-    Ok(builder.build())
+    builder.build()
 }
 
 async fn lookup(resolver: &TokioResolver, host: &str) -> Result<Answer, String> {
@@ -326,13 +335,7 @@ pub(crate) struct Refresher {
 #[async_trait]
 impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let resolver = match resolver(&self.dns) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("upstream names are not resolved again: {e:#}");
-                return;
-            }
-        };
+        let resolver = resolver(&self.dns, false);
         let every = futures_util::future::join_all(
             self.names
                 .iter()
