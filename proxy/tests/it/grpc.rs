@@ -104,14 +104,18 @@ async fn grpc_unary_and_streaming_calls_pass_the_ingress_and_an_egress_with_thei
             .unwrap();
         assert_eq!(third.status(), Status::Serving, "{side}");
     }
-    // Every call reached the dependency and none failed.
-    let text = augur.admin_get("/metrics").await.text();
-    let calls: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("augur_dependency_calls_total{dependency=\"health\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(calls >= 3.0, "{text}");
+    // Every call reached the dependency (the streaming one is counted
+    // when its cancellation reaches augur) and none failed.
+    let text = eventually(Duration::from_secs(5), "three calls counted", || async {
+        let text = augur.admin_get("/metrics").await.text();
+        let calls: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("augur_dependency_calls_total{dependency=\"health\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (calls >= 3.0).then_some(text)
+    })
+    .await;
     assert_eq!(
         metric_value(
             &text,
