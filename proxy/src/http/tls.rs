@@ -102,15 +102,11 @@ impl UpstreamTls {
         };
         let server_name = ServerName::try_from(tls.sni.clone())
             .with_context(|| format!("{label}: tls.sni {:?} is not a host name", tls.sni))?;
-        // HTTP/2 over TLS is not supported (a config error), so HTTP/1.
-        let speculation = pooled(
-            Connect {
-                tls: TlsConnector::from(Arc::new(config)),
-                server_name,
-                connect_timeout,
-            },
-            false,
-        );
+        let speculation = pooled(Connect {
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name,
+            connect_timeout,
+        });
         Ok(Self {
             sni: tls.sni.clone(),
             ca,

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::plan::is_safe;
 use super::table::Stored;
 use crate::context::Json;
-use crate::http::client::{Pooled, pooled};
+use crate::http::client::{H2c, H2cError, Pooled, pooled};
 use crate::http::tls::UpstreamTls;
 use crate::http::traceparent::{self, TraceParent};
 use crate::http::{capture, headers};
@@ -30,7 +30,7 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// pool ([`UpstreamTls`]), with its real calls' settings.
 pub(super) struct Client {
     http: Pooled<HttpConnector>,
-    h2c: Pooled<HttpConnector>,
+    h2c: H2c,
     /// Answers are parsed for the learner only when JSON and at most this
     /// long, as a real call's are captured.
     json_limit: usize,
@@ -41,8 +41,8 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Self {
-            http: pooled(connector.clone(), false),
-            h2c: pooled(connector, true),
+            http: pooled(connector),
+            h2c: H2c::default(),
             json_limit,
         }
     }
@@ -73,20 +73,27 @@ impl Client {
         let started = std::time::Instant::now();
         let h2 = protocol == Protocol::H2c;
         let mut req = request(p, addr, caller, tp).map_err(Failed::unsent)?;
-        if h2 {
-            *req.version_mut() = http::Version::HTTP_2;
-        }
-        let resp = match tls {
-            Some(tls) => tls.speculation_client().request(req).await,
-            None if h2 => self.h2c.request(req).await,
-            None => self.http.request(req).await,
-        };
-        let resp = resp.map_err(|e| Failed {
-            // A connection that could not be made carried nothing; the
-            // client resends by itself only what it never wrote.
+        // A connection that could not be made carried nothing; the client
+        // resends by itself only what it never wrote.
+        let pooled = |e: hyper_util::client::legacy::Error| Failed {
             sent: !e.is_connect(),
             why: e.into(),
-        })?;
+        };
+        let resp = match tls {
+            Some(tls) => tls
+                .speculation_client()
+                .request(req)
+                .await
+                .map_err(pooled)?,
+            None if h2 => {
+                as_h2(&mut req, addr).map_err(Failed::unsent)?;
+                self.h2c.send(addr, req).await.map_err(|e| Failed {
+                    sent: matches!(e, H2cError::Send(_)),
+                    why: e.into(),
+                })?
+            }
+            None => self.http.request(req).await.map_err(pooled)?,
+        };
         let status = resp.status();
         let mut headers = resp.headers().clone();
         let collected = Limited::new(resp.into_body(), MAX_RESPONSE)
@@ -194,6 +201,29 @@ fn request(
         .body(Full::new(body))?;
     *req.headers_mut() = sent;
     Ok(req)
+}
+
+/// `req` as pingora sends its real call to an h2c upstream: HTTP/2, its
+/// `:authority` the `Host` the service sent (the address without one), and
+/// no `host` header.
+fn as_h2(req: &mut http::Request<Full<Bytes>>, addr: SocketAddr) -> anyhow::Result<()> {
+    let host = req.headers_mut().remove(http::header::HOST);
+    let authority = match host.as_ref().and_then(|h| h.to_str().ok()) {
+        Some(host) => host.to_string(),
+        None => addr.to_string(),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_string();
+    *req.uri_mut() = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()?;
+    *req.version_mut() = http::Version::HTTP_2;
+    Ok(())
 }
 
 /// The request target of a prediction: path, and query when it has one.

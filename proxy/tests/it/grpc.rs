@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -333,4 +334,79 @@ async fn an_http2_client_that_stops_after_the_preface_is_cut_at_the_header_timeo
             .await,
         1.0
     );
+}
+
+/// What an h2c dependency saw of one request: whether it was a prefetch,
+/// its path, `:authority`, and every header but the two that differ by
+/// design (`sec-purpose` marks a prefetch, `traceparent` names its span).
+type Heard = (bool, String, Option<String>, Vec<(String, String)>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speculative_request_to_an_h2c_dependency_is_sent_as_its_real_call() {
+    let ports = Ports::new(2);
+    let heard: Arc<Mutex<Vec<Heard>>> = Arc::default();
+    let users = {
+        let heard = heard.clone();
+        serve(move |req: Request<Incoming>| {
+            let heard = heard.clone();
+            async move {
+                let mut headers: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .filter(|(n, _)| *n != "sec-purpose" && *n != "traceparent")
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+                    .collect();
+                headers.sort();
+                let prefetch = req.headers().get("sec-purpose").is_some();
+                let path = req.uri().path().to_string();
+                let authority = req.uri().authority().map(|a| a.to_string());
+                heard
+                    .lock()
+                    .unwrap()
+                    .push((prefetch, path.clone(), authority, headers));
+                let id = path.trim_start_matches("/users/");
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Body::from(format!("{{\"id\":{id},\"uid\":\"u-{id}\"}}")))
+                    .unwrap()
+            }
+        })
+        .await
+    };
+    let (posts, _) = recording(posts_answer).await;
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let deps = [
+        Dep {
+            extra: "protocol = \"h2c\"\ntimeout = \"2s\"",
+            ..Dep::new("users", users)
+        },
+        Dep {
+            extra: "timeout = \"2s\"",
+            ..Dep::new("posts", posts)
+        },
+    ];
+    let augur = Augur::start(&ports, service, &deps, "").await;
+    for i in 0..40 {
+        let got = ask(&augur, i % 10, "alice").await;
+        assert_eq!(got.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let heard = heard.lock().unwrap().clone();
+    let prefetches: Vec<&Heard> = heard.iter().filter(|h| h.0).collect();
+    assert!(!prefetches.is_empty(), "no speculative request: {heard:?}");
+    // Every call sends the same headers (one principal), whatever its id:
+    // each prefetch is held to the first real call (made before augur had
+    // learned the route).
+    let real = heard
+        .iter()
+        .find(|h| !h.0)
+        .unwrap_or_else(|| panic!("no real call: {heard:?}"));
+    for p in prefetches {
+        assert_eq!(
+            (&p.2, &p.3),
+            (&real.2, &real.3),
+            "{}: the prefetch (left) differs from the real call (right)",
+            p.1
+        );
+    }
 }
