@@ -274,23 +274,40 @@ async fn an_h2c_only_listener_closes_http1_connections_and_http1_only_refuses_h2
     );
 }
 
+/// augur in front of the speculation tests' frontend, its users and posts
+/// dependencies at these addresses, each over h2c when its flag says.
+async fn behind_frontend(
+    ports: &Ports,
+    (users, users_h2c): (SocketAddr, bool),
+    (posts, posts_h2c): (SocketAddr, bool),
+) -> Augur {
+    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
+    let extra = |h2c: bool| {
+        if h2c {
+            "protocol = \"h2c\"\ntimeout = \"2s\""
+        } else {
+            "timeout = \"2s\""
+        }
+    };
+    let deps = [
+        Dep {
+            extra: extra(users_h2c),
+            ..Dep::new("users", users)
+        },
+        Dep {
+            extra: extra(posts_h2c),
+            ..Dep::new("posts", posts)
+        },
+    ];
+    Augur::start(ports, service, &deps, "").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_h2c_dependencies_are_answered_from_speculation_sent_over_http2() {
     let ports = Ports::new(2);
     let (users, users_log) = recording(users_answer).await;
     let (posts, posts_log) = recording(posts_answer).await;
-    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
-    let deps = [
-        Dep {
-            extra: "protocol = \"h2c\"\ntimeout = \"2s\"",
-            ..Dep::new("users", users)
-        },
-        Dep {
-            extra: "protocol = \"h2c\"\ntimeout = \"2s\"",
-            ..Dep::new("posts", posts)
-        },
-    ];
-    let augur = Augur::start(&ports, service, &deps, "").await;
+    let augur = behind_frontend(&ports, (users, true), (posts, true)).await;
     let direct = get(&augur.dep_url(0, "/users/1")).await;
     assert_eq!(direct.status, 200, "{}", direct.text());
     for i in 0..30 {
@@ -374,18 +391,7 @@ async fn a_speculative_request_to_an_h2c_dependency_is_sent_as_its_real_call() {
         .await
     };
     let (posts, _) = recording(posts_answer).await;
-    let service = frontend(local(ports.deps[0]), local(ports.deps[1]), None).await;
-    let deps = [
-        Dep {
-            extra: "protocol = \"h2c\"\ntimeout = \"2s\"",
-            ..Dep::new("users", users)
-        },
-        Dep {
-            extra: "timeout = \"2s\"",
-            ..Dep::new("posts", posts)
-        },
-    ];
-    let augur = Augur::start(&ports, service, &deps, "").await;
+    let augur = behind_frontend(&ports, (users, true), (posts, false)).await;
     for i in 0..40 {
         let got = ask(&augur, i % 10, "alice").await;
         assert_eq!(got.status, 200);
