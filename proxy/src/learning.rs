@@ -102,7 +102,12 @@ impl Learning {
         elapsed_us: u64,
         ahead_us: u64,
     ) -> Vec<augur_predictor::Prediction> {
-        self.snapshot().predict(live, elapsed_us, ahead_us)
+        let started = std::time::Instant::now();
+        let predicted = self.snapshot().predict(live, elapsed_us, ahead_us);
+        self.metrics
+            .prediction
+            .observe(started.elapsed().as_secs_f64());
+        predicted
     }
 
     /// Whether the model knows `route`: only then can it predict a call

@@ -26,6 +26,13 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// Prediction-time buckets in seconds, from 1 µs to 10 ms (the online
+/// model takes microseconds, an ONNX one tens of them).
+const PREDICTION_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.01,
+];
+
 /// A dependency's series (`augur_dependency_calls_total`,
 /// `augur_dependency_duration_seconds` by outcome, and
 /// `augur_upstream_requests_total`), resolved once.
@@ -127,6 +134,7 @@ pub(crate) struct Metrics {
     pub(crate) container_memory: prometheus::GaugeVec,
     pub(crate) prestarts_wasted: IntCounterVec,
     pub(crate) cold_start_wait: prometheus::Histogram,
+    pub(crate) prediction: prometheus::Histogram,
     pub(crate) containers: prometheus::IntGaugeVec,
     pub(crate) speculation_held_bytes: IntGauge,
     pub(crate) speculation_inflight: IntGauge,
@@ -200,6 +208,14 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(cold_start_wait.clone()))?;
+        let prediction = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "augur_prediction_seconds",
+                "How long one prediction took on the request path (the model's predict for an open context)",
+            )
+            .buckets(PREDICTION_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(prediction.clone()))?;
         let containers = prometheus::IntGaugeVec::new(
             Opts::new(
                 "augur_containers",
@@ -407,6 +423,7 @@ impl Metrics {
                 &["dependency"],
             )?,
             cold_start_wait,
+            prediction,
             containers,
             speculation_held_bytes,
             speculation_inflight,

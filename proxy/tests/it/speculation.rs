@@ -259,6 +259,9 @@ async fn speculation_changes_nothing_the_service_or_client_sees() {
                 speculated(&rig.augur).await >= 40.0,
                 "speculation should have answered most calls"
             );
+            // Each request predicts at least once (when it opens), timed.
+            let predictions = rig.augur.metric("augur_prediction_seconds_count").await;
+            assert!(predictions >= 40.0, "{predictions}");
         }
         // Let in-flight speculations land before reading the logs.
         tokio::time::sleep(Duration::from_millis(100)).await;
