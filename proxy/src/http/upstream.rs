@@ -98,10 +98,7 @@ impl Target {
             Place::Fixed(addr) => *addr,
             Place::Named(..) | Place::Leased => UNKNOWN,
         };
-        let mut peer = match &tls {
-            Some(tls) => tls.peer(addr),
-            None => HttpPeer::new(addr, false, String::new()),
-        };
+        let mut peer = bare_peer(tls.as_ref(), addr);
         peer.options.connection_timeout = Some(connect_timeout);
         peer.options.total_connection_timeout = Some(connect_timeout);
         peer.options.read_timeout = Some(timeout);
@@ -163,10 +160,7 @@ impl Target {
         if matches!(self.place, Place::Fixed(fixed) if fixed == addr) {
             return Box::new(self.peer.clone());
         }
-        let mut peer = match &self.tls {
-            Some(tls) => tls.peer(addr),
-            None => HttpPeer::new(addr, false, String::new()),
-        };
+        let mut peer = bare_peer(self.tls.as_ref(), addr);
         peer.options = self.peer.options.clone();
         Box::new(peer)
     }
@@ -181,5 +175,13 @@ impl Target {
             (Place::Leased, Some(addr)) => addr.to_string(),
             (Place::Leased, None) => "its container".to_string(),
         }
+    }
+}
+
+/// A peer at `addr`, over `tls` when given, with pingora's default options.
+fn bare_peer(tls: Option<&UpstreamTls>, addr: SocketAddr) -> HttpPeer {
+    match tls {
+        Some(tls) => tls.peer(addr),
+        None => HttpPeer::new(addr, false, String::new()),
     }
 }

@@ -200,22 +200,26 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let cold_start_wait = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "augur_cold_start_wait_seconds",
-                "How long calls waited for a container to start",
-            )
-            .buckets(BUCKETS.to_vec()),
+        let plain_histogram = |name: &str,
+                               help: &str,
+                               buckets: &[f64]|
+         -> Result<prometheus::Histogram, prometheus::Error> {
+            let h = prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let cold_start_wait = plain_histogram(
+            "augur_cold_start_wait_seconds",
+            "How long calls waited for a container to start",
+            BUCKETS,
         )?;
-        registry.register(Box::new(cold_start_wait.clone()))?;
-        let prediction = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "augur_prediction_seconds",
-                "How long one prediction took on the request path (the model's predict for an open context)",
-            )
-            .buckets(PREDICTION_BUCKETS.to_vec()),
+        let prediction = plain_histogram(
+            "augur_prediction_seconds",
+            "How long one prediction took on the request path (the model's predict for an open context)",
+            PREDICTION_BUCKETS,
         )?;
-        registry.register(Box::new(prediction.clone()))?;
         let containers = prometheus::IntGaugeVec::new(
             Opts::new(
                 "augur_containers",
