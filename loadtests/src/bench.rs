@@ -104,6 +104,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<String> {
         Ok((addr, proc)) => targets.push(("bare pingora".into(), addr, Some(proc))),
         Err(e) => eprintln!("bare pingora skipped: {e:#}"),
     }
+    // Two listeners of one bare pingora in a chain on one thread: the
+    // floor under augur's two-hop rows.
+    let hop = local(free_port()?).to_string();
+    match start_bare_pingora(&me, &dir, upstream, &["--hop", &hop]) {
+        Ok((addr, proc)) => targets.push(("bare pingora (2 hops)".into(), addr, Some(proc))),
+        Err(e) => eprintln!("bare pingora (2 hops) skipped: {e:#}"),
+    }
     let (addr, proc) = start_augur_ingress(&binary, &dir, upstream, Link::Plain)?;
     targets.push(("augur (ingress)".into(), addr, Some(proc)));
     let (addr, proc) = start_augur_chain(&binary, &dir, upstream, true)?;
@@ -260,6 +267,7 @@ fn table(rows: &[Row], opts: &BenchOptions) -> String {
         let _ = writeln!(out, " {} |", or_dash(row.rss_mib, 1));
     }
     ratios(&mut out, rows);
+    floor(&mut out, rows);
     // Added latency per hop at each fixed rate, against direct.
     if let Some(direct) = rows.first() {
         let _ = writeln!(out, "\nAdded p99 per hop (ms), against direct:\n");
@@ -320,6 +328,52 @@ fn ratios(out: &mut String, rows: &[Row]) {
             "* {} (against {}): saturated {saturated}; CPU {}",
             row.name,
             nginx.name,
+            cpu.join(", ")
+        );
+    }
+}
+
+/// Each plain augur row against the bare pingora with as many hops: what
+/// augur costs beyond the pingora it is built on.
+fn floor(out: &mut String, rows: &[Row]) {
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let (Some(one), two) = (find("bare pingora"), find("bare pingora (2 hops)")) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nAgainst the bare pingora with as many hops (saturated req/s ratio; CPU per request ratio at each rate):\n"
+    );
+    for row in rows
+        .iter()
+        .filter(|r| r.name.starts_with("augur") && !r.name.contains("upstream)"))
+    {
+        let Some(bare) = (if row.name.contains("2 hops") {
+            two
+        } else {
+            Some(one)
+        }) else {
+            continue;
+        };
+        let saturated = row
+            .saturated
+            .zip(bare.saturated)
+            .map_or_else(|| "-".into(), |(r, b)| format!("{:.2}×", r.0 / b.0));
+        let cpu: Vec<String> = row
+            .cpu_per_10k
+            .iter()
+            .zip(&bare.cpu_per_10k)
+            .zip(&row.fixed)
+            .map(|((r, b), f)| match r.zip(*b) {
+                Some((r, b)) if b > 0.0 => format!("{}/s {:.2}×", f.0, r / b),
+                _ => format!("{}/s -", f.0),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "* {} (against {}): saturated {saturated}; CPU {}",
+            row.name,
+            bare.name,
             cpu.join(", ")
         );
     }
@@ -400,12 +454,11 @@ pub(crate) fn start_bare_pingora(
         &upstream.to_string(),
     ]);
     cmd.args(args);
-    let proc = procs::start(
-        "bare-pingora",
-        cmd,
-        &dir.join("bare-pingora.log"),
-        &[listen],
-    )?;
+    let log = dir.join(format!(
+        "bare-pingora{}.log",
+        args.join("").replace([':', '.', '-'], "_")
+    ));
+    let proc = procs::start("bare-pingora", cmd, &log, &[listen])?;
     Ok((listen, proc))
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::headers::KeyHeaders;
 use crate::lru::Lru;
 use crate::observation::{Call, Context};
-use crate::provenance::{Available, Resolved, SlotRules};
+use crate::provenance::{Available, Index, Resolved, SlotRules};
 use crate::sequence::{OnlineModel, OnlineSettings, SequenceModel, lookahead};
 use crate::shapes::{ShapeId, Shapes, Slot};
 use crate::timing::CallTiming;
@@ -240,13 +240,13 @@ impl Learner {
             let avail = available(ctx, &ids, &occurrences, |i| {
                 ctx.calls[i].end_us() <= call.start_us && i < j
             });
-            let index = avail.index(8, settings.max_leaves);
             let Some(info) = self.shapes.info(ids[j]) else {
                 continue;
             };
+            let mut index = Index::new(&avail, settings.max_leaves);
             for slot in info.slots() {
                 let actual = slot.value_in(&call.request);
-                state.rules.observe(&slot, actual, &avail, &index);
+                state.rules.observe(&slot, actual, &avail, &mut index);
             }
         }
         for (name, gone) in evicted {

@@ -256,6 +256,31 @@ impl json::Visitor for Leaves<'_> {
     }
 }
 
+/// The sources of a context by value ([`Available::index`]), built the
+/// first time a slot looks for new sources: a slot whose rule has held
+/// every time lately looks for none, so a settled route builds none.
+#[derive(Debug)]
+pub struct Index<'a> {
+    avail: &'a Available<'a>,
+    max_leaves: usize,
+    built: Option<HashMap<String, Vec<Source>>>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(avail: &'a Available<'a>, max_leaves: usize) -> Self {
+        Self {
+            avail,
+            max_leaves,
+            built: None,
+        }
+    }
+
+    fn get(&mut self) -> &HashMap<String, Vec<Source>> {
+        let (avail, max) = (self.avail, self.max_leaves);
+        self.built.get_or_insert_with(|| avail.index(8, max))
+    }
+}
+
 /// How one candidate rule has fared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rule {
@@ -299,6 +324,11 @@ impl Rule {
         f64::from((self.outcomes & mask).count_ones()) / f64::from(self.seen)
     }
 
+    /// Held in each of its last sixteen contexts.
+    fn settled(&self) -> bool {
+        self.seen >= 16 && self.outcomes == u16::MAX
+    }
+
     /// Trusted: held in at least `min_observations` contexts, in each of the
     /// last few, and in nearly all of the last sixteen.
     pub fn trusted(&self, min_observations: u32) -> bool {
@@ -319,13 +349,15 @@ pub struct SlotRules {
 
 impl SlotRules {
     /// Scores each rule of `slot` against `actual` in `avail`, and adds the
-    /// sources that hold now as new candidates.
+    /// sources that hold now as new candidates, unless a rule has held in
+    /// each of its last sixteen contexts (the first time one fails, the
+    /// search for others starts again).
     pub fn observe(
         &mut self,
         slot: &Slot,
         actual: Option<String>,
         avail: &Available<'_>,
-        index: &HashMap<String, Vec<Source>>,
+        index: &mut Index<'_>,
     ) {
         let pos = match self.slots.iter().position(|(s, _)| s == slot) {
             Some(p) => p,
@@ -339,9 +371,12 @@ impl SlotRules {
             let held = avail.resolve(&rule.source) == Resolved::Value(actual.clone());
             rule.record(held);
         }
+        if rules.iter().any(Rule::settled) {
+            return;
+        }
         let credential = matches!(slot, Slot::Header(h) if headers::is_credential(h));
         let mut candidates: Vec<Source> = match &actual {
-            Some(v) => index.get(v).cloned().unwrap_or_default(),
+            Some(v) => index.get().get(v).cloned().unwrap_or_default(),
             None => Vec::new(),
         };
         // A credential is never learned as a constant: it would be kept.

@@ -72,46 +72,61 @@ impl Default for OnlineSettings {
     }
 }
 
-/// The counts of what followed one history.
+/// The counts of what followed one history. A history is followed by a
+/// handful of outcomes at most, so they are a short list in key order, not
+/// a map.
 #[derive(Debug, Default, Clone)]
 struct Node {
-    counts: HashMap<Next, f64>,
+    counts: Vec<(Next, f64)>,
     total: f64,
     recent: VecDeque<Next>,
 }
 
 impl Node {
+    fn count_mut(&mut self, next: Next) -> &mut f64 {
+        let i = match self.counts.binary_search_by(|(k, _)| k.cmp(&next)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.counts.insert(i, (next, 0.0));
+                i
+            }
+        };
+        &mut self.counts[i].1
+    }
+
     fn update(&mut self, next: Next, s: &OnlineSettings) {
-        *self.counts.entry(next).or_insert(0.0) += 1.0;
+        *self.count_mut(next) += 1.0;
         self.total += 1.0;
         self.recent.push_back(next);
         if self.recent.len() > s.window {
             self.recent.pop_front();
         }
-        if self.recent.len() == s.window && self.distance_to_recent() > s.change_distance {
+        // The window's outcomes are all among the counts', so with one
+        // outcome counted the two cannot differ.
+        if self.counts.len() > 1
+            && self.recent.len() == s.window
+            && self.distance_to_recent() > s.change_distance
+        {
             // Behaviour changed: forget what no longer holds.
             self.counts.clear();
-            for n in &self.recent {
-                *self.counts.entry(*n).or_insert(0.0) += 1.0;
+            for i in 0..self.recent.len() {
+                let n = self.recent[i];
+                *self.count_mut(n) += 1.0;
             }
             self.total = self.recent.len() as f64;
         }
     }
 
-    /// Total-variation distance between the recent window and the counts.
+    /// Total-variation distance between the recent window and the counts
+    /// (every outcome of the window is among the counts).
     fn distance_to_recent(&self) -> f64 {
         let w = self.recent.len() as f64;
-        let mut window: HashMap<Next, f64> = HashMap::new();
-        for n in &self.recent {
-            *window.entry(*n).or_insert(0.0) += 1.0 / w;
-        }
-        let mut keys: Vec<&Next> = self.counts.keys().chain(window.keys()).collect();
-        keys.sort();
-        keys.dedup();
-        keys.iter()
-            .map(|k| {
-                let p = self.counts.get(k).copied().unwrap_or(0.0) / self.total.max(1.0);
-                (p - window.get(k).copied().unwrap_or(0.0)).abs()
+        let total = self.total.max(1.0);
+        self.counts
+            .iter()
+            .map(|(k, c)| {
+                let share = self.recent.iter().filter(|n| *n == k).count() as f64 / w;
+                (c / total - share).abs()
             })
             .sum::<f64>()
             / 2.0
@@ -176,7 +191,12 @@ impl SequenceModel for OnlineModel {
 
     fn observe(&mut self, route: &str, shapes: &[ShapeId]) {
         let s = &self.settings;
-        let nodes = self.routes.entry(route.to_string()).or_default();
+        if !self.routes.contains_key(route) {
+            self.routes.insert(route.to_string(), HashMap::new());
+        }
+        let Some(nodes) = self.routes.get_mut(route) else {
+            return;
+        };
         let seq = with_start(shapes);
         for i in 1..=seq.len() {
             let next = seq.get(i).map_or(Next::End, |id| Next::Call(*id));

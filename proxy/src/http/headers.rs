@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use augur_predictor::headers::HOP_BY_HOP;
 use augur_predictor::secret::SecretHasher;
-use http::header::{CONNECTION, HeaderName, UPGRADE};
+use http::header::{CONNECTION, FORWARDED, HeaderName, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -38,9 +38,11 @@ pub(crate) fn is_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
 }
 
-/// The hop-by-hop headers the listeners remove themselves.
-fn stripped() -> impl Iterator<Item = &'static str> {
-    HOP_BY_HOP.into_iter().filter(|n| !FRAMING.contains(n))
+/// Whether the listeners remove `name` themselves: a hop-by-hop header
+/// other than the framing ones.
+fn is_stripped(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name) && !FRAMING.contains(&name)
 }
 
 /// Names listed in `Connection` (except `upgrade`/`close`/`keep-alive`, which are
@@ -57,12 +59,34 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// The headers of `headers` a listener removes: the hop-by-hop ones and
+/// those `connection` names, and `connection` itself unless `keep_connection`.
+/// One pass over the headers (most messages have none of them), instead
+/// of a lookup per name.
+fn hop_headers(headers: &HeaderMap, keep_connection: bool) -> Vec<HeaderName> {
+    let named = if headers.contains_key(CONNECTION) {
+        connection_tokens(headers)
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let drop =
+            is_stripped(name) || named.contains(name) || (*name == CONNECTION && !keep_connection);
+        if drop && !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
 /// Removes hop-by-hop headers from a request going upstream. A WebSocket
 /// style upgrade keeps `connection: upgrade` and `upgrade`; `te: trailers`
 /// is kept since it is the one value every hop must honour.
 pub(crate) fn strip_request(req: &mut RequestHeader) {
-    for name in connection_tokens(&req.headers) {
-        req.remove_header(&name);
+    let gone = hop_headers(&req.headers, req.headers.contains_key(UPGRADE));
+    if gone.is_empty() {
+        return;
     }
     let te_trailers = req
         .headers
@@ -72,36 +96,61 @@ pub(crate) fn strip_request(req: &mut RequestHeader) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in stripped() {
+    for name in &gone {
         req.remove_header(name);
     }
     if te_trailers {
         let _ = req.insert_header(http::header::TE, "trailers");
     }
-    if !req.headers.contains_key(UPGRADE) {
-        req.remove_header(&CONNECTION);
-    }
 }
 
 /// Removes hop-by-hop headers from a response coming back.
 pub(crate) fn strip_response(resp: &mut ResponseHeader) {
-    for name in connection_tokens(&resp.headers) {
+    let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for name in hop_headers(&resp.headers, upgraded) {
         resp.remove_header(&name);
-    }
-    for name in stripped() {
-        resp.remove_header(name);
-    }
-    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        resp.remove_header(&CONNECTION);
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Appends the client to `x-forwarded-for` and `forwarded` (RFC 7239);
 /// `proto` is what the client spoke to augur (`http` or `https`).
-pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
+pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, proto: &'static str) {
     let Some(ip) = client else { return };
-    for (name, value) in forwarded(&req.headers, ip, proto) {
-        let _ = req.insert_header(name, value);
+    let Forwarded {
+        for_,
+        forwarded,
+        proto,
+    } = forwarded(&req.headers, ip, proto);
+    let _ = req.insert_header(X_FORWARDED_FOR, for_);
+    let _ = req.insert_header(FORWARDED, forwarded);
+    if let Some(proto) = proto {
+        let _ = req.insert_header(X_FORWARDED_PROTO, proto);
+    }
+}
+
+/// The forwarding headers a request goes upstream with.
+pub(crate) struct Forwarded {
+    /// `x-forwarded-for`.
+    pub(crate) for_: String,
+    /// `forwarded`.
+    pub(crate) forwarded: String,
+    /// `x-forwarded-proto`, unless the request had one.
+    pub(crate) proto: Option<&'static str>,
+}
+
+impl Forwarded {
+    /// Each header with its value.
+    pub(crate) fn pairs(self) -> impl Iterator<Item = (HeaderName, String)> {
+        [
+            Some((X_FORWARDED_FOR, self.for_)),
+            Some((FORWARDED, self.forwarded)),
+            self.proto.map(|p| (X_FORWARDED_PROTO, p.to_string())),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -109,29 +158,60 @@ pub(crate) fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, pro
 /// `x-forwarded-for` and `forwarded` with the client appended to what the
 /// request had, and `x-forwarded-proto` unless it had one. One rule for a
 /// real call and for the speculative request that stands for it.
-pub(crate) fn forwarded(
-    headers: &HeaderMap,
-    client: IpAddr,
-    proto: &str,
-) -> Vec<(&'static str, String)> {
-    let prior = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let xff = match prior("x-forwarded-for") {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
-    };
-    let node = match client {
-        IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
-    };
-    let fwd = match prior("forwarded") {
-        Some(prev) => format!("{prev}, {node}"),
-        None => node,
-    };
-    let mut out = vec![("x-forwarded-for", xff), ("forwarded", fwd)];
-    if !headers.contains_key("x-forwarded-proto") {
-        out.push(("x-forwarded-proto", proto.to_string()));
+pub(crate) fn forwarded(headers: &HeaderMap, client: IpAddr, proto: &'static str) -> Forwarded {
+    let prior = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut for_ = String::with_capacity(48);
+    if let Some(prev) = prior(&X_FORWARDED_FOR) {
+        for_.push_str(prev);
+        for_.push_str(", ");
     }
-    out
+    push_ip(&mut for_, client);
+    let mut forwarded = String::with_capacity(64);
+    if let Some(prev) = prior(&FORWARDED) {
+        forwarded.push_str(prev);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
+    if client.is_ipv6() {
+        forwarded.push_str("\"[");
+        push_ip(&mut forwarded, client);
+        forwarded.push_str("]\"");
+    } else {
+        push_ip(&mut forwarded, client);
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    Forwarded {
+        for_,
+        forwarded,
+        proto: (!headers.contains_key(&X_FORWARDED_PROTO)).then_some(proto),
+    }
+}
+
+/// Appends `ip` as text: an IPv4 address digit by digit (every request
+/// writes one, and `fmt` costs more than the rest of the header), IPv6
+/// through `Display`.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// How long `value` is written out, without writing it anywhere.
@@ -241,6 +321,24 @@ mod tests {
         strip_request(&mut r);
         assert!(r.headers.contains_key("connection"));
         assert!(r.headers.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 
     #[test]

@@ -13,15 +13,15 @@ use crate::context::ContextId;
 pub(crate) struct Key {
     /// The inbound request it belongs to.
     pub(crate) context: ContextId,
-    /// Keyed hash of the request; never the request itself, which may hold
-    /// credentials.
-    request: String,
+    /// Keyed 128-bit digest of the request; never the request itself,
+    /// which may hold credentials.
+    request: u128,
 }
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ContextId { trace, serial } = self.context;
-        write!(f, "{trace:032x}.{serial}/{}", self.request)
+        write!(f, "{trace:032x}.{serial}/{:032x}", self.request)
     }
 }
 
@@ -37,22 +37,27 @@ impl Key {
         headers: &[(String, String)],
         body: Option<&str>,
     ) -> Self {
-        let mut canonical = format!("{dependency}\n{method}\n{path_and_query}\n");
         let mut sorted: Vec<&(String, String)> = headers.iter().collect();
         sorted.sort();
-        for (n, v) in sorted {
-            canonical.push_str(n);
-            canonical.push_str(": ");
-            canonical.push_str(v);
-            canonical.push('\n');
-        }
-        if let Some(b) = body.filter(|b| !b.is_empty()) {
-            canonical.push('\n');
-            canonical.push_str(b);
-        }
-        Self {
-            context,
-            request: hasher.hash(&canonical),
-        }
+        let body = body.filter(|b| !b.is_empty());
+        // Each part ends in a byte no header, method or path holds (0xfd
+        // to 0xff are not UTF-8), so parts cannot run into one another.
+        let request = hasher.digest(|h| {
+            for part in [dependency, method, path_and_query] {
+                h.write(part.as_bytes());
+                h.write_u8(0xff);
+            }
+            for (n, v) in &sorted {
+                h.write(n.as_bytes());
+                h.write_u8(0xfe);
+                h.write(v.as_bytes());
+                h.write_u8(0xff);
+            }
+            if let Some(b) = body {
+                h.write_u8(0xfd);
+                h.write(b.as_bytes());
+            }
+        });
+        Self { context, request }
     }
 }

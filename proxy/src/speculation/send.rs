@@ -177,7 +177,7 @@ fn request(
     }
     if let Some(ip) = caller {
         // The egress listener is plain HTTP, as the real call came.
-        for (name, value) in headers::forwarded(&sent, ip, "http") {
+        for (name, value) in headers::forwarded(&sent, ip, "http").pairs() {
             sent.insert(name, value.parse()?);
         }
     }
