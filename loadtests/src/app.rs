@@ -3,10 +3,11 @@
 //! request must get, and the fastest each endpoint could be. The hotel
 //! application (`hotel.rs`) and the shop (`shop.rs`) are the two.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,13 +64,16 @@ pub trait App {
 }
 
 /// Requests each dependency received: real ones and `sec-purpose:
-/// prefetch` ones, by dependency, and prefetches with side effects (which
-/// must never happen).
+/// prefetch` ones, by dependency and by kind of call (dependency, method
+/// and first path segment), and prefetches with side effects (which must
+/// never happen).
 #[derive(Debug)]
 pub struct Counts {
     real: Vec<AtomicU64>,
     prefetch: Vec<AtomicU64>,
     prefetched_writes: AtomicU64,
+    /// (dependency, `GET /promos`) → (real, prefetch).
+    kinds: Mutex<BTreeMap<(usize, String), (u64, u64)>>,
 }
 
 impl Counts {
@@ -79,6 +83,7 @@ impl Counts {
             real: zeros(),
             prefetch: zeros(),
             prefetched_writes: AtomicU64::new(0),
+            kinds: Mutex::default(),
         }
     }
 
@@ -93,6 +98,16 @@ impl Counts {
             &self.real[dep]
         };
         slot.fetch_add(1, Ordering::Relaxed);
+        let first = req.uri().path().split('/').nth(1).unwrap_or("");
+        let kind = format!("{} /{first}", req.method());
+        if let Ok(mut kinds) = self.kinds.lock() {
+            let entry = kinds.entry((dep, kind)).or_default();
+            if prefetch {
+                entry.1 += 1;
+            } else {
+                entry.0 += 1;
+            }
+        }
         let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE");
         if prefetch && !safe {
             self.prefetched_writes.fetch_add(1, Ordering::Relaxed);
@@ -115,11 +130,19 @@ impl Counts {
         self.prefetched_writes.load(Ordering::Relaxed)
     }
 
+    /// (dependency, kind) → (real, prefetch) requests so far.
+    pub fn kinds(&self) -> BTreeMap<(usize, String), (u64, u64)> {
+        self.kinds.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
     pub fn reset(&self) {
         for c in self.real.iter().chain(&self.prefetch) {
             c.store(0, Ordering::Relaxed);
         }
         self.prefetched_writes.store(0, Ordering::Relaxed);
+        if let Ok(mut kinds) = self.kinds.lock() {
+            kinds.clear();
+        }
     }
 }
 

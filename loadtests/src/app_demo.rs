@@ -64,6 +64,8 @@ struct Run {
     prefetch: u64,
     prefetched_writes: u64,
     speculated_calls: f64,
+    /// (dependency, kind of call) → (real, prefetch) requests received.
+    kinds: BTreeMap<(usize, String), (u64, u64)>,
 }
 
 /// The warm-up: the workload's first requests, at most `per_route` of each
@@ -205,6 +207,7 @@ pub async fn run<A: App>(opts: &Options) -> anyhow::Result<()> {
                 prefetch: counts.prefetch_total(),
                 prefetched_writes: counts.prefetched_writes(),
                 speculated_calls,
+                kinds: counts.kinds(),
                 report,
             },
         ));
@@ -437,6 +440,24 @@ fn table<A: App>(runs: &[(Mode, Run)], latency: Duration) -> String {
             r.report.wrong,
             r.report.errors,
             r.prefetched_writes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| call | made (direct) | reached the dependency as a real call, speculating | speculative requests | answered ahead |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let speculating = &runs[2].1.kinds;
+    for ((dep, kind), (made, _)) in &runs[0].1.kinds {
+        let (real, prefetch) = speculating
+            .get(&(*dep, kind.clone()))
+            .copied()
+            .unwrap_or_default();
+        let name = A::DEPENDENCIES.get(*dep).copied().unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "| {name} {kind} | {made} | {real} | {prefetch} | {:.0}% |",
+            (1.0 - real as f64 / (*made).max(1) as f64) * 100.0
         );
     }
     let _ = writeln!(

@@ -10,6 +10,11 @@
 //! | `GET /product/{id}` | catalog `HEAD /products/{id}` → catalog `GET /products/{id}` → inventory `GET /stock/{id}` → reviews `GET /reviews?product={id}` |
 //! | `GET /me` | accounts `GET /accounts/{x-user}` (with the caller's `authorization`) → sessions `GET /sessions/{x-user}/touch` (204, `set-cookie`) |
 //! | `POST /buy/{id}` | inventory `GET /stock/{id}` → `POST /reserve/{id}` → `GET /reservations/{id}` |
+//! | `GET /deals/{shelf}` | catalog `GET /deals?shelf={shelf}` → only if one of its items is on sale, catalog `GET /promos/sku-{the first such item's sku}` |
+//!
+//! The deals page is a call decided by content with a computed parameter:
+//! whether the promotion is fetched, and for which item, is in the list's
+//! `on_sale` flags, and its path is `sku-` and the item's number.
 //!
 //! Every answer is a pure function of the request (and, for the purchase,
 //! of the purchases before it, each of a product of its own), so the load
@@ -45,6 +50,28 @@ fn product_body(tenant: &str, id: u64) -> String {
     format!(
         "{{\"id\":{id},\"name\":\"Product {id}\",\"price\":{}}}",
         price(tenant, id)
+    )
+}
+
+/// A shelf's deals: four items, some on sale.
+fn deals(shelf: u64) -> Vec<(u64, bool)> {
+    (0..4)
+        .map(|k| (shelf * 10 + k, mix(shelf, k) % 4 == 0))
+        .collect()
+}
+
+fn deals_body(shelf: u64) -> String {
+    let items: Vec<String> = deals(shelf)
+        .iter()
+        .map(|(sku, sale)| format!("{{\"sku\":{sku},\"on_sale\":{sale}}}"))
+        .collect();
+    format!("{{\"shelf\":{shelf},\"items\":[{}]}}", items.join(","))
+}
+
+fn promo_body(tenant: &str, sku: u64) -> String {
+    format!(
+        "{{\"sku\":\"sku-{sku}\",\"off\":{}}}",
+        5 + price(tenant, sku) % 30
     )
 }
 
@@ -104,9 +131,18 @@ impl App for Shop {
         let stock: Reserved = Arc::default();
         Ok(vec![
             dependency(0, latency, &counts, |req| async move {
-                let id = id_of(req.uri().path());
+                let (tenant, path) = (header(&req, "x-tenant"), req.uri().path());
+                if path == "/deals" {
+                    let shelf = query(req.uri().query(), "shelf")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    return json(deals_body(shelf));
+                }
+                if let Some(sku) = path.strip_prefix("/promos/sku-") {
+                    return json(promo_body(tenant, sku.parse().unwrap_or(0)));
+                }
                 // A HEAD gets the length a GET would have, and no body.
-                json(product_body(header(&req, "x-tenant"), id))
+                json(product_body(tenant, id_of(path)))
             })
             .await?,
             dependency(1, latency, &counts, move |req| {
@@ -206,6 +242,8 @@ impl App for Shop {
             // Every call needs only the inbound request.
             "GET /product" => (l, l * 4),
             "GET /me" => (l, l * 2),
+            // The promotion needs the deals' answer (when it is called).
+            "GET /deals" => (l * 2, l * 2),
             // The read after the write cannot start before the write.
             _ => (l * 2, l * 3),
         }
@@ -283,12 +321,26 @@ async fn handle(
                 text(&after)
             ))
         }
+        ("GET", p) if p.starts_with("/deals/") => {
+            let shelf = id_of(p);
+            let (_, _, listed) = get(0, format!("/deals?shelf={shelf}")).await?;
+            let parsed: serde_json::Value = serde_json::from_slice(&listed)?;
+            let first = parsed["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|i| i["on_sale"] == true))
+                .and_then(|i| i["sku"].as_u64());
+            let promo = match first {
+                Some(sku) => text(&get(0, format!("/promos/sku-{sku}")).await?.2).into_owned(),
+                None => "null".to_string(),
+            };
+            Ok(format!("{{\"deals\":{},\"promo\":{promo}}}", text(&listed)))
+        }
         (m, p) => bail!("no endpoint {m} {p}"),
     }
 }
 
-/// The `n`-th request of the workload and the exact body it must get: 60%
-/// product pages, 25% account checks, 15% purchases (each of a product of
+/// The `n`-th request of the workload and the exact body it must get: 45%
+/// product pages, 15% deals, 25% account checks, 15% purchases (each of a product of
 /// its own, so its answer does not depend on the others), over three
 /// tenants and eight users; one request in ten has a malformed
 /// `traceparent`, and one in ten is retried with the same one.
@@ -309,7 +361,16 @@ fn ask(n: u64) -> Planned {
         _ => {}
     }
     let (label, method, path, expected) = match (r >> 8) % 20 {
-        0..=11 => {
+        9..=11 => {
+            let shelf = (r >> 16) % 30;
+            let promo = deals(shelf)
+                .into_iter()
+                .find(|(_, sale)| *sale)
+                .map_or("null".to_string(), |(sku, _)| promo_body(tenant, sku));
+            let expected = format!("{{\"deals\":{},\"promo\":{promo}}}", deals_body(shelf));
+            ("GET /deals", "GET", format!("/deals/{shelf}"), expected)
+        }
+        0..=8 => {
             let id = (r >> 16) % 40;
             let product = product_body(tenant, id);
             let expected = format!(

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::gate::{self, Gate};
 use crate::headers::KeyHeaders;
 use crate::lru::Lru;
 use crate::observation::{Call, Context};
@@ -105,6 +106,8 @@ impl Prediction {
 struct CallState {
     rules: SlotRules,
     timing: CallTiming,
+    /// What decides whether the call is made, when it is not always.
+    gate: Gate,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +251,30 @@ impl Learner {
                 let actual = slot.value_in(&call.request);
                 state.rules.observe(&slot, actual, &avail, &mut index);
             }
+            state.gate.observe(
+                true,
+                &avail,
+                &mut || gate::features(&avail, settings.max_leaves),
+                settings.min_observations,
+            );
+        }
+        // The calls this route made before and not this time: what the
+        // context held by its end decided that.
+        let made: Vec<(ShapeId, u32)> = ids
+            .iter()
+            .copied()
+            .zip(occurrences.iter().copied())
+            .collect();
+        let all = available(ctx, &ids, &occurrences, |_| true);
+        for (key, state) in route.calls.iter_mut() {
+            if !made.contains(key) {
+                state.gate.observe(
+                    false,
+                    &all,
+                    &mut || gate::features(&all, settings.max_leaves),
+                    settings.min_observations,
+                );
+            }
         }
         for (name, gone) in evicted {
             self.calls_evicted_before += gone.calls.evicted();
@@ -284,9 +311,18 @@ impl Learner {
             self.settings.min_path,
         );
         let mut out = Vec::new();
-        for e in expected {
+        for mut e in expected {
             let key = (e.shape, e.occurrence);
             let call = route.calls.get(&key);
+            // What the context holds may decide the call either way.
+            if let Some(p) =
+                call.and_then(|c| c.gate.decide(&avail, self.settings.min_observations))
+            {
+                if p < self.settings.min_path {
+                    continue;
+                }
+                e.probability = p;
+            }
             let timing = call.map(|c| &c.timing);
             let start = timing
                 .and_then(|t| t.start_us.get())
@@ -382,6 +418,12 @@ impl Learner {
                             "occurrence": occ,
                             "expected_start_us": timing.and_then(|t| t.start_us.get()),
                             "expected_latency_us": timing.and_then(|t| t.duration_us.get()),
+                            "decided_by": call.gate.decision(self.settings.min_observations).map(|d| serde_json::json!({
+                                "feature": self.describe_feature(&d.feature),
+                                "test": d.test,
+                                "made_when": d.made_when,
+                                "support": d.support,
+                            })),
                             "slots": rules.slots.iter().map(|(slot, rules)| {
                                 let mut rules: Vec<_> = rules.iter().collect();
                                 rules.sort_by_key(|r| std::cmp::Reverse(r.support));
@@ -410,28 +452,94 @@ impl Learner {
 
     /// A source in words, naming the shape of a response source.
     fn describe_source(&self, source: &crate::provenance::Source) -> String {
+        use crate::provenance::{Number, Source};
         match source {
-            crate::provenance::Source::Response {
+            Source::Response {
                 shape,
                 occurrence,
                 pointer,
                 join,
             } => {
-                let name = self
-                    .shapes
-                    .info(*shape)
-                    .map_or_else(|| format!("shape {shape}"), |i| i.shape.to_string());
-                let nth = if *occurrence > 0 {
-                    format!(" (call {} of it)", occurrence + 1)
-                } else {
-                    String::new()
-                };
                 let joined = join.map_or(String::new(), |j| {
                     format!(", joined by {:?}", j.separator())
                 });
-                format!("response of {name}{nth} at {pointer}{joined}")
+                format!(
+                    "response of {} at {pointer}{joined}",
+                    self.call_name(*shape, *occurrence)
+                )
+            }
+            Source::Select {
+                shape,
+                occurrence,
+                array,
+                key,
+                value,
+                field,
+            } => format!(
+                "response of {}: {field:?} of the first element of {array} whose {key:?} is {value:?}",
+                self.call_name(*shape, *occurrence)
+            ),
+            Source::Computed {
+                base,
+                prefix,
+                suffix,
+                number,
+            } => {
+                let written = match number {
+                    Some(Number::Padded(w)) => format!(" padded to {w} digits"),
+                    Some(Number::Decimals(d)) => format!(" with {d} decimals"),
+                    None => String::new(),
+                };
+                format!(
+                    "{prefix:?} + ({}){written} + {suffix:?}",
+                    self.describe_source(base)
+                )
             }
             other => other.to_string(),
+        }
+    }
+
+    /// A call of a shape in words: `GET users /users/{}`, and which of
+    /// several.
+    fn call_name(&self, shape: ShapeId, occurrence: u32) -> String {
+        let name = self
+            .shapes
+            .info(shape)
+            .map_or_else(|| format!("shape {shape}"), |i| i.shape.to_string());
+        if occurrence > 0 {
+            format!("{name} (call {} of it)", occurrence + 1)
+        } else {
+            name
+        }
+    }
+
+    /// A gate's feature in words, naming shapes.
+    fn describe_feature(&self, feature: &crate::gate::Feature) -> String {
+        use crate::gate::Feature;
+        let name = |shape: &ShapeId, occurrence: &u32| self.call_name(*shape, *occurrence);
+        match feature {
+            Feature::Value(source) => self.describe_source(source),
+            Feature::Status { shape, occurrence } => {
+                format!("status of {}", name(shape, occurrence))
+            }
+            Feature::Length {
+                shape,
+                occurrence,
+                pointer,
+            } => format!(
+                "length of {pointer} in the response of {}",
+                name(shape, occurrence)
+            ),
+            Feature::Any {
+                shape,
+                occurrence,
+                array,
+                key,
+                value,
+            } => format!(
+                "some element of {array} in the response of {} has {key:?} = {value:?}",
+                name(shape, occurrence)
+            ),
         }
     }
 
@@ -444,7 +552,7 @@ impl Learner {
                 name.len()
                     + s.calls
                         .values()
-                        .map(|c| 96 + c.rules.memory_bytes())
+                        .map(|c| 96 + c.rules.memory_bytes() + c.gate.memory_bytes())
                         .sum::<usize>()
             })
             .sum();
@@ -503,6 +611,13 @@ fn available<'a>(
             .enumerate()
             .filter(|(i, _)| include(*i))
             .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_deref()?)))
+            .collect(),
+        statuses: ctx
+            .calls
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.status != 0 && include(*i))
+            .map(|(i, c)| (ids[i], occurrences[i], c.status))
             .collect(),
     }
 }

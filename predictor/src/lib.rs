@@ -13,6 +13,7 @@
 
 pub mod dataset;
 pub mod eval;
+pub mod gate;
 pub mod headers;
 pub mod json;
 pub mod learner;
@@ -25,6 +26,7 @@ pub mod secret;
 pub mod sequence;
 pub mod shape;
 pub mod shapes;
+pub mod suite;
 pub mod timing;
 pub mod trace;
 

@@ -128,6 +128,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.values().map(|e| &e.value)
     }
+
+    /// Every entry, to change, without counting it as a use.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, e)| (k, &mut e.value))
+    }
 }
 
 #[cfg(test)]

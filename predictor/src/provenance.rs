@@ -2,6 +2,11 @@
 //! from — a constant, a field of the inbound request, or a field of an
 //! earlier response in the same context — learned by counting which
 //! candidate sources held the slot's value, context after context.
+//!
+//! Values may also be computed: the field of the first element of a list
+//! whose flag is set ([`Source::Select`]), a value with constant text
+//! around it (`"user-" + id`) or written as another number (`7` as `007`)
+//! ([`Source::Computed`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +41,72 @@ pub enum Source {
         pointer: String,
         join: Option<Join>,
     },
+    /// `field` of the first element of the array at `array` (a JSON
+    /// pointer) in the response to the `occurrence`-th call of `shape`
+    /// whose `key` is `value`: the id of the first item with its flag set.
+    Select {
+        shape: ShapeId,
+        occurrence: u32,
+        array: String,
+        key: String,
+        value: String,
+        field: String,
+    },
+    /// Another source's value written as `number` says (when given), with
+    /// `prefix` before it and `suffix` after it.
+    Computed {
+        base: Box<Source>,
+        prefix: String,
+        suffix: String,
+        number: Option<Number>,
+    },
+}
+
+/// How a number is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Number {
+    /// An integer, zero-padded to this many digits.
+    Padded(u8),
+    /// With this many decimals.
+    Decimals(u8),
+}
+
+impl Number {
+    /// `text` (a number) written this way; `None` if it is no number.
+    fn write(self, text: &str) -> Option<String> {
+        match self {
+            Number::Padded(width) => {
+                let n: i64 = text.parse().ok()?;
+                Some(format!("{n:0width$}", width = usize::from(width)))
+            }
+            Number::Decimals(places) => {
+                let x: f64 = text.parse().ok()?;
+                x.is_finite()
+                    .then(|| format!("{x:.places$}", places = usize::from(places)))
+            }
+        }
+    }
+
+    /// How `written` writes the number `plain` holds, if it is the same
+    /// number written otherwise.
+    fn between(plain: &str, written: &str) -> Option<Number> {
+        if plain == written {
+            return None;
+        }
+        let (a, b): (f64, f64) = (plain.parse().ok()?, written.parse().ok()?);
+        if a != b || !b.is_finite() {
+            return None;
+        }
+        let number = match written.split_once('.') {
+            Some((_, decimals)) => Number::Decimals(u8::try_from(decimals.len()).ok()?),
+            None if written.starts_with('0') && written.len() > 1 => {
+                Number::Padded(u8::try_from(written.len()).ok()?)
+            }
+            None if plain.contains('.') => Number::Decimals(0),
+            None => return None,
+        };
+        (number.write(plain).as_deref() == Some(written)).then_some(number)
+    }
 }
 
 /// How a list becomes one value.
@@ -77,6 +148,34 @@ impl fmt::Display for Source {
                 }
                 Ok(())
             }
+            Source::Select {
+                shape,
+                occurrence,
+                array,
+                key,
+                value,
+                field,
+            } => write!(
+                f,
+                "response of shape {shape}#{occurrence} {array}: {field:?} of the first element whose {key:?} is {value:?}"
+            ),
+            Source::Computed {
+                base,
+                prefix,
+                suffix,
+                number,
+            } => {
+                write!(f, "{prefix:?} + {base}")?;
+                match number {
+                    Some(Number::Padded(w)) => write!(f, " padded to {w} digits")?,
+                    Some(Number::Decimals(d)) => write!(f, " with {d} decimals")?,
+                    None => {}
+                }
+                if !suffix.is_empty() {
+                    write!(f, " + {suffix:?}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -90,8 +189,9 @@ impl Source {
             | Source::InboundQuery(_)
             | Source::InboundHeader(_)
             | Source::InboundBody(_) => 0,
-            Source::Response { .. } => 1,
-            Source::Const(_) => 2,
+            Source::Response { .. } | Source::Select { .. } => 1,
+            Source::Computed { .. } => 2,
+            Source::Const(_) => 3,
         }
     }
 }
@@ -102,6 +202,8 @@ impl Source {
 pub struct Available<'a> {
     pub inbound: Option<&'a Request>,
     pub responses: Vec<(ShapeId, u32, &'a Value)>,
+    /// The statuses of the calls that have been answered.
+    pub statuses: Vec<(ShapeId, u32, u16)>,
 }
 
 /// A source's value in a context.
@@ -111,6 +213,17 @@ pub enum Resolved {
     Value(Option<String>),
     /// The source has not arrived (yet).
     Unavailable,
+}
+
+/// `field` of the first element of the array at `array` whose `key` is
+/// `value`.
+fn select(root: &Value, array: &str, key: &str, value: &str, field: &str) -> Option<String> {
+    root.pointer(array)?
+        .as_array()?
+        .iter()
+        .find(|item| item.get(key).and_then(scalar).as_deref() == Some(value))?
+        .get(field)
+        .and_then(scalar)
 }
 
 /// Looks up a pointer with `*` wildcards, joining what the wildcard spans.
@@ -165,6 +278,35 @@ impl Available<'_> {
                 .map_or(Resolved::Unavailable, |(_, _, body)| {
                     Resolved::Value(lookup(body, pointer, *join))
                 }),
+            Source::Select {
+                shape,
+                occurrence,
+                array,
+                key,
+                value,
+                field,
+            } => self
+                .responses
+                .iter()
+                .find(|(s, o, _)| s == shape && o == occurrence)
+                .map_or(Resolved::Unavailable, |(_, _, body)| {
+                    Resolved::Value(select(body, array, key, value, field))
+                }),
+            Source::Computed {
+                base,
+                prefix,
+                suffix,
+                number,
+            } => match self.resolve(base) {
+                Resolved::Value(Some(text)) => {
+                    let text = match number {
+                        Some(n) => n.write(&text),
+                        None => Some(text),
+                    };
+                    Resolved::Value(text.map(|t| format!("{prefix}{t}{suffix}")))
+                }
+                other => other,
+            },
         }
     }
 
@@ -208,6 +350,23 @@ impl Available<'_> {
                     },
                 )
             });
+            let mut selects = Selects {
+                budget: MAX_SELECTS,
+                found: &mut |array: &str, key: &str, value: &str, field: &str, text: String| {
+                    add(
+                        text,
+                        Source::Select {
+                            shape: *shape,
+                            occurrence: *occurrence,
+                            array: array.to_string(),
+                            key: key.to_string(),
+                            value: value.to_string(),
+                            field: field.to_string(),
+                        },
+                    )
+                },
+            };
+            json::walk(body, 8, max_leaves, &mut selects);
         }
         index
     }
@@ -279,6 +438,143 @@ impl<'a> Index<'a> {
         let (avail, max) = (self.avail, self.max_leaves);
         self.built.get_or_insert_with(|| avail.index(8, max))
     }
+}
+
+/// Select sources offered per document at most.
+const MAX_SELECTS: usize = 256;
+
+/// Distinct values a key may take in a list for it to select by.
+const MAX_SELECT_VALUES: usize = 4;
+
+/// Finds, in every list of objects, the fields of the first element of
+/// each value of a key that takes few values (a flag, a state).
+struct Selects<'f> {
+    budget: usize,
+    found: &'f mut dyn FnMut(&str, &str, &str, &str, String),
+}
+
+impl json::Visitor for Selects<'_> {
+    fn leaf(&mut self, _: &str, _: &Value) {}
+
+    fn array(&mut self, pointer: &str, items: &[Value]) {
+        let Some(Value::Object(first)) = items.first() else {
+            return;
+        };
+        for key in first.keys().take(16) {
+            let mut values: Vec<String> = Vec::new();
+            for item in items {
+                let Some(v) = item.get(key).and_then(scalar) else {
+                    values.clear();
+                    break;
+                };
+                if v.len() <= 16 && !values.contains(&v) {
+                    values.push(v);
+                }
+                if values.len() > MAX_SELECT_VALUES {
+                    break;
+                }
+            }
+            if values.is_empty() || values.len() > MAX_SELECT_VALUES {
+                continue;
+            }
+            for value in &values {
+                let Some(Value::Object(chosen)) = items
+                    .iter()
+                    .find(|i| i.get(key).and_then(scalar).as_ref() == Some(value))
+                else {
+                    continue;
+                };
+                for (field, v) in chosen.iter().take(16) {
+                    if field == key {
+                        continue;
+                    }
+                    let Some(text) = scalar(v) else { continue };
+                    if self.budget == 0 {
+                        return;
+                    }
+                    self.budget -= 1;
+                    (self.found)(pointer, key, value, field, text);
+                }
+            }
+        }
+    }
+}
+
+/// Sources that compute `actual` from a value the context holds: the value
+/// with constant text around it, or the same number written otherwise
+/// (every source of such a value: the item at a position and the first
+/// item with a flag may hold the same one here and not in the next
+/// context). At most `max`, longest values first.
+fn computed(actual: &str, index: &HashMap<String, Vec<Source>>, max: usize) -> Vec<Source> {
+    let mut found: Vec<(usize, Source)> = Vec::new();
+    let core = number_in(actual);
+    for (value, sources) in index {
+        if let Some((start, end)) = core {
+            if let Some(number) = Number::between(value, &actual[start..end]) {
+                for base in sources {
+                    found.push((
+                        value.len(),
+                        Source::Computed {
+                            base: Box::new(base.clone()),
+                            prefix: actual[..start].to_string(),
+                            suffix: actual[end..].to_string(),
+                            number: Some(number),
+                        },
+                    ));
+                }
+                continue;
+            }
+        }
+        let numeric = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+        if value == actual || (value.len() < 2 && !numeric) {
+            continue;
+        }
+        let Some(at) = actual.find(value.as_str()) else {
+            continue;
+        };
+        let (prefix, suffix) = (&actual[..at], &actual[at + value.len()..]);
+        // A number inside a longer number is a coincidence, not a part.
+        let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        if numeric && (digit(prefix.chars().last()) || digit(suffix.chars().next())) {
+            continue;
+        }
+        if suffix.contains(value.as_str()) {
+            continue;
+        }
+        for base in sources {
+            found.push((
+                value.len(),
+                Source::Computed {
+                    base: Box::new(base.clone()),
+                    prefix: prefix.to_string(),
+                    suffix: suffix.to_string(),
+                    number: None,
+                },
+            ));
+        }
+    }
+    found.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
+    });
+    found.into_iter().take(max).map(|(_, s)| s).collect()
+}
+
+/// Where the first number (digits, with a fraction if any) of `text` is.
+fn number_in(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(u8::is_ascii_digit)?;
+    let mut end = start;
+    while end < bytes.len() && bytes[end].is_ascii_digit() {
+        end += 1;
+    }
+    if end + 1 < bytes.len() && bytes[end] == b'.' && bytes[end + 1].is_ascii_digit() {
+        end += 1;
+        while end < bytes.len() && bytes[end].is_ascii_digit() {
+            end += 1;
+        }
+    }
+    Some((start, end))
 }
 
 /// How one candidate rule has fared.
@@ -376,7 +672,15 @@ impl SlotRules {
         }
         let credential = matches!(slot, Slot::Header(h) if headers::is_credential(h));
         let mut candidates: Vec<Source> = match &actual {
-            Some(v) => index.get().get(v).cloned().unwrap_or_default(),
+            Some(v) => {
+                let index = index.get();
+                match index.get(v) {
+                    Some(direct) => direct.clone(),
+                    // Not a value the context holds: maybe one computed
+                    // from one.
+                    None => computed(v, index, 8),
+                }
+            }
             None => Vec::new(),
         };
         // A credential is never learned as a constant: it would be kept.
@@ -461,6 +765,7 @@ mod tests {
         let avail = Available {
             inbound: None,
             responses: vec![(3, 0, &body)],
+            statuses: Vec::new(),
         };
         let index = avail.index(8, 1000);
         assert!(index["7,9"].contains(&Source::Response {
@@ -474,6 +779,65 @@ mod tests {
                 |s| matches!(s, Source::Response { pointer, .. } if pointer == "/hotels/0/name")
             )
         );
+    }
+
+    #[test]
+    fn the_first_element_with_a_flag_set_is_selected() {
+        let body = json!({"items": [
+            {"id": 4, "featured": false, "state": "new"},
+            {"id": 7, "featured": true, "state": "old"},
+            {"id": 9, "featured": true, "state": "new"}
+        ]});
+        assert_eq!(
+            select(&body, "/items", "featured", "true", "id"),
+            Some("7".into())
+        );
+        assert_eq!(
+            select(&body, "/items", "state", "new", "id"),
+            Some("4".into())
+        );
+        assert_eq!(select(&body, "/items", "featured", "maybe", "id"), None);
+        let avail = Available {
+            inbound: None,
+            responses: vec![(3, 0, &body)],
+            statuses: Vec::new(),
+        };
+        let featured = Source::Select {
+            shape: 3,
+            occurrence: 0,
+            array: "/items".into(),
+            key: "featured".into(),
+            value: "true".into(),
+            field: "id".into(),
+        };
+        assert!(avail.index(8, 1000)["7"].contains(&featured));
+        assert_eq!(avail.resolve(&featured), Resolved::Value(Some("7".into())));
+    }
+
+    #[test]
+    fn computed_values_are_found_and_written_back() {
+        let body = json!({"user": 7, "price": 2.5, "code": "ab"});
+        let avail = Available {
+            inbound: None,
+            responses: vec![(1, 0, &body)],
+            statuses: Vec::new(),
+        };
+        let index = avail.index(8, 1000);
+        for actual in ["user-7", "u7.json", "007", "2.50", "x-ab-y"] {
+            let found = computed(actual, &index, 4);
+            assert!(
+                found
+                    .iter()
+                    .any(|s| avail.resolve(s) == Resolved::Value(Some(actual.into()))),
+                "{actual}: {found:?}"
+            );
+        }
+        // 7 inside 17 is not the user.
+        assert!(computed("17", &index, 4).is_empty());
+        assert_eq!(Number::between("7", "007"), Some(Number::Padded(3)));
+        assert_eq!(Number::between("2.5", "2.50"), Some(Number::Decimals(2)));
+        assert_eq!(Number::between("7", "8"), None);
+        assert_eq!(Number::between("7", "7"), None);
     }
 
     #[test]

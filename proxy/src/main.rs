@@ -52,6 +52,11 @@ enum Command {
     /// speculation (AHEAD), the latency it hid per call (HIDDEN), the
     /// extra upstream requests it cost (EXTRA) and the containers running.
     Stat(augur_proxy::stat::StatArgs),
+    /// Write the trace suite: one JSON Lines trace per class of difficulty
+    /// (chains, branches decided by a response or the inbound request,
+    /// long-range dependence, fan-out, computed parameters, drift,
+    /// interleaving), seeded, for `augur eval`.
+    Suite(augur_proxy::offline::SuiteArgs),
     /// Write the call sequences of trace files as JSON: the training data
     /// of `predictor/train/train.py`.
     ExportSequences {
@@ -70,6 +75,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("augur stat: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Suite(args) => match augur_proxy::offline::suite(&args) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("augur suite: {e:#}");
                 ExitCode::from(2)
             }
         },

@@ -1,5 +1,6 @@
 //! `augur eval`: replays trace files through a fresh learner and reports,
-//! as JSON, how well it would have predicted and speculated.
+//! as JSON, how well it would have predicted and speculated. `augur suite`
+//! writes the generated trace suite it is measured on.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,4 +91,61 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         train: (contexts.len() as f64 * fraction).round() as usize,
     };
     Ok(evaluate(&mut learner, &args.model, &contexts, &eval))
+}
+
+/// What `augur suite` was asked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// The folder to write `CLASS.jsonl` into (made if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Contexts per class.
+    #[arg(long, default_value_t = 1000)]
+    pub contexts: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Only these classes (comma separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub class: Vec<String>,
+}
+
+/// `augur suite`: writes one trace file per class of the suite; returns
+/// the files written.
+pub fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<PathBuf>> {
+    use augur_predictor::suite::{Class, generate};
+    use std::io::Write as _;
+    let classes: Vec<Class> = if args.class.is_empty() {
+        Class::ALL.to_vec()
+    } else {
+        args.class
+            .iter()
+            .map(|name| {
+                Class::from_name(name).ok_or_else(|| {
+                    let known: Vec<&str> = Class::ALL.iter().map(|c| c.name()).collect();
+                    anyhow::anyhow!("unknown class {name:?} (known: {})", known.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", args.out.display()))?;
+    let mut written = Vec::new();
+    for class in classes {
+        let path = args.out.join(format!("{}.jsonl", class.name()));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        for (i, context) in generate(class, args.contexts, args.seed)
+            .into_iter()
+            .enumerate()
+        {
+            let duration = context.calls.iter().map(|c| c.end_us()).max().unwrap_or(0) + 200;
+            let id = Some(format!("{:032x}", (args.seed << 32) + i as u64));
+            let record = trace::Record::new(id, 200, duration, context);
+            writeln!(out, "{}", record.to_line())?;
+        }
+        out.flush()?;
+        written.push(path);
+    }
+    Ok(written)
 }

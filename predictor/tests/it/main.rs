@@ -7,6 +7,7 @@ mod json_walk;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod robust;
+mod suite;
 
 use augur_predictor::eval::{EvalReport, EvalSettings, evaluate};
 use augur_predictor::headers::KeyHeaders;

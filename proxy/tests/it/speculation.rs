@@ -24,6 +24,11 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// The path and query asked for.
+    pub(crate) fn uri(&self) -> &str {
+        &self.uri
+    }
+
     pub(crate) fn of(req: &Request<Incoming>) -> Self {
         Seen {
             method: req.method().to_string(),
