@@ -115,6 +115,16 @@ fn onnx_benches(c: &mut Criterion) {
     c.bench_function("onnx/one inference (batch 1, window 12, LSTM 64)", |b| {
         b.iter(|| model.run(black_box(&window)).unwrap())
     });
+    match OnnxModel::load(&root.join("predictor/models/demo-transformer.onnx")) {
+        Ok(transformer) => {
+            let window = vec![0i64; transformer.window()];
+            c.bench_function(
+                "onnx/one inference (batch 1, window 12, Transformer 32, 1 layer)",
+                |b| b.iter(|| transformer.run(black_box(&window)).unwrap()),
+            );
+        }
+        Err(e) => eprintln!("transformer bench skipped: {e}"),
+    }
     let (records, _) = trace::read_path(&root.join("loadtests/traces/demo.jsonl")).unwrap();
     let mut learner = Learner::with_model(Settings::default(), Box::new(model));
     for r in &records[..150] {

@@ -4,13 +4,24 @@
     python3 predictor/train/train.py --augur target/release/augur \
         --traces loadtests/traces/demo.jsonl --out predictor/models/demo.onnx
 
+    python3 predictor/train/train.py --arch transformer ...
+
 The call sequences come from `augur export-sequences`, so calls are named
-exactly as augur names them. The model is an embedding, one LSTM layer and
-two heads: the next token (a shape or the end) and the log latency of that
-call. It is written as a native ONNX LSTM node, with its vocabulary in the
-model's metadata (`augur.vocab`), and checked with ONNX Runtime; the inputs
-and outputs of that check are written beside it (`.check.json`) so that the
-Rust side can prove it computes the same numbers.
+exactly as augur names them. Two architectures share the inputs (the route,
+a start marker and the shapes so far, left-padded to `--window`) and the
+two heads (the next token — a shape or the end — and the log latency of
+that call):
+
+* `lstm`: an embedding and one LSTM layer, written as a native ONNX LSTM
+  node;
+* `transformer`: an embedding with learned positions, one encoder layer
+  (single-head self-attention that ignores padding, a feed-forward block,
+  each with a residual and a layer norm), read at the last position.
+
+The model is written with its vocabulary in its metadata (`augur.vocab`)
+and checked with ONNX Runtime against JAX; the inputs and outputs of that
+check are written beside it (`.check.json`) so that the Rust side can prove
+it computes the same numbers.
 """
 
 import argparse
@@ -57,6 +68,53 @@ def examples(data, window):
     return np.array(xs, np.int64), np.array(ys, np.int32), np.array(lat, np.float32), vocab
 
 
+def init_transformer(key, vocab, window, embed, hidden):
+    k = jax.random.split(key, 10)
+    g = lambda i, shape, scale: jax.random.normal(k[i], shape) * scale
+    s = 1.0 / np.sqrt(embed)
+    return {
+        "emb": g(0, (vocab, embed), 0.1),
+        "pos": g(1, (window, embed), 0.1),
+        "Wq": g(2, (embed, embed), s),
+        "Wk": g(3, (embed, embed), s),
+        "Wv": g(4, (embed, embed), s),
+        "Wo": g(5, (embed, embed), s),
+        "ln1_s": jnp.ones((embed,)),
+        "ln1_b": jnp.zeros((embed,)),
+        "ff_W1": g(6, (embed, hidden), s),
+        "ff_b1": jnp.zeros((hidden,)),
+        "ff_W2": g(7, (hidden, embed), 1.0 / np.sqrt(hidden)),
+        "ff_b2": jnp.zeros((embed,)),
+        "ln2_s": jnp.ones((embed,)),
+        "ln2_b": jnp.zeros((embed,)),
+        "out_W": g(8, (embed, vocab), 0.1),
+        "out_b": jnp.zeros((vocab,)),
+        "lat_W": g(9, (embed, 1), 0.1),
+        "lat_b": jnp.full((1,), 8.0),
+    }
+
+
+def layer_norm(x, scale, bias, eps=1e-5):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
+
+
+def forward_transformer(p, tokens):
+    """Exactly what the exported ONNX graph computes."""
+    embed = p["Wq"].shape[0]
+    x = p["emb"][tokens] + p["pos"]  # [N, T, E]
+    q, k, v = x @ p["Wq"], x @ p["Wk"], x @ p["Wv"]
+    scores = q @ jnp.swapaxes(k, 1, 2) / np.float32(np.sqrt(embed))  # [N, T, T]
+    pad = (tokens == PAD).astype(jnp.float32) * np.float32(-1e9)  # [N, T]
+    att = jax.nn.softmax(scores + pad[:, None, :], axis=-1) @ v
+    h = layer_norm(x + att @ p["Wo"], p["ln1_s"], p["ln1_b"])
+    ff = jax.nn.relu(h @ p["ff_W1"] + p["ff_b1"]) @ p["ff_W2"] + p["ff_b2"]
+    h = layer_norm(h + ff, p["ln2_s"], p["ln2_b"])[:, -1, :]  # the last position
+    logits = h @ p["out_W"] + p["out_b"]
+    return jax.nn.softmax(logits, axis=-1), h @ p["lat_W"] + p["lat_b"]
+
+
 def init(key, vocab, embed, hidden):
     k = jax.random.split(key, 6)
     s = 1.0 / np.sqrt(hidden)
@@ -95,12 +153,80 @@ def forward(p, tokens):
     return jax.nn.softmax(logits, axis=-1), h @ p["lat_W"] + p["lat_b"]
 
 
-def loss(p, x, y, lat):
+def loss(p, x, y, lat, forward=None):
     probs, log_latency = forward(p, x)
     ce = -jnp.mean(jnp.log(probs[jnp.arange(y.shape[0]), y] + 1e-9))
     mask = ~jnp.isnan(lat)
     err = jnp.where(mask, log_latency[:, 0] - jnp.nan_to_num(lat), 0.0)
     return ce + 0.1 * jnp.sum(err**2) / jnp.maximum(mask.sum(), 1)
+
+
+def export_transformer(p, window, data, path):
+    a = {k: np.asarray(v, np.float32) for k, v in p.items()}
+    embed = a["Wq"].shape[0]
+    inits = [numpy_helper.from_array(v, k) for k, v in a.items()]
+    inits += [
+        numpy_helper.from_array(np.array(np.sqrt(embed), np.float32), "scale"),
+        numpy_helper.from_array(np.array(-1e9, np.float32), "neg"),
+        numpy_helper.from_array(np.array(PAD, np.int64), "pad"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(window - 1, np.int64), "last"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["emb", "tokens"], ["e"]),
+        n("Add", ["e", "pos"], ["x"]),
+        n("MatMul", ["x", "Wq"], ["q"]),
+        n("MatMul", ["x", "Wk"], ["k"]),
+        n("MatMul", ["x", "Wv"], ["v"]),
+        n("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        n("MatMul", ["q", "kt"], ["qk"]),
+        n("Div", ["qk", "scale"], ["scores0"]),
+        n("Equal", ["tokens", "pad"], ["is_pad"]),
+        n("Cast", ["is_pad"], ["pad_f"], to=TensorProto.FLOAT),
+        n("Mul", ["pad_f", "neg"], ["pad_add0"]),
+        n("Unsqueeze", ["pad_add0", "axis1"], ["pad_add"]),
+        n("Add", ["scores0", "pad_add"], ["scores"]),
+        n("Softmax", ["scores"], ["weights"], axis=-1),
+        n("MatMul", ["weights", "v"], ["att"]),
+        n("MatMul", ["att", "Wo"], ["att_o"]),
+        n("Add", ["x", "att_o"], ["r1"]),
+        n("LayerNormalization", ["r1", "ln1_s", "ln1_b"], ["h1"], axis=-1, epsilon=1e-5),
+        n("MatMul", ["h1", "ff_W1"], ["f0"]),
+        n("Add", ["f0", "ff_b1"], ["f1"]),
+        n("Relu", ["f1"], ["f2"]),
+        n("MatMul", ["f2", "ff_W2"], ["f3"]),
+        n("Add", ["f3", "ff_b2"], ["f4"]),
+        n("Add", ["h1", "f4"], ["r2"]),
+        n("LayerNormalization", ["r2", "ln2_s", "ln2_b"], ["h2"], axis=-1, epsilon=1e-5),
+        n("Gather", ["h2", "last"], ["h"], axis=1),
+        n("MatMul", ["h", "out_W"], ["logits0"]),
+        n("Add", ["logits0", "out_b"], ["logits"]),
+        n("Softmax", ["logits"], ["probs"], axis=-1),
+        n("MatMul", ["h", "lat_W"], ["lat0"]),
+        n("Add", ["lat0", "lat_b"], ["log_latency"]),
+    ]
+    save(nodes, inits, "augur_sequence_transformer", window, data, path)
+
+
+def save(nodes, inits, name, window, data, path):
+    vocab = OFFSET + len(data["routes"]) + len(data["shapes"])
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", window])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", vocab]),
+            helper.make_tensor_value_info("log_latency", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="augur-train")
+    model.ir_version = 8
+    meta = {"window": window, "routes": data["routes"], "shapes": data["shapes"]}
+    helper.set_model_props(model, {"augur.vocab": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 def export(p, window, data, path):
@@ -128,23 +254,7 @@ def export(p, window, data, path):
         helper.make_node("MatMul", ["h", "lat_W"], ["lat0"]),
         helper.make_node("Add", ["lat0", "lat_b"], ["log_latency"]),
     ]
-    vocab = OFFSET + len(data["routes"]) + len(data["shapes"])
-    graph = helper.make_graph(
-        nodes,
-        "augur_sequence_lstm",
-        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", window])],
-        [
-            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", vocab]),
-            helper.make_tensor_value_info("log_latency", TensorProto.FLOAT, ["batch", 1]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="augur-train")
-    model.ir_version = 8
-    meta = {"window": window, "routes": data["routes"], "shapes": data["shapes"]}
-    helper.set_model_props(model, {"augur.vocab": json.dumps(meta)})
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
+    save(nodes, inits, "augur_sequence_lstm", window, data, path)
 
 
 def main():
@@ -152,6 +262,7 @@ def main():
     ap.add_argument("--augur", required=True, help="the augur binary (for export-sequences)")
     ap.add_argument("--traces", nargs="+", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--arch", choices=["lstm", "transformer"], default="lstm")
     ap.add_argument("--window", type=int, default=12)
     ap.add_argument("--embed", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=64)
@@ -167,13 +278,18 @@ def main():
     x, y, lat, vocab = examples(train, args.window)
     print(f"{len(data['sequences'])} contexts, training on {cut}: {len(x)} examples, vocabulary {vocab}")
 
-    params = init(jax.random.PRNGKey(args.seed), vocab, args.embed, args.hidden)
+    key = jax.random.PRNGKey(args.seed)
+    if args.arch == "lstm":
+        params, fwd, write = init(key, vocab, args.embed, args.hidden), forward, export
+    else:
+        params = init_transformer(key, vocab, args.window, args.embed, args.hidden)
+        fwd, write = forward_transformer, export_transformer
     opt = optax.adam(1e-2)
     state = opt.init(params)
 
     @jax.jit
     def update(p, s, x, y, lat):
-        value, grads = jax.value_and_grad(loss)(p, x, y, lat)
+        value, grads = jax.value_and_grad(loss)(p, x, y, lat, fwd)
         updates, s = opt.update(grads, s)
         return optax.apply_updates(p, updates), s, value
 
@@ -182,12 +298,12 @@ def main():
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {float(value):.4f}")
 
-    export(params, args.window, data, args.out)
+    write(params, args.window, data, args.out)
     # Check with ONNX Runtime against JAX, and keep the numbers for Rust.
     sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
     probe = np.concatenate([x[:16], np.random.default_rng(args.seed).integers(0, vocab, (4, args.window))]).astype(np.int64)
     probs, log_latency = sess.run(["probs", "log_latency"], {"tokens": probe})
-    jp, jl = forward(params, jnp.asarray(probe))
+    jp, jl = fwd(params, jnp.asarray(probe))
     diff = max(np.abs(probs - np.asarray(jp)).max(), np.abs(log_latency - np.asarray(jl)).max())
     print(f"ONNX Runtime vs JAX: max abs difference {diff:.2e}")
     if diff > 1e-4:

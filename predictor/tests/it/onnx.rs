@@ -25,16 +25,26 @@ fn runtime() {
     augur_predictor::onnx::use_runtime(&path);
 }
 
-fn demo_model() -> OnnxModel {
+/// The demo's models, trained by `predictor/train/train.py` on the demo
+/// traces: the LSTM and the Transformer.
+const MODELS: [&str; 2] = ["demo", "demo-transformer"];
+
+fn demo_model(name: &str) -> OnnxModel {
     runtime();
-    OnnxModel::load(&root().join("predictor/models/demo.onnx")).unwrap()
+    OnnxModel::load(&root().join(format!("predictor/models/{name}.onnx"))).unwrap()
 }
 
 #[test]
 fn rust_and_python_onnx_runtime_agree_to_1e5() {
-    let model = demo_model();
+    for name in MODELS {
+        agrees_with_python(name);
+    }
+}
+
+fn agrees_with_python(name: &str) {
+    let model = demo_model(name);
     let check: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root().join("predictor/models/demo.check.json")).unwrap(),
+        &std::fs::read(root().join(format!("predictor/models/{name}.check.json"))).unwrap(),
     )
     .unwrap();
     let tokens = check["tokens"].as_array().unwrap();
@@ -57,13 +67,13 @@ fn rust_and_python_onnx_runtime_agree_to_1e5() {
         for (got, want) in probs.iter().zip(&expected) {
             assert!(
                 (f64::from(*got) - want).abs() <= 1e-5,
-                "window {i}: {got} vs {want}"
+                "{name} window {i}: {got} vs {want}"
             );
         }
         let want = check["log_latency"][i][0].as_f64().unwrap();
         assert!(
             (f64::from(log_latency) - want).abs() <= 1e-5,
-            "window {i}: {log_latency} vs {want}"
+            "{name} window {i}: {log_latency} vs {want}"
         );
     }
 }
@@ -104,8 +114,14 @@ fn bad_model_files_are_clear_errors() {
 }
 
 #[test]
-fn the_onnx_model_predicts_the_demo_traces() {
-    let model = demo_model();
+fn the_onnx_models_predict_the_demo_traces() {
+    for name in MODELS {
+        predicts_the_demo_traces(name);
+    }
+}
+
+fn predicts_the_demo_traces(name: &str) {
+    let model = demo_model(name);
     let (records, errors) = trace::read_path(&root().join("loadtests/traces/demo.jsonl")).unwrap();
     assert!(errors.is_empty());
     let contexts: Vec<_> = records.into_iter().map(|r| r.context).collect();
@@ -121,7 +137,7 @@ fn the_onnx_model_predicts_the_demo_traces() {
         report.measured_contexts,
         contexts.len() - contexts.len() / 2
     );
-    assert!(report.next_call_top1 > 0.99, "{report:#?}");
-    assert!(report.speculation_precision > 0.99, "{report:#?}");
-    assert!(report.speculation_recall > 0.99, "{report:#?}");
+    assert!(report.next_call_top1 > 0.99, "{name}: {report:#?}");
+    assert!(report.speculation_precision > 0.99, "{name}: {report:#?}");
+    assert!(report.speculation_recall > 0.99, "{name}: {report:#?}");
 }
