@@ -449,18 +449,22 @@ fn predictor(mut s: Section<'_>) -> Option<Predictor> {
     let kind = match (kind.as_deref(), model) {
         (Some("online"), None) => Some(PredictorKind::Online),
         (Some("online"), Some(_)) => {
-            s.problem("model", "only used with kind = \"onnx\"");
+            s.problem("model", "only used with kind = \"onnx\" or \"auto\"");
             None
         }
         (Some("onnx"), Some(model)) => Some(PredictorKind::Onnx { model }),
-        (Some("onnx"), None) => {
-            s.problem("model", "missing (kind = \"onnx\" needs a model file)");
+        (Some("auto"), Some(model)) => Some(PredictorKind::Auto { model }),
+        (Some(kind @ ("onnx" | "auto")), None) => {
+            s.problem(
+                "model",
+                format!("missing (kind = \"{kind}\" needs a model file)"),
+            );
             None
         }
         (Some(other), _) => {
             s.problem(
                 "kind",
-                format!("invalid predictor kind {other:?} (\"online\" or \"onnx\")"),
+                format!("invalid predictor kind {other:?} (\"online\", \"onnx\" or \"auto\")"),
             );
             None
         }

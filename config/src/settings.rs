@@ -228,7 +228,14 @@ pub struct Predictor {
 #[serde(rename_all = "lowercase")]
 pub enum PredictorKind {
     Online,
-    Onnx { model: PathBuf },
+    Onnx {
+        model: PathBuf,
+    },
+    /// The online model and the ONNX one side by side; each route is
+    /// predicted by the one that has been right more often on it lately.
+    Auto {
+        model: PathBuf,
+    },
 }
 
 /// `[cache]`.

@@ -445,6 +445,7 @@ impl Learner {
             .collect();
         serde_json::json!({
             "model": self.model.name(),
+            "model_by_route": self.model.describe(),
             "routes": routes,
             "memory_bytes": self.memory_bytes(),
         })

@@ -11,6 +11,7 @@
 //! parameter comes from, [`trace`] reads and writes trace files, and
 //! [`eval`] replays them offline.
 
+pub mod auto;
 pub mod dataset;
 pub mod eval;
 pub mod gate;

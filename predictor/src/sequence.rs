@@ -42,6 +42,12 @@ pub trait SequenceModel: Send + Sync {
     /// A copy that learns on its own from here (what it cannot copy, such
     /// as a trained network's weights, it may share).
     fn boxed_clone(&self) -> Box<dyn SequenceModel>;
+
+    /// What the model has to say of itself for `/debug/model`, by route
+    /// (which model `auto` chose, and why); nothing by default.
+    fn describe(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Settings of the online model.

@@ -15,7 +15,9 @@ pub struct EvalArgs {
     /// Trace files, replayed in the order given.
     #[arg(required = true)]
     pub traces: Vec<PathBuf>,
-    /// `online` (learns as it replays) or `onnx:PATH`.
+    /// `online` (learns as it replays), `onnx:PATH`, or `auto:PATH` (both,
+    /// each route to the one right more often on it lately; learns as it
+    /// replays).
     #[arg(long, default_value = "online")]
     pub model: String,
     /// Share of contexts learned from before measuring (default: 0 for
@@ -75,12 +77,22 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     };
     let (mut learner, online) = match args.model.as_str() {
         "online" => (Learner::new(settings), true),
-        other => match other.strip_prefix("onnx:") {
-            Some(path) => {
+        other => match (other.strip_prefix("onnx:"), other.strip_prefix("auto:")) {
+            (Some(path), _) => {
                 let model = augur_predictor::onnx::OnnxModel::load(std::path::Path::new(path))?;
                 (Learner::with_model(settings, Box::new(model)), false)
             }
-            None => bail!("--model must be \"online\" or \"onnx:PATH\", not {other:?}"),
+            // The online model and the ONNX one, each route to the one
+            // that has been right more often on it: learns as it replays.
+            (_, Some(path)) => {
+                let model = augur_predictor::onnx::OnnxModel::load(std::path::Path::new(path))?;
+                let online = augur_predictor::sequence::OnlineModel::new(
+                    augur_predictor::sequence::OnlineSettings::default(),
+                );
+                let auto = augur_predictor::auto::AutoModel::new(Box::new(online), Box::new(model));
+                (Learner::with_model(settings, Box::new(auto)), true)
+            }
+            _ => bail!("--model must be \"online\", \"onnx:PATH\" or \"auto:PATH\", not {other:?}"),
         },
     };
     let contexts = read_traces(&args.traces)?;

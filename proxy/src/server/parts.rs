@@ -202,18 +202,37 @@ fn learner(config: &Config, key_headers: &KeyHeaders) -> Learner {
         key_headers: key_headers.clone(),
         ..LearnerSettings::default()
     };
-    if let PredictorKind::Onnx { model } = &config.predictor.kind {
-        match augur_predictor::onnx::OnnxModel::load(model) {
-            Ok(m) => {
-                tracing::info!(
-                    "predictor: ONNX model {} (window {})",
-                    model.display(),
-                    m.window()
+    let (model, auto) = match &config.predictor.kind {
+        PredictorKind::Online => return Learner::new(settings),
+        PredictorKind::Onnx { model } => (model, false),
+        PredictorKind::Auto { model } => (model, true),
+    };
+    match augur_predictor::onnx::OnnxModel::load(model) {
+        Ok(m) => {
+            tracing::info!(
+                "predictor: ONNX model {} (window {}){}",
+                model.display(),
+                m.window(),
+                if auto {
+                    ", beside the online model, each route to the one right more often"
+                } else {
+                    ""
+                }
+            );
+            let model: Box<dyn augur_predictor::sequence::SequenceModel> = if auto {
+                let online = augur_predictor::sequence::OnlineModel::new(
+                    augur_predictor::sequence::OnlineSettings::default(),
                 );
-                return Learner::with_model(settings, Box::new(m));
-            }
-            Err(e) => tracing::error!("predictor: {e}; using the online model instead"),
+                Box::new(augur_predictor::auto::AutoModel::new(
+                    Box::new(online),
+                    Box::new(m),
+                ))
+            } else {
+                Box::new(m)
+            };
+            return Learner::with_model(settings, model);
         }
+        Err(e) => tracing::error!("predictor: {e}; using the online model instead"),
     }
     Learner::new(settings)
 }

@@ -183,16 +183,22 @@ async fn an_onnx_model_is_used_and_a_bad_one_falls_back_to_online() {
     let model =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../predictor/models/demo.onnx");
     let upstream = echo_server().await;
-    for (path, expected) in [
-        (model.display().to_string(), "onnx"),
-        ("/nonexistent/model.onnx".into(), "online"),
+    for (kind, path, expected) in [
+        ("onnx", model.display().to_string(), "onnx"),
+        ("onnx", "/nonexistent/model.onnx".into(), "online"),
+        ("auto", model.display().to_string(), "auto"),
+        ("auto", "/nonexistent/model.onnx".into(), "online"),
     ] {
-        let extra = format!("[predictor]\nkind = \"onnx\"\nmodel = \"{path}\"");
+        let extra = format!("[predictor]\nkind = \"{kind}\"\nmodel = \"{path}\"");
         let augur = Augur::start(&Ports::new(0), upstream, &[], &extra).await;
         assert_eq!(get(&augur.url("/x")).await.status, 200);
         let model: serde_json::Value =
             serde_json::from_slice(&augur.admin_get("/debug/model").await.body).unwrap();
         assert_eq!(model["model"], expected, "{path}: {}", augur.log_text());
+        if expected == "auto" {
+            // Each route learned says which model predicts it, and why.
+            assert!(model["model_by_route"].is_object(), "{model}");
+        }
         if expected == "online" {
             let log = augur.log_text();
             assert!(
