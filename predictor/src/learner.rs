@@ -69,7 +69,12 @@ pub struct Prediction {
     pub probability: f64,
     /// Expected start, in microseconds from the inbound request's arrival.
     pub expected_start_us: u64,
+    /// The start by which it has been made in nine contexts out of ten.
+    pub start_p90_us: u64,
+    /// Its latency: the median of its recent calls.
     pub expected_latency_us: u64,
+    /// Its latency's 90th percentile.
+    pub latency_p90_us: u64,
     pub shape: ShapeId,
     pub occurrence: u32,
 }
@@ -237,8 +242,7 @@ impl Learner {
             let state = route
                 .calls
                 .get_or_insert_with(key, CallState::default, &mut Vec::new());
-            state.timing.start_us.add(call.start_us as f64);
-            state.timing.duration_us.add(call.duration_us as f64);
+            state.timing.add(call.start_us, call.duration_us);
 
             let avail = available(ctx, &ids, &occurrences, |i| {
                 ctx.calls[i].end_us() <= call.start_us && i < j
@@ -388,9 +392,12 @@ impl Learner {
                 body: info.fill_body(&body_values),
                 probability: e.probability,
                 expected_start_us: start,
-                expected_latency_us: timing
-                    .and_then(|t| t.duration_us.get())
-                    .map_or(0, |d| d as u64),
+                start_p90_us: timing
+                    .and_then(|t| t.starts.quantile(0.9))
+                    .unwrap_or(start)
+                    .max(start),
+                expected_latency_us: timing.and_then(|t| t.durations.quantile(0.5)).unwrap_or(0),
+                latency_p90_us: timing.and_then(|t| t.durations.quantile(0.9)).unwrap_or(0),
                 shape: e.shape,
                 occurrence: e.occurrence,
             });
@@ -418,6 +425,8 @@ impl Learner {
                             "occurrence": occ,
                             "expected_start_us": timing.and_then(|t| t.start_us.get()),
                             "expected_latency_us": timing.and_then(|t| t.duration_us.get()),
+                            "latency_p50_us": timing.and_then(|t| t.durations.quantile(0.5)),
+                            "latency_p90_us": timing.and_then(|t| t.durations.quantile(0.9)),
                             "decided_by": call.gate.decision(self.settings.min_observations).map(|d| serde_json::json!({
                                 "feature": self.describe_feature(&d.feature),
                                 "test": d.test,

@@ -284,15 +284,14 @@ impl Speculation {
             &p.headers,
             body.as_deref(),
         );
-        // A real call waits for this speculation about as long as the call
-        // itself is expected to take, then goes upstream.
+        // A real call waits for this speculation as long as the call itself
+        // takes nine times in ten (its recent latencies' 90th percentile),
+        // and a little more, then goes upstream.
         // A write, once sent, has run: its real call waits for its answer
         // as long as the speculation itself may take (the dependency's
         // timeout), and a little longer.
         let patience = if plan::is_safe(&p.method) {
-            (Duration::from_micros(p.expected_latency_us.saturating_mul(2))
-                + Duration::from_millis(5))
-            .min(dep.timeout())
+            plan::patience(&p).min(dep.timeout())
         } else {
             dep.timeout() + WRITE_PATIENCE
         };

@@ -56,6 +56,8 @@ fn stored(body: &str) -> Stored {
             probability: 1.0,
             expected_start_us: 0,
             expected_latency_us: 0,
+            start_p90_us: 0,
+            latency_p90_us: 0,
             shape: 0,
             occurrence: 0,
         },
