@@ -308,29 +308,33 @@ fn ratios(out: &mut String, rows: &[Row]) {
             .iter()
             .find(|r| r.name == format!("nginx 1 worker{link}"))
             .unwrap_or(plain);
-        let saturated = row
-            .saturated
-            .zip(nginx.saturated)
-            .map(|(r, n)| format!("{:.2}×", r.0 / n.0))
-            .unwrap_or_else(|| "-".into());
-        let cpu: Vec<String> = row
-            .cpu_per_10k
-            .iter()
-            .zip(&nginx.cpu_per_10k)
-            .zip(&row.fixed)
-            .map(|((r, n), f)| match r.zip(*n) {
-                Some((r, n)) if n > 0.0 => format!("{}/s {:.2}×", f.0, r / n),
-                _ => format!("{}/s -", f.0),
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "* {} (against {}): saturated {saturated}; CPU {}",
-            row.name,
-            nginx.name,
-            cpu.join(", ")
-        );
+        ratio_line(out, row, nginx);
     }
+}
+
+/// `* ROW (against OTHER): saturated X×; CPU 1000/s Y×, …`.
+fn ratio_line(out: &mut String, row: &Row, other: &Row) {
+    let saturated = row
+        .saturated
+        .zip(other.saturated)
+        .map_or_else(|| "-".into(), |(r, o)| format!("{:.2}×", r.0 / o.0));
+    let cpu: Vec<String> = row
+        .cpu_per_10k
+        .iter()
+        .zip(&other.cpu_per_10k)
+        .zip(&row.fixed)
+        .map(|((r, o), f)| match r.zip(*o) {
+            Some((r, o)) if o > 0.0 => format!("{}/s {:.2}×", f.0, r / o),
+            _ => format!("{}/s -", f.0),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "* {} (against {}): saturated {saturated}; CPU {}",
+        row.name,
+        other.name,
+        cpu.join(", ")
+    );
 }
 
 /// Each plain augur row against the bare pingora with as many hops: what
@@ -355,27 +359,7 @@ fn floor(out: &mut String, rows: &[Row]) {
         }) else {
             continue;
         };
-        let saturated = row
-            .saturated
-            .zip(bare.saturated)
-            .map_or_else(|| "-".into(), |(r, b)| format!("{:.2}×", r.0 / b.0));
-        let cpu: Vec<String> = row
-            .cpu_per_10k
-            .iter()
-            .zip(&bare.cpu_per_10k)
-            .zip(&row.fixed)
-            .map(|((r, b), f)| match r.zip(*b) {
-                Some((r, b)) if b > 0.0 => format!("{}/s {:.2}×", f.0, r / b),
-                _ => format!("{}/s -", f.0),
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "* {} (against {}): saturated {saturated}; CPU {}",
-            row.name,
-            bare.name,
-            cpu.join(", ")
-        );
+        ratio_line(out, row, bare);
     }
 }
 

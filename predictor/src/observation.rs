@@ -32,6 +32,25 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request for `target` (a path with an optional `?query`), with no
+    /// body.
+    pub fn to(method: &str, target: &str, headers: &[(&str, &str)]) -> Self {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.to_string(), None),
+        };
+        Request {
+            method: method.to_string(),
+            path,
+            query,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: None,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -376,7 +376,7 @@ impl<'r> Flow<'r> {
 
     fn inbound(&mut self, route: &str, target: &str, headers: &[(&str, &str)]) {
         self.ctx.route = route.to_string();
-        self.ctx.inbound = request("GET", target, headers);
+        self.ctx.inbound = Request::to("GET", target, headers);
     }
 
     fn call(&mut self, dependency: &str, target: &str, response: Value) {
@@ -387,7 +387,7 @@ impl<'r> Flow<'r> {
         let duration = 1000 + self.rng.below(2000);
         self.ctx.calls.push(Call {
             dependency: dependency.to_string(),
-            request: request("GET", target, &[]),
+            request: Request::to("GET", target, &[]),
             status,
             start_us: self.now,
             duration_us: duration,
@@ -404,7 +404,7 @@ impl<'r> Flow<'r> {
             let duration = 1000 + self.rng.below(2000);
             self.ctx.calls.push(Call {
                 dependency: dependency.to_string(),
-                request: request("GET", target, &[]),
+                request: Request::to("GET", target, &[]),
                 status: 200,
                 start_us: start + i as u64 * 20,
                 duration_us: duration,
@@ -417,23 +417,6 @@ impl<'r> Flow<'r> {
 
     fn done(&mut self) -> Context {
         std::mem::take(&mut self.ctx)
-    }
-}
-
-fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
-    Request {
-        method: method.to_string(),
-        path,
-        query,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: None,
     }
 }
 

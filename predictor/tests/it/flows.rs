@@ -29,20 +29,7 @@ impl Rng {
 }
 
 pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
-    Request {
-        method: method.into(),
-        path,
-        query,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: None,
-    }
+    Request::to(method, target, headers)
 }
 
 /// Builds a context call by call, each starting `gap` µs after the
