@@ -472,6 +472,7 @@ fn predictor(mut s: Section<'_>) -> Option<Predictor> {
     };
     let min_observations = or_default!(s, "min_observations", count, 1, 1_000_000; 3);
     let trace_log = s.string("trace_log").map(PathBuf::from);
+    let state = s.string("state").map(PathBuf::from);
     let max_body_capture = or_default!(s, "max_body_capture", size; 64 << 10);
     let max_routes = or_default!(s, "max_routes", count, 1, 1_000_000; 1000);
     let max_shapes = or_default!(s, "max_shapes", count, 1, 10_000_000; 10_000);
@@ -480,6 +481,7 @@ fn predictor(mut s: Section<'_>) -> Option<Predictor> {
         kind: kind?,
         min_observations: min_observations?,
         trace_log,
+        state,
         max_body_capture: max_body_capture?,
         max_routes: max_routes? as usize,
         max_shapes: max_shapes? as usize,

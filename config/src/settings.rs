@@ -214,6 +214,9 @@ pub struct Predictor {
     pub min_observations: u32,
     /// Closed contexts are appended here as JSON Lines when set.
     pub trace_log: Option<PathBuf>,
+    /// What was learned is saved here (every 30 s and at shutdown) and
+    /// learned again at start, when set.
+    pub state: Option<PathBuf>,
     /// Largest JSON body (request or response) captured for the learner;
     /// larger ones are proxied but not learned from.
     pub max_body_capture: u64,

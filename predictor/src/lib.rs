@@ -27,6 +27,7 @@ pub mod secret;
 pub mod sequence;
 pub mod shape;
 pub mod shapes;
+pub mod state;
 pub mod suite;
 pub mod timing;
 pub mod trace;

@@ -28,7 +28,7 @@ impl Mean {
 }
 
 /// Observations kept for quantiles.
-const KEPT: usize = 32;
+pub const KEPT: usize = 32;
 
 /// The last [`KEPT`] observations (µs, saturated at `u32::MAX`).
 #[derive(Debug, Clone, Copy)]

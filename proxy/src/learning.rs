@@ -15,7 +15,13 @@
 //! of the learner, behind an `Arc`): when the queue runs dry, and every
 //! [`PUBLISH_EVERY`] under load. No lock is held while learning; readers
 //! only clone the `Arc`.
+//!
+//! With `predictor.state`, the thread also keeps each route's last
+//! [`SAVED_PER_ROUTE`] contexts and writes them as the saved state
+//! ([`augur_predictor::state`]) every [`SAVE_EVERY`] when it learned
+//! something, and when augur stops; augur learns them again at start.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use augur_predictor::learner::Evictions;
+use augur_predictor::lru::Lru;
 use augur_predictor::trace::Record;
 use augur_predictor::{Call, Context, Learner, Request};
 use parking_lot::{Mutex, RwLock};
@@ -42,6 +49,20 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// Under steady load, what was learned is published at least this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+
+/// Contexts kept per route for the saved state.
+pub(crate) const SAVED_PER_ROUTE: usize = 32;
+/// Routes kept for the saved state; past it, the least recently seen go.
+const SAVED_ROUTES: usize = 128;
+/// The state is saved at least this often while something is learned.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Where what was learned is saved, and for which service.
+#[derive(Debug, Clone)]
+pub(crate) struct Saving {
+    pub(crate) path: PathBuf,
+    pub(crate) service: String,
+}
 
 /// The learner as the request path sees it: the last published copy.
 type Published = Arc<RwLock<Arc<Learner>>>;
@@ -63,17 +84,24 @@ struct Queue {
     /// Set by the thread before it parks with nothing to do; the first
     /// context queued after that clears it and unparks the thread.
     idle: AtomicBool,
-    /// Set when [`Learning`] is dropped: the thread learns what is queued,
-    /// flushes the log and ends.
+    /// Set when [`Learning`] is stopped or dropped: the thread learns
+    /// what is queued, flushes the log, saves the state and ends.
     stopped: AtomicBool,
+    /// Set by the thread as it ends.
+    ended: AtomicBool,
 }
 
 impl Learning {
     /// Starts the learner thread. A trace log that cannot be opened is an
     /// error now, not a silent loss later.
+    ///
+    /// `saving`, when set, is where the state goes, and `restored` the
+    /// contexts the learner was given from the last one (kept until newer
+    /// ones replace them).
     pub(crate) fn start(
         learner: Learner,
         trace_log: Option<&Path>,
+        saving: Option<(Saving, Vec<Context>)>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let log = trace_log.map(TraceLog::open).transpose()?;
@@ -81,9 +109,13 @@ impl Learning {
         let published: Published = Arc::new(RwLock::new(Arc::new(learner.clone())));
         let queue = Arc::new(Queue::default());
         let (shared, counted, taken) = (published.clone(), metrics.clone(), queue.clone());
+        let state = saving.map(|(saving, restored)| StateWriter::new(saving, restored));
         let handle = std::thread::Builder::new()
             .name("augur-learner".into())
-            .spawn(move || run(&taken, learner, &shared, log, &counted))
+            .spawn(move || {
+                run(&taken, learner, &shared, log, state, &counted);
+                taken.ended.store(true, Ordering::Release);
+            })
             .context("cannot start the learner thread")?;
         Ok(Self {
             queue,
@@ -149,10 +181,99 @@ impl Learning {
     }
 }
 
+impl Learning {
+    /// Stops the thread once it has learned what is queued, flushed the
+    /// trace log and saved the state; waits for that at most `within`.
+    pub(crate) fn stop(&self, within: Duration) -> bool {
+        self.queue.stopped.store(true, Ordering::Release);
+        self.thread.unpark();
+        let deadline = Instant::now() + within;
+        while !self.queue.ended.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+}
+
 impl Drop for Learning {
     fn drop(&mut self) {
         self.queue.stopped.store(true, Ordering::Release);
         self.thread.unpark();
+    }
+}
+
+/// The recent contexts of each route, and when they were last saved.
+struct StateWriter {
+    saving: Saving,
+    routes: Lru<String, VecDeque<Context>>,
+    changed: bool,
+    saved: Instant,
+    /// The last failure said, so a failing disk is logged once.
+    failing: Option<String>,
+}
+
+impl StateWriter {
+    fn new(saving: Saving, restored: Vec<Context>) -> Self {
+        let mut writer = Self {
+            saving,
+            routes: Lru::new(SAVED_ROUTES),
+            changed: false,
+            saved: Instant::now(),
+            failing: None,
+        };
+        for ctx in restored {
+            writer.keep(ctx);
+        }
+        writer.changed = false;
+        writer
+    }
+
+    fn keep(&mut self, ctx: Context) {
+        let kept =
+            self.routes
+                .get_or_insert_with(ctx.route.clone(), VecDeque::new, &mut Vec::new());
+        if kept.len() >= SAVED_PER_ROUTE {
+            kept.pop_front();
+        }
+        kept.push_back(ctx);
+        self.changed = true;
+    }
+
+    /// Saves if something was learned since the last save and `force` or
+    /// [`SAVE_EVERY`] has passed.
+    fn save(&mut self, force: bool) {
+        if !self.changed || !(force || self.saved.elapsed() >= SAVE_EVERY) {
+            return;
+        }
+        let contexts: Vec<&Context> = self.routes.values().flatten().collect();
+        let path = &self.saving.path;
+        match augur_predictor::state::write_path(
+            path,
+            &self.saving.service,
+            crate::clock::unix_ms(),
+            &contexts,
+        ) {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("predictor: saving the state to {} again", path.display());
+                }
+                self.changed = false;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.failing.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(
+                        "predictor: cannot save the state to {}: {text}",
+                        path.display()
+                    );
+                    self.failing = Some(text);
+                }
+            }
+        }
+        self.saved = Instant::now();
     }
 }
 
@@ -165,6 +286,7 @@ fn run(
     mut learner: Learner,
     published: &RwLock<Arc<Learner>>,
     mut log: Option<TraceLog>,
+    mut state: Option<StateWriter>,
     metrics: &Metrics,
 ) {
     let mut unpublished = 0u64;
@@ -178,6 +300,11 @@ fn run(
             let ctx = observation(&closed);
             learner.learn(&ctx);
             unpublished += 1;
+            if let Some(state) = &mut state {
+                if !ctx.calls.is_empty() {
+                    state.keep(ctx.clone());
+                }
+            }
             if let Some(l) = &mut log {
                 let c = &closed.context;
                 l.append(&Record::new(
@@ -202,6 +329,9 @@ fn run(
             unpublished = 0;
             last_published = Instant::now();
         }
+        if let Some(state) = &mut state {
+            state.save(false);
+        }
         if !dry {
             std::thread::sleep(BATCH_WINDOW);
             continue;
@@ -210,7 +340,11 @@ fn run(
         if let Some(l) = &mut log {
             l.flush();
         }
-        if queue.stopped.load(Ordering::Acquire) {
+        let stopping = queue.stopped.load(Ordering::Acquire);
+        if let Some(state) = &mut state {
+            state.save(stopping);
+        }
+        if stopping {
             return;
         }
         queue.idle.store(true, Ordering::Release);
@@ -379,8 +513,13 @@ mod tests {
     #[test]
     fn every_context_with_something_to_teach_is_learned_and_the_rest_is_not_handed_over() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let learning =
-            Learning::start(Learner::new(Settings::default()), None, metrics.clone()).unwrap();
+        let learning = Learning::start(
+            Learner::new(Settings::default()),
+            None,
+            None,
+            metrics.clone(),
+        )
+        .unwrap();
         let t = table();
         // No calls on a route the learner does not know: nothing to teach.
         for trace in 1..=3 {
@@ -412,6 +551,7 @@ mod tests {
         let learning = Learning::start(
             Learner::new(Settings::default()),
             Some(&path),
+            None,
             metrics.clone(),
         )
         .unwrap();

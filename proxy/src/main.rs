@@ -52,6 +52,10 @@ enum Command {
     /// speculation (AHEAD), the latency it hid per call (HIDDEN), the
     /// extra upstream requests it cost (EXTRA) and the containers running.
     Stat(augur_proxy::stat::StatArgs),
+    /// Make a saved state (`predictor.state`) from trace files: each
+    /// route's last contexts, learned by a new augur before its first
+    /// request, so that it speculates from that request on.
+    Learn(augur_proxy::offline::LearnArgs),
     /// Write the trace suite: one JSON Lines trace per class of difficulty
     /// (chains, branches decided by a response or the inbound request,
     /// long-range dependence, fan-out, computed parameters, drift,
@@ -75,6 +79,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("augur stat: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Learn(args) => match augur_proxy::offline::learn(&args) {
+            Ok((contexts, routes)) => {
+                println!(
+                    "{}: {contexts} contexts of {routes} routes for service {:?}",
+                    args.out.display(),
+                    args.service
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("augur learn: {e:#}");
                 ExitCode::from(2)
             }
         },

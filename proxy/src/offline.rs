@@ -161,3 +161,50 @@ pub fn suite(args: &SuiteArgs) -> anyhow::Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// What `augur learn` was asked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LearnArgs {
+    /// Trace files, in the order they were written.
+    #[arg(required = true)]
+    pub traces: Vec<PathBuf>,
+    /// The state file to write (`predictor.state` of the augur that will
+    /// read it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `service.name` of that augur: a state names the service it is for.
+    #[arg(long)]
+    pub service: String,
+}
+
+/// `augur learn`: a saved state made from trace files — each route's last
+/// contexts, as a running augur keeps them — so a new replica starts warm.
+/// Returns (contexts, routes) written.
+pub fn learn(args: &LearnArgs) -> anyhow::Result<(usize, usize)> {
+    use std::collections::{HashMap, VecDeque};
+    let contexts = read_traces(&args.traces)?;
+    let mut routes: HashMap<&str, VecDeque<&Context>> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for c in contexts.iter().filter(|c| !c.calls.is_empty()) {
+        let kept = routes.entry(c.route.as_str()).or_insert_with(|| {
+            order.push(c.route.as_str());
+            VecDeque::new()
+        });
+        if kept.len() >= crate::learning::SAVED_PER_ROUTE {
+            kept.pop_front();
+        }
+        kept.push_back(c);
+    }
+    let kept: Vec<&Context> = order
+        .iter()
+        .filter_map(|r| routes.get(r))
+        .flatten()
+        .copied()
+        .collect();
+    if kept.is_empty() {
+        bail!("no context with dependency calls in the traces: nothing to learn");
+    }
+    augur_predictor::state::write_path(&args.out, &args.service, crate::clock::unix_ms(), &kept)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    Ok((kept.len(), order.len()))
+}

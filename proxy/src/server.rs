@@ -143,6 +143,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             lifecycle: common.lifecycle.clone(),
             telemetry: telemetry.clone(),
             access: common.access.clone(),
+            learning: common.learning.clone(),
             pools: upstreams.pools.clone(),
             service: config.service.name.clone(),
             timeout: config.proxy.shutdown_timeout,

@@ -26,6 +26,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::access::AccessLog;
 use super::lifecycle::Lifecycle;
 use super::telemetry::Telemetry;
+use crate::learning::Learning;
+
+/// How long augur waits at shutdown for the learner to learn what is
+/// queued and save the state.
+const LEARNER_STOP: Duration = Duration::from_secs(2);
 use crate::containers::pool::ContainerPool;
 
 /// Waits for a signal, then drains: what it needs to know and to stop.
@@ -34,6 +39,8 @@ pub(crate) struct Drain {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) access: Arc<AccessLog>,
+    /// Learns what is queued and saves the state before augur exits.
+    pub(crate) learning: Arc<Learning>,
     /// The pools to close, and `service.name` whose containers to remove.
     pub(crate) pools: Vec<Arc<ContainerPool>>,
     pub(crate) service: String,
@@ -103,6 +110,11 @@ impl Drain {
                 pool.close();
             }
             crate::containers::remove_owned(&self.service, CONTAINER_REMOVAL);
+        }
+        if !self.learning.stop(LEARNER_STOP) {
+            tracing::warn!(
+                "the learner did not finish within {LEARNER_STOP:?}: the saved state may miss the last contexts"
+            );
         }
         self.access.flush(Duration::from_millis(200));
         let remaining = self.timeout.saturating_sub(started.elapsed());

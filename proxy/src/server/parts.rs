@@ -122,9 +122,18 @@ pub(super) fn common(
         max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
     }));
     let key_headers = KeyHeaders::new(&spec.ignore_headers, &spec.key_headers);
+    let mut learner = learner(config, &key_headers);
+    let saving = config.predictor.state.as_ref().map(|path| {
+        let saving = crate::learning::Saving {
+            path: path.clone(),
+            service: config.service.name.clone(),
+        };
+        (saving, restore(&mut learner, path, &config.service.name))
+    });
     let learning = Arc::new(Learning::start(
-        learner(config, &key_headers),
+        learner,
         config.predictor.trace_log.as_deref(),
+        saving,
         metrics.clone(),
     )?);
     let hasher = SecretHasher::new();
@@ -190,6 +199,49 @@ fn speculation_settings(config: &Config) -> speculation::Settings {
                 (r.route.clone(), rule)
             })
             .collect(),
+    }
+}
+
+/// Learns the contexts of the saved state at `path` (`predictor.state`),
+/// if there is a usable one; returns them. A missing file is a first start;
+/// any other problem is logged and the state ignored.
+fn restore(
+    learner: &mut Learner,
+    path: &std::path::Path,
+    service: &str,
+) -> Vec<augur_predictor::Context> {
+    use augur_predictor::state::{self, StateError};
+    match state::read_path(path, service) {
+        Ok(saved) => {
+            let started = std::time::Instant::now();
+            for ctx in &saved.contexts {
+                learner.learn(ctx);
+            }
+            let age = crate::clock::unix_ms().saturating_sub(saved.header.saved_unix_ms);
+            tracing::info!(
+                "predictor: learned {} contexts ({} routes) from the state {}, saved {:.0} s ago, in {:.0} ms",
+                saved.contexts.len(),
+                learner.route_count(),
+                path.display(),
+                age as f64 / 1000.0,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            saved.contexts
+        }
+        Err(StateError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(
+                "predictor: no saved state at {} yet: starting with nothing learned",
+                path.display()
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(
+                "predictor: the state {} is not used: {e}; starting with nothing learned (it is replaced at the next save)",
+                path.display()
+            );
+            Vec::new()
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod names;
 mod passthrough;
 mod speculation;
 mod stat;
+mod state;
 mod support;
 mod telemetry;
 mod tls;
