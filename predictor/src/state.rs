@@ -39,6 +39,10 @@ pub struct Header {
     pub saved_unix_ms: u64,
     /// Context lines that follow.
     pub contexts: usize,
+    /// What the proxy saves besides (its containers' idle-gap histograms),
+    /// opaque to the predictor.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub extra: serde_json::Value,
 }
 
 /// Why a state file was not used.
@@ -130,13 +134,14 @@ pub fn write_path(
     service: &str,
     saved_unix_ms: u64,
     contexts: &[&Context],
+    extra: serde_json::Value,
 ) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     {
         let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-        write(&mut out, service, saved_unix_ms, contexts)?;
+        write(&mut out, service, saved_unix_ms, contexts, extra)?;
         out.flush()?;
         out.get_ref().sync_all()?;
     }
@@ -149,6 +154,7 @@ pub fn write(
     service: &str,
     saved_unix_ms: u64,
     contexts: &[&Context],
+    extra: serde_json::Value,
 ) -> io::Result<()> {
     let header = Header {
         format: FORMAT.to_string(),
@@ -156,6 +162,7 @@ pub fn write(
         service: service.to_string(),
         saved_unix_ms,
         contexts: contexts.len(),
+        extra,
     };
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
     for c in contexts {
@@ -189,7 +196,14 @@ mod tests {
         let contexts: Vec<Context> = (0..n).map(context).collect();
         let refs: Vec<&Context> = contexts.iter().collect();
         let mut out = Vec::new();
-        write(&mut out, service, 1, &refs).unwrap();
+        write(
+            &mut out,
+            service,
+            1,
+            &refs,
+            serde_json::json!({"k": [1, 2]}),
+        )
+        .unwrap();
         out
     }
 
@@ -198,6 +212,7 @@ mod tests {
         let state = read(&saved("frontend", 3)[..], "frontend").unwrap();
         assert_eq!(state.contexts, (0..3).map(context).collect::<Vec<_>>());
         assert_eq!(state.header.contexts, 3);
+        assert_eq!(state.header.extra, serde_json::json!({"k": [1, 2]}));
     }
 
     #[test]
@@ -249,9 +264,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.jsonl");
         let a: Vec<Context> = (0..2).map(context).collect();
-        write_path(&path, "frontend", 1, &a.iter().collect::<Vec<_>>()).unwrap();
+        write_path(
+            &path,
+            "frontend",
+            1,
+            &a.iter().collect::<Vec<_>>(),
+            serde_json::Value::Null,
+        )
+        .unwrap();
         let b: Vec<Context> = (5..9).map(context).collect();
-        write_path(&path, "frontend", 2, &b.iter().collect::<Vec<_>>()).unwrap();
+        write_path(
+            &path,
+            "frontend",
+            2,
+            &b.iter().collect::<Vec<_>>(),
+            serde_json::Value::Null,
+        )
+        .unwrap();
         let state = read_path(&path, "frontend").unwrap();
         assert_eq!(state.contexts, b);
         assert!(!dir.join("state.jsonl.tmp").exists());

@@ -58,10 +58,13 @@ const SAVED_ROUTES: usize = 128;
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Where what was learned is saved, and for which service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Saving {
     pub(crate) path: PathBuf,
     pub(crate) service: String,
+    /// What the rest of augur saves beside the contexts (the containers'
+    /// idle-gap histograms), asked for at each save.
+    pub(crate) extra: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 /// The learner as the request path sees it: the last published copy.
@@ -244,8 +247,10 @@ impl StateWriter {
 
     /// Saves if something was learned since the last save and `force` or
     /// [`SAVE_EVERY`] has passed.
+    /// (Containers learn their idle gaps without the learner: at the
+    /// forced save at shutdown the state is written whatever changed.)
     fn save(&mut self, force: bool) {
-        if !self.changed || !(force || self.saved.elapsed() >= SAVE_EVERY) {
+        if !(force || self.changed && self.saved.elapsed() >= SAVE_EVERY) {
             return;
         }
         let contexts: Vec<&Context> = self.routes.values().flatten().collect();
@@ -255,6 +260,7 @@ impl StateWriter {
             &self.saving.service,
             crate::clock::unix_ms(),
             &contexts,
+            (self.saving.extra)(),
         ) {
             Ok(()) => {
                 if self.failing.take().is_some() {

@@ -204,7 +204,14 @@ pub fn learn(args: &LearnArgs) -> anyhow::Result<(usize, usize)> {
     if kept.is_empty() {
         bail!("no context with dependency calls in the traces: nothing to learn");
     }
-    augur_predictor::state::write_path(&args.out, &args.service, crate::clock::unix_ms(), &kept)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    let none = serde_json::Value::Null;
+    augur_predictor::state::write_path(
+        &args.out,
+        &args.service,
+        crate::clock::unix_ms(),
+        &kept,
+        none,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
     Ok((kept.len(), order.len()))
 }

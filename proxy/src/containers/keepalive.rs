@@ -102,6 +102,30 @@ impl IdleGaps {
         self.total
     }
 
+    /// The histogram as saved in the state: bucket counts, then the gaps
+    /// beyond the last bucket.
+    pub(crate) fn to_saved(&self) -> Vec<u32> {
+        let mut out = self.counts.to_vec();
+        out.push(self.beyond);
+        out
+    }
+
+    /// A histogram saved by [`IdleGaps::to_saved`]; `None` if it is not one
+    /// (another number of buckets: another build's histogram).
+    pub(crate) fn from_saved(saved: &[u32]) -> Option<Self> {
+        let (beyond, counts) = saved.split_last()?;
+        let counts: [u32; BUCKETS] = counts.try_into().ok()?;
+        let total = counts
+            .iter()
+            .chain([beyond])
+            .try_fold(0u32, |sum, c| sum.checked_add(*c))?;
+        Some(Self {
+            counts,
+            beyond: *beyond,
+            total,
+        })
+    }
+
     /// The windows the histogram supports, or `None` when it is not to be
     /// trusted yet (then the fallback keep-alive applies). A pre-warm
     /// window shorter than `start` plus half again is not worth stopping
@@ -155,6 +179,21 @@ mod tests {
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_saved_histogram_reads_back_and_a_foreign_one_does_not() {
+        let mut g = IdleGaps::default();
+        for i in 0..40 {
+            g.record(secs(1.0 + f64::from(i)));
+        }
+        g.record(secs(100_000.0));
+        let back = IdleGaps::from_saved(&g.to_saved()).unwrap();
+        assert_eq!(back.windows(START), g.windows(START));
+        assert_eq!(back.samples(), g.samples());
+        assert!(IdleGaps::from_saved(&[1, 2, 3]).is_none());
+        assert!(IdleGaps::from_saved(&[]).is_none());
+        assert!(IdleGaps::from_saved(&vec![u32::MAX; BUCKETS + 1]).is_none());
     }
 
     #[test]

@@ -249,6 +249,23 @@ impl ContainerPool {
         &self.spec.dependency
     }
 
+    /// The idle-gap histogram, as the saved state keeps it.
+    pub(crate) fn saved_gaps(&self) -> Vec<u32> {
+        self.state.lock().gaps.to_saved()
+    }
+
+    /// Takes a saved idle-gap histogram (from the last run); false if it
+    /// is not one this build reads.
+    pub(crate) fn restore_gaps(&self, saved: &[u32]) -> bool {
+        match IdleGaps::from_saved(saved) {
+            Some(gaps) => {
+                self.state.lock().gaps = gaps;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// What one instance counts against the global memory limit.
     fn memory(&self) -> u64 {
         self.spec.memory.unwrap_or(0)

@@ -124,11 +124,14 @@ pub(super) fn common(
     let key_headers = KeyHeaders::new(&spec.ignore_headers, &spec.key_headers);
     let mut learner = learner(config, &key_headers);
     let saving = config.predictor.state.as_ref().map(|path| {
+        let pools = upstreams.pools.clone();
         let saving = crate::learning::Saving {
             path: path.clone(),
             service: config.service.name.clone(),
+            extra: Arc::new(move || saved_gaps(&pools)),
         };
-        (saving, restore(&mut learner, path, &config.service.name))
+        let restored = restore(&mut learner, path, &config.service.name, &upstreams.pools);
+        (saving, restored)
     });
     let learning = Arc::new(Learning::start(
         learner,
@@ -209,6 +212,7 @@ fn restore(
     learner: &mut Learner,
     path: &std::path::Path,
     service: &str,
+    pools: &[Arc<ContainerPool>],
 ) -> Vec<augur_predictor::Context> {
     use augur_predictor::state::{self, StateError};
     match state::read_path(path, service) {
@@ -217,6 +221,7 @@ fn restore(
             for ctx in &saved.contexts {
                 learner.learn(ctx);
             }
+            restore_gaps(&saved.header.extra, pools);
             let age = crate::clock::unix_ms().saturating_sub(saved.header.saved_unix_ms);
             tracing::info!(
                 "predictor: learned {} contexts ({} routes) from the state {}, saved {:.0} s ago, in {:.0} ms",
@@ -241,6 +246,45 @@ fn restore(
                 path.display()
             );
             Vec::new()
+        }
+    }
+}
+
+/// What the saved state keeps of the containers: each pool's idle-gap
+/// histogram (adaptive keep-alive), by dependency.
+fn saved_gaps(pools: &[Arc<ContainerPool>]) -> serde_json::Value {
+    if pools.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let gaps: serde_json::Map<String, serde_json::Value> = pools
+        .iter()
+        .map(|p| {
+            (
+                p.dependency().to_string(),
+                serde_json::json!(p.saved_gaps()),
+            )
+        })
+        .collect();
+    serde_json::json!({ "idle_gaps": gaps })
+}
+
+/// Gives each pool the idle-gap histogram the state saved for it; one
+/// this build cannot read is logged and left out.
+fn restore_gaps(extra: &serde_json::Value, pools: &[Arc<ContainerPool>]) {
+    for pool in pools {
+        let Some(saved) = extra["idle_gaps"].get(pool.dependency()) else {
+            continue;
+        };
+        let counts: Option<Vec<u32>> = saved.as_array().and_then(|a| {
+            a.iter()
+                .map(|c| c.as_u64().and_then(|c| u32::try_from(c).ok()))
+                .collect()
+        });
+        if !counts.is_some_and(|c| pool.restore_gaps(&c)) {
+            tracing::warn!(
+                "predictor: the saved idle gaps of {} are not a histogram this build reads: left out",
+                pool.dependency()
+            );
         }
     }
 }

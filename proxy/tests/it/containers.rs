@@ -852,3 +852,63 @@ fn promtool(args: &[&str], file: &str, input: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_gaps_survive_a_restart_in_the_saved_state() {
+    require_image();
+    let dir = std::env::temp_dir().join(format!("augur-gaps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.jsonl");
+    let ports = Ports::new(1);
+    let service = format!("svc-{}", ports.ingress);
+    let upstream = echo_server().await;
+    let deps = [container_dep(
+        "fast",
+        serve_fast(&[], "keep_alive = \"adaptive\""),
+    )];
+    let extra = format!("[predictor]\nstate = \"{}\"", path.display());
+    let gaps_seen = |augur: &Augur| {
+        let url = format!("http://{}/debug/containers", augur.admin);
+        async move {
+            let got = get(&url).await;
+            let pools: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+            let fast = pools["dependencies"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["dependency"] == "fast"))
+                .cloned()
+                .unwrap_or_else(|| panic!("no pool fast: {pools}"));
+            fast["idle_gaps_seen"].as_u64().unwrap()
+        }
+    };
+
+    let mut augur = Augur::start(&ports, upstream, &deps, &extra).await;
+    for _ in 0..6 {
+        assert_eq!(get(&augur.dep_url(0, "/x")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let seen = gaps_seen(&augur).await;
+    assert!(seen >= 4, "idle gaps recorded: {seen}");
+    augur.signal("TERM");
+    assert!(augur.wait(Duration::from_secs(20)).is_some());
+    let header: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let saved: u64 = header["extra"]["idle_gaps"]["fast"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{header}"))
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(saved, seen, "{header}");
+
+    let augur = Augur::start(&ports, upstream, &deps, &extra).await;
+    assert_eq!(gaps_seen(&augur).await, seen, "restored before any call");
+    drop(augur);
+    remove(&containers(&service));
+    let _ = std::fs::remove_dir_all(&dir);
+}
