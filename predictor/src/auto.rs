@@ -8,7 +8,9 @@
 //! both models when it is scored. A route goes to the offline model only
 //! once both have been scored on [`MIN_SCORED`] of its contexts and the
 //! offline model's recent top-1 accuracy leads by [`MARGIN`]; it comes back
-//! as soon as it no longer does (a flow that drifted after training).
+//! once the online model leads by as much (a flow that drifted after
+//! training). Between the two, the route keeps the model it has: two
+//! models that are close do not take turns on every context's noise.
 
 use std::collections::HashMap;
 
@@ -33,12 +35,26 @@ pub struct Scores {
     pub offline: f64,
     /// Contexts scored.
     pub scored: u32,
+    /// Whether the offline model predicts this route.
+    pub offline_chosen: bool,
 }
 
 impl Scores {
     /// Whether the offline model predicts this route.
     pub fn offline_chosen(&self) -> bool {
-        self.scored >= MIN_SCORED && self.offline > self.online + MARGIN
+        self.offline_chosen
+    }
+
+    /// Chooses again after a context was scored: a model is taken only
+    /// when it leads by [`MARGIN`], and kept otherwise.
+    fn choose(&mut self) {
+        if self.scored < MIN_SCORED {
+            self.offline_chosen = false;
+        } else if self.offline > self.online + MARGIN {
+            self.offline_chosen = true;
+        } else if self.online > self.offline + MARGIN {
+            self.offline_chosen = false;
+        }
     }
 }
 
@@ -97,6 +113,7 @@ impl SequenceModel for AutoModel {
             scores.offline += ALPHA * (offline - scores.offline);
         }
         scores.scored = scores.scored.saturating_add(1);
+        scores.choose();
         self.online.observe(route, shapes);
         self.offline.observe(route, shapes);
     }
@@ -160,7 +177,7 @@ impl SequenceModel for AutoModel {
                     )
                 } else {
                     format!(
-                        "online right on {:.0}% of recent steps, {} on {:.0}% (it needs a lead of {:.0} points)",
+                        "online right on {:.0}% of recent steps, {} on {:.0}% (a model needs a lead of {:.0} points to take the route)",
                         s.online * 100.0,
                         self.offline.name(),
                         s.offline * 100.0,
@@ -264,5 +281,32 @@ mod tests {
         // Forgetting the route forgets its scores.
         m.route_removed("r");
         assert!(m.scores("r").is_none());
+    }
+
+    #[test]
+    fn two_close_models_do_not_take_turns_on_noise() {
+        let mut s = Scores {
+            scored: MIN_SCORED,
+            online: 0.85,
+            offline: 0.90,
+            ..Scores::default()
+        };
+        s.choose();
+        assert!(s.offline_chosen(), "a lead of 5 points takes the route");
+        s.offline = 0.86;
+        s.choose();
+        assert!(
+            s.offline_chosen(),
+            "a lead of 1 point is noise: the route stays"
+        );
+        s.online = 0.89;
+        s.choose();
+        assert!(
+            !s.offline_chosen(),
+            "the online model leads by 3 points: it takes the route back"
+        );
+        s.online = 0.87;
+        s.choose();
+        assert!(!s.offline_chosen(), "and keeps it inside the margin");
     }
 }
