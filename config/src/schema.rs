@@ -767,6 +767,19 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     };
     let criticality = or_default!(s, "criticality", number, 0.0, 1.0; 1.0);
     let prestart = or_default!(s, "prestart", boolean; true);
+    let engine =
+        or_default!(s, "engine", string; "docker".to_string()).and_then(|e| match e.as_str() {
+            "docker" => Some(Engine::Docker),
+            "swarm" => Some(Engine::Swarm),
+            _ => {
+                s.problem("engine", format!("unknown engine {e:?} (docker or swarm)"));
+                None
+            }
+        });
+    let swarm_service = s.string("swarm_service");
+    if swarm_service.is_some() && engine != Some(Engine::Swarm) {
+        s.problem("swarm_service", "only used with engine = \"swarm\"");
+    }
     if let (Some(lo), Some(hi)) = (min, max) {
         if lo > hi {
             s.problem(
@@ -793,6 +806,8 @@ fn container(mut s: Section<'_>) -> Option<Container> {
         memory: memory?,
         criticality: criticality?,
         prestart: prestart?,
+        engine: engine?,
+        swarm_service,
     })
 }
 

@@ -373,6 +373,21 @@ pub struct Container {
     pub criticality: f64,
     /// Whether a predicted call starts a container ahead of need.
     pub prestart: bool,
+    /// Where the instances run.
+    pub engine: Engine,
+    /// With `engine = "swarm"`: the Swarm service (of the user's stack)
+    /// whose tasks are the instances; by default augur makes its own.
+    pub swarm_service: Option<String>,
+}
+
+/// Where a dependency's instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Containers on the local Docker engine, this augur's own.
+    Docker,
+    /// Tasks of a Docker Swarm service, shared by every sidecar using it.
+    Swarm,
 }
 
 /// How long an idle instance is kept.

@@ -51,6 +51,8 @@ pub(crate) struct Environment<'a> {
     /// `service.name`, which labels the containers augur runs.
     pub(crate) service: &'a str,
     pub(crate) backend: &'a Arc<dyn Backend>,
+    /// The swarm, for dependencies with `engine = "swarm"`.
+    pub(crate) swarm: Option<&'a Arc<dyn Backend>>,
     pub(crate) capacity: &'a Arc<Capacity>,
     pub(crate) metrics: &'a Metrics,
     /// The host names of static upstreams, shared by all.
@@ -216,6 +218,9 @@ fn pool_of(name: &str, c: &Container, env: &Environment<'_>) -> Arc<ContainerPoo
         port: c.port,
         cpus: c.cpus,
         memory: c.memory,
+        min_instances: c.min_instances as usize,
+        max_instances: c.max_instances as usize,
+        swarm_service: c.swarm_service.clone(),
     };
     let limits = pool::Limits {
         min_instances: c.min_instances as usize,
@@ -243,13 +248,11 @@ fn pool_of(name: &str, c: &Container, env: &Environment<'_>) -> Arc<ContainerPoo
         wasted_prestarts: m.prestarts_wasted.with_label_values(&[name]),
         evictions: m.container_evictions.with_label_values(&[name]),
     };
-    ContainerPool::new(
-        spec,
-        limits,
-        env.backend.clone(),
-        env.capacity.clone(),
-        counters,
-    )
+    let backend = match (c.engine, env.swarm) {
+        (augur_config::Engine::Swarm, Some(swarm)) => swarm.clone(),
+        _ => env.backend.clone(),
+    };
+    ContainerPool::new(spec, limits, backend, env.capacity.clone(), counters)
 }
 
 #[cfg(test)]
@@ -268,6 +271,7 @@ mod tests {
         let env = Environment {
             service: "svc",
             backend: &backend,
+            swarm: None,
             capacity: &Capacity::new(4, None),
             metrics: &metrics,
             names: &Names::default(),

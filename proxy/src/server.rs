@@ -123,6 +123,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let keeper = Keeper {
             pools: upstreams.pools.clone(),
             stats_interval: config.containers.stats_interval,
+            swarm: upstreams.swarm.clone(),
         };
         let mut keeper = background_service("containers", keeper);
         keeper.threads = Some(1);
@@ -145,6 +146,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             access: common.access.clone(),
             learning: common.learning.clone(),
             pools: upstreams.pools.clone(),
+            swarm: upstreams.swarm.clone(),
             service: config.service.name.clone(),
             timeout: config.proxy.shutdown_timeout,
             grace: (!config.dependencies.is_empty()).then_some(config.proxy.drain_grace),

@@ -31,6 +31,12 @@ pub(crate) struct Spec {
     pub(crate) cpus: Option<f64>,
     /// Memory limit, in bytes.
     pub(crate) memory: Option<u64>,
+    /// The instances wanted at least and at most (a shared engine's
+    /// replica count stays within them).
+    pub(crate) min_instances: usize,
+    pub(crate) max_instances: usize,
+    /// On a swarm: the service of the user's stack to use.
+    pub(crate) swarm_service: Option<String>,
 }
 
 impl Spec {

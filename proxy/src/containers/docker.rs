@@ -13,6 +13,8 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt as _;
 
+pub(crate) mod swarm;
+
 use super::backend::{
     Backend, LABEL_MANAGED, LABEL_SERVICE, ResourceError, Spec, Started, Usage, short,
 };
@@ -254,4 +256,25 @@ async fn stop(docker: &Docker, id: &str) -> Result<(), ResourceError> {
         )
         .await
         .map_err(fail("remove", short))
+}
+
+#[async_trait]
+impl Backend for swarm::SwarmBackend {
+    async fn start(&self, spec: &Spec) -> Result<Started, ResourceError> {
+        swarm::SwarmBackend::start(self, spec).await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), ResourceError> {
+        swarm::SwarmBackend::stop(self, id).await
+    }
+
+    /// A swarm service is shared with other sidecars: nothing on it is this
+    /// augur's alone to remove.
+    async fn owned(&self, _service: &str) -> Result<Vec<String>, ResourceError> {
+        Ok(Vec::new())
+    }
+
+    async fn stats(&self, id: &str) -> Result<Usage, ResourceError> {
+        swarm::SwarmBackend::stats(self, id).await
+    }
 }

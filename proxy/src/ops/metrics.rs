@@ -141,6 +141,7 @@ pub(crate) struct Metrics {
     pub(crate) speculation_traces: IntGauge,
     pub(crate) learner_contexts: prometheus::IntCounter,
     pub(crate) learner_dropped: prometheus::IntCounter,
+    pub(crate) swarm_conflicts: prometheus::IntCounter,
     pub(crate) learner_evictions: IntCounterVec,
     pub(crate) learner_routes: IntGauge,
     pub(crate) learner_shapes: IntGauge,
@@ -277,6 +278,10 @@ impl Metrics {
         let learner_dropped = plain_counter(
             "augur_learner_dropped_total",
             "Closed contexts not learned from because the learner's queue was full",
+        )?;
+        let swarm_conflicts = plain_counter(
+            "augur_swarm_conflicts_total",
+            "Writes of a swarm service's demand that lost to another sidecar's write and were retried",
         )?;
         let learner_routes = gauge("augur_learner_routes", "Routes the learner holds")?;
         let learner_shapes = gauge("augur_learner_shapes", "Call shapes the learner holds")?;
@@ -434,6 +439,7 @@ impl Metrics {
             speculation_traces,
             learner_contexts,
             learner_dropped,
+            swarm_conflicts,
             routes: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             registry,

@@ -43,6 +43,8 @@ pub(crate) struct Drain {
     pub(crate) learning: Arc<Learning>,
     /// The pools to close, and `service.name` whose containers to remove.
     pub(crate) pools: Vec<Arc<ContainerPool>>,
+    /// The swarm to take this sidecar's demands off.
+    pub(crate) swarm: Option<Arc<crate::containers::docker::swarm::SwarmBackend>>,
     pub(crate) service: String,
     pub(crate) timeout: Duration,
     /// How long the service must be quiet before the egress listeners
@@ -110,6 +112,9 @@ impl Drain {
                 pool.close();
             }
             crate::containers::remove_owned(&self.service, CONTAINER_REMOVAL);
+        }
+        if let Some(swarm) = &self.swarm {
+            crate::containers::withdraw(swarm, CONTAINER_REMOVAL);
         }
         if !self.learning.stop(LEARNER_STOP) {
             tracing::warn!(

@@ -14,6 +14,7 @@ use augur_predictor::{Learner, Settings as LearnerSettings};
 use crate::containers::backend::Backend;
 use crate::containers::capacity::Capacity;
 use crate::containers::docker::DockerBackend;
+use crate::containers::docker::swarm::SwarmBackend;
 use crate::containers::pool::ContainerPool;
 use crate::context::{ContextTable, Limits};
 use crate::dependency::{Dependency, Environment};
@@ -38,6 +39,8 @@ pub(super) struct Upstreams {
     pub(super) capacity: Arc<Capacity>,
     /// The host names among them, kept resolved.
     pub(super) names: Names,
+    /// The swarm, when a dependency runs on one.
+    pub(super) swarm: Option<Arc<SwarmBackend>>,
 }
 
 impl Upstreams {
@@ -60,6 +63,13 @@ impl Upstreams {
             },
         )?;
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::new());
+        // One swarm backend for every dependency on a swarm: one sidecar,
+        // one name in the services' demand labels.
+        let on_swarm = config.dependencies.iter().any(|d| {
+            matches!(&d.target, augur_config::Target::Container(c) if c.engine == augur_config::Engine::Swarm)
+        });
+        let swarm = on_swarm.then(|| Arc::new(SwarmBackend::new(metrics.swarm_conflicts.clone())));
+        let swarm_backend: Option<Arc<dyn Backend>> = swarm.clone().map(|s| s as Arc<dyn Backend>);
         let capacity = Capacity::new(
             config.containers.max_containers,
             config.containers.max_memory,
@@ -67,6 +77,7 @@ impl Upstreams {
         let env = Environment {
             service: &service.name,
             backend: &backend,
+            swarm: swarm_backend.as_ref(),
             capacity: &capacity,
             metrics,
             names: &names,
@@ -90,6 +101,7 @@ impl Upstreams {
             dependencies,
             pools,
             capacity,
+            swarm,
         })
     }
 

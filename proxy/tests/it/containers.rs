@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const IMAGE: &str = "augur-demo:latest";
+pub(crate) const IMAGE: &str = "augur-demo:latest";
 
-fn require_image() {
+pub(crate) fn require_image() {
     let ok = Command::new("docker")
         .args(["image", "inspect", IMAGE])
         .output()
@@ -276,7 +276,7 @@ async fn a_predicted_call_finds_its_container_started_ahead() {
 
 /// A service that, for `/r/{id}`, works `work` and then calls its container
 /// dependency (through `egress`) only while `calls` is set.
-async fn calling_service(
+pub(crate) async fn calling_service(
     egress: std::net::SocketAddr,
     work: Duration,
     calls: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -20,5 +20,6 @@ mod speculation;
 mod stat;
 mod state;
 mod support;
+mod swarm;
 mod telemetry;
 mod tls;

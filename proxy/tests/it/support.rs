@@ -471,6 +471,11 @@ impl Augur {
         assert!(status.success());
     }
 
+    /// The process, taken over: dropping this `Augur` leaves it alone.
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+
     /// Waits for the process to exit, at most `within`.
     pub fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;

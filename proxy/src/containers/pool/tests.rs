@@ -34,6 +34,9 @@ fn pool(
         port: 1,
         cpus: None,
         memory: None,
+        min_instances: 0,
+        max_instances: 4,
+        swarm_service: None,
     };
     let limits = Limits {
         min_instances: 0,
