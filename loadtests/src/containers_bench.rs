@@ -28,15 +28,14 @@ use crate::cli::humantime_duration;
 use crate::procs::{self, free_port, local};
 use crate::server::{self, respond};
 
-const IMAGE: &str = "augur-demo:latest";
-const CONTAINER_DEPS: [&str; 2] = ["pricing", "tax"];
+pub(crate) const IMAGE: &str = "augur-demo:latest";
+pub(crate) const CONTAINER_DEPS: [&str; 2] = ["pricing", "tax"];
 
+/// The bursty workload and the application, shared with the sidecars
+/// benchmark.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Options {
-    /// The augur binary (default: the one built beside this program).
-    #[arg(long)]
-    pub augur: Option<PathBuf>,
-    /// Bursts measured per policy (after the warm-up bursts).
+pub struct Workload {
+    /// Bursts measured per run (after the warm-up bursts).
     #[arg(long, default_value_t = 10)]
     pub bursts: usize,
     #[arg(long, default_value_t = 3)]
@@ -59,6 +58,99 @@ pub struct Options {
     /// How long the containers' application takes to start listening.
     #[arg(long, default_value = "800ms", value_parser = humantime_duration)]
     pub startup: Duration,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+impl Workload {
+    /// The `[[dependency]]` of one container dependency of the application.
+    pub(crate) fn container_dep(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        keep_alive: &str,
+        prestart: bool,
+        more: &str,
+    ) -> String {
+        format!(
+            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\n[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--body-bytes\", \"64\", \"--latency\", \"5ms\", \"--startup\", \"{}ms\"]\nport = 8080\nkeep_alive = \"{keep_alive}\"\nprestart = {prestart}\n{more}",
+            self.startup.as_millis(),
+        )
+    }
+
+    /// The warm-up bursts over `addrs`, each followed by its idle gap.
+    pub(crate) async fn warm_up(&self, addrs: &[SocketAddr], rng: &mut fastrand::Rng) {
+        for _ in 0..self.warmup_bursts {
+            burst(addrs, self.burst_size, self.spacing).await;
+            gap(rng, self.gap_min, self.gap_max).await;
+        }
+    }
+
+    /// The measured bursts over `addrs`, idle gaps between them.
+    pub(crate) async fn measure(
+        &self,
+        addrs: &[SocketAddr],
+        rng: &mut fastrand::Rng,
+    ) -> anyhow::Result<Measured> {
+        let began = Instant::now();
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+        let mut errors = 0;
+        for i in 0..self.bursts {
+            for result in burst(addrs, self.burst_size, self.spacing).await {
+                match result {
+                    Ok(d) => latency.record(d.as_micros() as u64)?,
+                    Err(_) => errors += 1,
+                }
+            }
+            if i + 1 < self.bursts {
+                gap(rng, self.gap_min, self.gap_max).await;
+            }
+        }
+        Ok(Measured {
+            latency,
+            errors,
+            took: began.elapsed(),
+        })
+    }
+
+    /// The line that opens a table: the workload in words.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per run; catalog {} ms, container app start-up {} ms",
+            self.burst_size,
+            self.spacing.as_millis(),
+            self.gap_min.as_secs_f64(),
+            self.gap_max.as_secs_f64(),
+            self.warmup_bursts,
+            self.bursts,
+            self.catalog.as_millis(),
+            self.startup.as_millis(),
+        )
+    }
+}
+
+/// What the measured bursts gave.
+pub(crate) struct Measured {
+    /// Inbound latencies, in µs.
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: u64,
+    pub(crate) took: Duration,
+}
+
+impl Measured {
+    /// The latency quantile `q`, in ms.
+    pub(crate) fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The augur binary (default: the one built beside this program).
+    #[arg(long)]
+    pub augur: Option<PathBuf>,
+    #[command(flatten)]
+    pub workload: Workload,
     /// Fixed keep-alives to compare, comma separated.
     #[arg(long, default_value = "5s,15s", value_parser = humantime_duration, value_delimiter = ',')]
     pub fixed_keep_alive: Vec<Duration>,
@@ -68,8 +160,6 @@ pub struct Options {
     /// Only the policies whose names start with these (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
 }
 
 /// One policy: its name and the container settings it implies.
@@ -95,13 +185,7 @@ struct Row {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
-    let docker_ok = std::process::Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !docker_ok {
-        bail!("the Docker image {IMAGE} is missing: run scripts/images first");
-    }
+    require_image()?;
     let augur = procs::augur_binary(opts.augur.clone())?;
     let mut policies = vec![Policy {
         name: "scale to zero, no prestart".into(),
@@ -128,7 +212,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         keep_alive: format!("{}ms", opts.prestart_keep_alive.as_millis()),
         prestart: true,
     });
-    let catalog = serve_catalog(opts.catalog).await?;
+    let catalog = serve_catalog(opts.workload.catalog).await?;
     let mut rows = Vec::new();
     for policy in &policies {
         if !opts.only.is_empty()
@@ -145,7 +229,75 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     Ok(table(&rows, &opts))
 }
 
-async fn serve_catalog(latency: Duration) -> anyhow::Result<SocketAddr> {
+/// One replica of the application: its frontend, and augur in front of it
+/// (ports and configuration).
+pub(crate) struct Replica {
+    pub(crate) ingress: u16,
+    pub(crate) admin: SocketAddr,
+    pub(crate) service: String,
+    egress: [SocketAddr; 3],
+    frontend: SocketAddr,
+    catalog: SocketAddr,
+}
+
+impl Replica {
+    /// A frontend on ports of its own, for the service `service` (by
+    /// default one named after its ingress port).
+    pub(crate) async fn new(catalog: SocketAddr, service: Option<String>) -> anyhow::Result<Self> {
+        let ingress = free_port()?;
+        let admin = local(free_port()?);
+        let egress = [
+            local(free_port()?),
+            local(free_port()?),
+            local(free_port()?),
+        ];
+        let frontend = serve_frontend(egress).await?;
+        Ok(Self {
+            ingress,
+            admin,
+            service: service.unwrap_or_else(|| format!("bench-{ingress}")),
+            egress,
+            frontend,
+            catalog,
+        })
+    }
+
+    /// augur's configuration: catalog static, the container dependencies
+    /// kept `keep_alive`, prestarted or not, with `more` in their section.
+    pub(crate) fn config(
+        &self,
+        workload: &Workload,
+        keep_alive: &str,
+        prestart: bool,
+        more: &str,
+    ) -> String {
+        let (ingress, admin, frontend, catalog) =
+            (self.ingress, self.admin, self.frontend, self.catalog);
+        let mut config = format!(
+            "[service]\nname = \"{}\"\nlisten = \"127.0.0.1:{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[dependency]]\nname = \"catalog\"\nlisten = \"{}\"\nupstream = \"{catalog}\"\n",
+            self.service, self.egress[0]
+        );
+        for (name, listen) in CONTAINER_DEPS.iter().zip(&self.egress[1..]) {
+            config.push_str(&workload.container_dep(name, *listen, keep_alive, prestart, more));
+        }
+        config
+    }
+}
+
+/// The demo image the container dependencies run, or an error that says
+/// how to build it.
+pub(crate) fn require_image() -> anyhow::Result<()> {
+    let found = std::process::Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        bail!("the Docker image {IMAGE} is missing: run scripts/images first");
+    }
+    Ok(())
+}
+
+pub(crate) async fn serve_catalog(latency: Duration) -> anyhow::Result<SocketAddr> {
     server::serve(local(0), move |_req: Request<Incoming>| async move {
         tokio::time::sleep(latency).await;
         respond(200, "application/json", "{\"items\":[1,2,3]}")
@@ -182,27 +334,9 @@ async fn measure(
     opts: &Options,
 ) -> anyhow::Result<Row> {
     let dir = procs::scratch("containers-bench")?;
-    let ingress = free_port()?;
-    let admin = local(free_port()?);
-    let egress = [
-        local(free_port()?),
-        local(free_port()?),
-        local(free_port()?),
-    ];
-    let frontend = serve_frontend(egress).await?;
-    let service = format!("bench-{ingress}");
-    let mut config = format!(
-        "[service]\nname = \"{service}\"\nlisten = \"127.0.0.1:{ingress}\"\nupstream = \"{frontend}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[[dependency]]\nname = \"catalog\"\nlisten = \"{}\"\nupstream = \"{catalog}\"\n",
-        egress[0]
-    );
-    for (name, listen) in CONTAINER_DEPS.iter().zip(&egress[1..]) {
-        config.push_str(&format!(
-            "\n[[dependency]]\nname = \"{name}\"\nlisten = \"{listen}\"\n[dependency.container]\nimage = \"{IMAGE}\"\nargs = [\"serve-fast\", \"--listen\", \"0.0.0.0:8080\", \"--body-bytes\", \"64\", \"--latency\", \"5ms\", \"--startup\", \"{}ms\"]\nport = 8080\nkeep_alive = \"{}\"\nprestart = {}\n",
-            opts.startup.as_millis(),
-            policy.keep_alive,
-            policy.prestart
-        ));
-    }
+    let replica = Replica::new(catalog, None).await?;
+    let (ingress, admin) = (replica.ingress, replica.admin);
+    let config = replica.config(&opts.workload, &policy.keep_alive, policy.prestart, "");
     let slug: String = policy
         .name
         .chars()
@@ -210,28 +344,11 @@ async fn measure(
         .collect();
     let proc = procs::start_augur(binary, &dir, &slug, &config, admin, None)?;
     let addr = local(ingress);
-    let mut rng = fastrand::Rng::with_seed(opts.seed);
+    let mut rng = fastrand::Rng::with_seed(opts.workload.seed);
     // Warm-up: the model learns the route, the adaptive policy its gaps.
-    for _ in 0..opts.warmup_bursts {
-        burst(addr, opts).await;
-        gap(&mut rng, opts).await;
-    }
+    opts.workload.warm_up(&[addr], &mut rng).await;
     let before = scrape(admin)?;
-    let began = Instant::now();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-    let mut errors = 0;
-    for i in 0..opts.bursts {
-        for result in burst(addr, opts).await {
-            match result {
-                Ok(d) => latency.record(d.as_micros() as u64)?,
-                Err(_) => errors += 1,
-            }
-        }
-        if i + 1 < opts.bursts {
-            gap(&mut rng, opts).await;
-        }
-    }
-    let measured = began.elapsed();
+    let run = opts.workload.measure(&[addr], &mut rng).await?;
     let after = scrape(admin)?;
     let windows = match procs::http_get(admin, "/debug/containers") {
         Ok((200, body)) => describe_windows(&body),
@@ -265,21 +382,20 @@ async fn measure(
             starts.push(format!("{n} {reason}"));
         }
     }
-    let q = |p: f64| latency.value_at_quantile(p) as f64 / 1000.0;
     Ok(Row {
         policy: policy.name.clone(),
         calls,
         cold_waits,
-        p50_ms: q(0.5),
-        p99_ms: q(0.99),
-        errors,
+        p50_ms: run.ms(0.5),
+        p99_ms: run.ms(0.99),
+        errors: run.errors,
         container_seconds,
         starts: if starts.is_empty() {
             "none".into()
         } else {
             starts.join(", ")
         },
-        measured,
+        measured: run.took,
         windows,
     })
 }
@@ -313,15 +429,21 @@ fn describe_windows(body: &str) -> String {
         .join("; ")
 }
 
-/// One burst: `burst_size` requests `spacing` apart; their latencies.
-async fn burst(addr: SocketAddr, opts: &Options) -> Vec<anyhow::Result<Duration>> {
+/// One burst: `size` requests `spacing` apart, taking turns over `addrs`
+/// (the replicas of a service behind a load balancer); their latencies.
+async fn burst(
+    addrs: &[SocketAddr],
+    size: usize,
+    spacing: Duration,
+) -> Vec<anyhow::Result<Duration>> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut tasks = Vec::new();
-    for i in 0..opts.burst_size {
+    for i in 0..size {
         if i > 0 {
-            tokio::time::sleep(opts.spacing).await;
+            tokio::time::sleep(spacing).await;
         }
+        let addr = addrs[i % addrs.len()];
         let client = client.clone();
         let id = fastrand::u32(1..1_000_000);
         tasks.push(tokio::spawn(async move {
@@ -345,16 +467,13 @@ async fn burst(addr: SocketAddr, opts: &Options) -> Vec<anyhow::Result<Duration>
     out
 }
 
-async fn gap(rng: &mut fastrand::Rng, opts: &Options) {
-    let (lo, hi) = (
-        opts.gap_min.as_millis() as u64,
-        opts.gap_max.as_millis() as u64,
-    );
+async fn gap(rng: &mut fastrand::Rng, min: Duration, max: Duration) {
+    let (lo, hi) = (min.as_millis() as u64, max.as_millis() as u64);
     let ms = if hi > lo { rng.u64(lo..=hi) } else { lo };
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+pub(crate) fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     let (status, body) = procs::http_get(admin, "/metrics")?;
     if status != 200 {
         bail!("augur /metrics answered {status}");
@@ -364,7 +483,7 @@ fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
 
 /// The sum of every series of `prefix` (a metric name and the start of
 /// its labels) in Prometheus text.
-fn metric_sum(text: &str, prefix: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter_map(|l| {
             l.strip_prefix(prefix)?
@@ -377,17 +496,7 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
 }
 
 fn table(rows: &[Row], opts: &Options) -> String {
-    let mut out = format!(
-        "Bursts of {} requests {} ms apart, idle gaps {}–{} s, {} warm-up + {} measured bursts per policy; catalog {} ms, container app start-up {} ms.\n\n",
-        opts.burst_size,
-        opts.spacing.as_millis(),
-        opts.gap_min.as_secs_f64(),
-        opts.gap_max.as_secs_f64(),
-        opts.warmup_bursts,
-        opts.bursts,
-        opts.catalog.as_millis(),
-        opts.startup.as_millis(),
-    );
+    let mut out = format!("{}.\n\n", capitalized(&opts.workload.describe()));
     out.push_str("| policy | container calls | waited for a cold start | inbound p50 | inbound p99 | errors | container-seconds | starts | measured |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
     for r in rows {
@@ -414,4 +523,11 @@ fn table(rows: &[Row], opts: &Options) -> String {
         out.push_str(&format!("* {}: {}\n", r.policy, r.windows));
     }
     out
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
 }

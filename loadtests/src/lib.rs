@@ -25,4 +25,5 @@ pub mod procs;
 pub mod server;
 pub mod settings_bench;
 pub mod shop;
+pub mod sidecars_bench;
 pub mod transport;

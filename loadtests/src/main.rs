@@ -10,7 +10,7 @@ use augur_loadtests::hotel::Hotel;
 use augur_loadtests::shop::Shop;
 use augur_loadtests::{
     app_demo, bench, chaos, containers_bench, demo, fuzz_http, hostile, server, settings_bench,
-    transport,
+    sidecars_bench, transport,
 };
 use clap::{Parser, Subcommand};
 
@@ -79,6 +79,17 @@ enum Command {
     BenchContainers {
         #[command(flatten)]
         opts: containers_bench::Options,
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The container benchmark's bursty workload through several sidecars
+    /// (replicas of one service), their container dependencies each
+    /// sidecar's own on the local engine, or one Swarm service per
+    /// dependency that every sidecar scales. Prints a Markdown table.
+    BenchSidecars {
+        #[command(flatten)]
+        opts: sidecars_bench::Options,
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -263,6 +274,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::BenchContainers { opts, out } => {
                 emit(&containers_bench::run(opts).await?, out.as_deref())
+            }
+            Command::BenchSidecars { opts, out } => {
+                emit(&sidecars_bench::run(opts).await?, out.as_deref())
             }
             Command::FuzzHttp {
                 duration,

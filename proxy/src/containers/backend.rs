@@ -84,4 +84,15 @@ pub(crate) trait Backend: Send + Sync {
     async fn owned(&self, service: &str) -> Result<Vec<String>, ResourceError>;
     /// What a running container uses now.
     async fn stats(&self, id: &str) -> Result<Usage, ResourceError>;
+    /// This sidecar used the dependency: its calls are in flight
+    /// (`busy`), or the last of them ended at `unix_ms`. An engine whose
+    /// instances other sidecars share tells them.
+    fn note_use(&self, _spec: &Spec, _busy: bool, _unix_ms: u64) {}
+    /// When another sidecar sharing the dependency last used it (unix ms),
+    /// as far as this one knows: an idle gap of this sidecar's that the
+    /// others' calls broke is not the dependency's idle gap. `None` for a
+    /// dependency that is this sidecar's alone.
+    fn others_last_use(&self, _spec: &Spec) -> Option<u64> {
+        None
+    }
 }

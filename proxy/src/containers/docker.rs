@@ -277,4 +277,12 @@ impl Backend for swarm::SwarmBackend {
     async fn stats(&self, id: &str) -> Result<Usage, ResourceError> {
         swarm::SwarmBackend::stats(self, id).await
     }
+
+    fn note_use(&self, spec: &Spec, busy: bool, unix_ms: u64) {
+        swarm::SwarmBackend::note_use(self, spec, busy, unix_ms);
+    }
+
+    fn others_last_use(&self, spec: &Spec) -> Option<u64> {
+        swarm::SwarmBackend::others_last_use(self, spec)
+    }
 }

@@ -271,9 +271,38 @@ impl ContainerPool {
         self.spec.memory.unwrap_or(0)
     }
 
+    /// The dependency's idle gap that ends at `end`, this sidecar's having
+    /// begun at `since`: shorter when another sidecar sharing the
+    /// dependency used it in between.
+    fn idle_gap(&self, since: Instant, end: Instant) -> Duration {
+        let since = match self.backend.others_last_use(&self.spec) {
+            Some(ms) => {
+                let ago = crate::clock::unix_ms().saturating_sub(ms);
+                Instant::now()
+                    .checked_sub(Duration::from_millis(ago))
+                    .map_or(since, |other| other.max(since))
+            }
+            None => since,
+        };
+        end.saturating_duration_since(since)
+    }
+
     /// A ready instance, starting one (shared with every other waiting call)
     /// when there is none.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Acquired, PoolError> {
+        let got = self.acquire_or_start().await;
+        if got.is_err() {
+            let idle = self.state.lock().ready.iter().all(|i| i.inflight == 0);
+            if idle {
+                // The call that said so is not in flight after all.
+                self.backend
+                    .note_use(&self.spec, false, crate::clock::unix_ms());
+            }
+        }
+        got
+    }
+
+    async fn acquire_or_start(self: &Arc<Self>) -> Result<Acquired, PoolError> {
         let began = Instant::now();
         let deadline = began + self.limits.start_timeout;
         let mut waited = false;
@@ -288,8 +317,11 @@ impl ContainerPool {
                 if !arrived {
                     arrived = true;
                     if let Some(since) = state.idle_since.take() {
-                        state.gaps.record(began.duration_since(since));
+                        let gap = self.idle_gap(since, began);
+                        state.gaps.record(gap);
                     }
+                    self.backend
+                        .note_use(&self.spec, true, crate::clock::unix_ms());
                 }
                 if let Some(lease) = self.lease(&mut state) {
                     return Ok(Acquired {
@@ -352,8 +384,11 @@ impl ContainerPool {
         // other: it ends an idle gap, and the call it stands for is served
         // from it rather than from the instance.
         if let Some(since) = state.idle_since.take() {
-            state.gaps.record(since.elapsed());
+            let gap = self.idle_gap(since, Instant::now());
+            state.gaps.record(gap);
         }
+        self.backend
+            .note_use(&self.spec, true, crate::clock::unix_ms());
         self.lease(&mut state).map(|lease| lease.addr)
     }
 
@@ -398,6 +433,8 @@ impl ContainerPool {
             }
             if state.ready.iter().all(|i| i.inflight == 0) {
                 state.idle_since = Some(now);
+                self.backend
+                    .note_use(&self.spec, false, crate::clock::unix_ms());
             }
             went_idle
         };

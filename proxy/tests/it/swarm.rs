@@ -82,6 +82,11 @@ fn replicas(service: &str) -> Option<u64> {
 }
 
 fn demands(service: &str) -> usize {
+    labelled(service, "augur.demand.")
+}
+
+/// The service's labels that start with `prefix`.
+fn labelled(service: &str, prefix: &str) -> usize {
     docker(&[
         "service",
         "inspect",
@@ -89,7 +94,7 @@ fn demands(service: &str) -> usize {
         "--format",
         "{{json .Spec.Labels}}",
     ])
-    .matches("augur.demand.")
+    .matches(prefix)
     .count()
 }
 

@@ -21,6 +21,13 @@
 //! ([`LEASE`]), and the next write by any sidecar drops it. So a service
 //! goes to zero only when no live sidecar wants an instance.
 //!
+//! **Idle gaps.** Each sidecar also writes when it last used the service
+//! (`augur.used.<sidecar>` = unix ms, the time of the write while its calls
+//! are in flight), and reads the others': a sidecar's idle gap that another
+//! sidecar's calls broke is not the service's, and its adaptive keep-alive
+//! learns the gaps between anyone's calls. Entries older than [`USED_KEPT`]
+//! go with the next write.
+//!
 //! **Instances.** A start raises this sidecar's demand by one and waits
 //! for a running task it does not hold yet; a stop lowers it. The engine
 //! picks which task goes when the count falls; a task the pool still held
@@ -47,6 +54,10 @@ use crate::containers::backend::{
 
 /// The label prefix of a sidecar's demand on a service.
 pub(crate) const DEMAND: &str = "augur.demand.";
+/// The label prefix of a sidecar's last use of a service.
+pub(crate) const USED: &str = "augur.used.";
+/// How long a last use is kept on the service after it.
+pub(crate) const USED_KEPT: Duration = Duration::from_secs(3600);
 /// How long a demand lives unless renewed.
 pub(crate) const LEASE: Duration = Duration::from_secs(10);
 /// How often a sidecar renews its demands and drops expired ones.
@@ -65,6 +76,12 @@ struct Local {
     held: HashSet<String>,
     /// The demand is on the service (to take it off when it falls to 0).
     published: bool,
+    /// This sidecar's calls to the service are in flight.
+    busy: bool,
+    /// When this sidecar last used the service (unix ms).
+    used: Option<u64>,
+    /// When another sidecar last did, as last read.
+    others_used: Option<u64>,
     floor: usize,
     ceiling: usize,
 }
@@ -78,6 +95,15 @@ pub(crate) struct SwarmBackend {
     /// This engine's node in the swarm, once known.
     node: Mutex<Option<String>>,
     conflicts: prometheus::IntCounter,
+}
+
+/// This sidecar's view of the service of `spec`, with the service's
+/// replica range (so that no write of it can go outside that range).
+fn entry<'a>(local: &'a mut HashMap<String, Local>, spec: &Spec) -> &'a mut Local {
+    let l = local.entry(service_name(spec)).or_default();
+    l.floor = spec.min_instances;
+    l.ceiling = spec.max_instances;
+    l
 }
 
 /// A demand read from a label: (instances, until unix ms).
@@ -203,7 +229,7 @@ impl SwarmBackend {
     /// demand is to go or the count is off. Returns the replica count.
     async fn publish(&self, docker: &Docker, name: &str) -> Result<usize, ResourceError> {
         for _ in 0..TRIES {
-            let (wanted, published, floor, ceiling) = {
+            let (wanted, published, floor, ceiling, used) = {
                 let local = self.local.lock();
                 let l = local.get(name);
                 (
@@ -211,6 +237,7 @@ impl SwarmBackend {
                     l.is_some_and(|l| l.published),
                     l.map_or(0, |l| l.floor),
                     l.map_or(0, |l| l.ceiling),
+                    l.and_then(|l| if l.busy { Some(u64::MAX) } else { l.used }),
                 )
             };
             let service = docker
@@ -220,27 +247,50 @@ impl SwarmBackend {
             let version = service.version.and_then(|v| v.index).unwrap_or(0);
             let mut spec = service.spec.unwrap_or_default();
             let mut labels = spec.labels.take().unwrap_or_default();
-            let before = (
-                labels.len(),
-                spec.mode
-                    .as_ref()
-                    .and_then(|m| m.replicated.as_ref())
-                    .and_then(|r| r.replicas),
-            );
+            let original = labels.clone();
+            let replicas_before = spec
+                .mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas);
             let now = crate::clock::unix_ms();
-            // Expired demands go with every write.
-            labels.retain(|k, v| {
-                !k.starts_with(DEMAND) || parse_demand(v).is_some_and(|(_, until)| until >= now)
-            });
             let own = format!("{DEMAND}{}", self.sidecar);
+            let own_used = format!("{USED}{}", self.sidecar);
+            let others_used = labels
+                .iter()
+                .filter(|(k, _)| k.starts_with(USED) && **k != own_used)
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .max();
+            if let Some(l) = self.local.lock().get_mut(name) {
+                l.others_used = others_used;
+            }
+            // Expired demands and old uses go with every write.
+            let kept = USED_KEPT.as_millis() as u64;
+            labels.retain(|k, v| {
+                if k.starts_with(DEMAND) {
+                    parse_demand(v).is_some_and(|(_, until)| until >= now)
+                } else if k.starts_with(USED) {
+                    v.parse::<u64>()
+                        .is_ok_and(|t| t.saturating_add(kept) >= now)
+                } else {
+                    true
+                }
+            });
             if wanted > 0 {
                 let until = now + LEASE.as_millis() as u64;
                 labels.insert(own, format!("{wanted};{until}"));
             } else {
                 labels.remove(&own);
             }
+            if let Some(used) = used {
+                labels.insert(own_used, used.min(now).to_string());
+            }
             let count = replicas(&labels, now, floor, ceiling);
-            if wanted == 0 && !published && before == (labels.len(), Some(count as i64)) {
+            if wanted == 0
+                && !published
+                && labels == original
+                && replicas_before == Some(count as i64)
+            {
                 return Ok(count);
             }
             spec.labels = Some(labels);
@@ -360,10 +410,7 @@ impl SwarmBackend {
         self.ensure(&docker, spec, &name).await?;
         {
             let mut local = self.local.lock();
-            let l = local.entry(name.clone()).or_default();
-            l.wanted += 1;
-            l.floor = spec.min_instances;
-            l.ceiling = spec.max_instances;
+            entry(&mut local, spec).wanted += 1;
         }
         let lower = |this: &Self| {
             if let Some(l) = this.local.lock().get_mut(&name) {
@@ -429,14 +476,23 @@ impl SwarmBackend {
     /// used. Called every [`RENEW`].
     pub(crate) async fn renew(&self) -> Result<(), ResourceError> {
         let names: Vec<String> = self.local.lock().keys().cloned().collect();
+        self.publish_each(names).await
+    }
+
+    /// [`SwarmBackend::publish`] on each of `names`, every one tried; the
+    /// first failure is returned.
+    async fn publish_each(&self, names: Vec<String>) -> Result<(), ResourceError> {
         if names.is_empty() {
             return Ok(());
         }
         let docker = self.client().await?;
+        let mut first = None;
         for name in names {
-            self.publish(&docker, &name).await?;
+            if let Err(e) = self.publish(&docker, &name).await {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Takes this sidecar's demands off every service (shutdown).
@@ -445,6 +501,7 @@ impl SwarmBackend {
             let mut local = self.local.lock();
             for l in local.values_mut() {
                 l.wanted = 0;
+                l.busy = false;
                 l.held.clear();
             }
             local
@@ -453,14 +510,21 @@ impl SwarmBackend {
                 .map(|(n, _)| n.clone())
                 .collect()
         };
-        if names.is_empty() {
-            return Ok(());
-        }
-        let docker = self.client().await?;
-        for name in names {
-            self.publish(&docker, &name).await?;
-        }
-        Ok(())
+        self.publish_each(names).await
+    }
+
+    /// Notes this sidecar's use of the service of `spec` (written on it
+    /// with the next write).
+    pub(crate) fn note_use(&self, spec: &Spec, busy: bool, unix_ms: u64) {
+        let mut local = self.local.lock();
+        let l = entry(&mut local, spec);
+        l.busy = busy;
+        l.used = Some(unix_ms);
+    }
+
+    /// When another sidecar last used the service of `spec`, as last read.
+    pub(crate) fn others_last_use(&self, spec: &Spec) -> Option<u64> {
+        self.local.lock().get(&service_name(spec))?.others_used
     }
 
     /// What a task's container uses (on this node).

@@ -19,11 +19,11 @@ fn metrics() -> PoolMetrics {
     }
 }
 
-fn pool(
+fn pool<B: Backend + 'static>(
     name: &str,
     criticality: f64,
     keep_alive: KeepAlive,
-    backend: &Arc<Fake>,
+    backend: &Arc<B>,
     capacity: &Arc<Capacity>,
 ) -> Arc<ContainerPool> {
     let spec = Spec {
@@ -305,4 +305,71 @@ async fn a_failed_start_backs_off_with_the_error() {
     );
     assert!(second.to_string().contains("retrying in"), "{second}");
     assert_eq!(capacity.used().0, 0, "a failed start holds no room");
+}
+
+/// An engine whose instances other sidecars share, as a swarm's are: it
+/// says when the others last used the dependency, and keeps what this
+/// sidecar said of its own use.
+#[derive(Default)]
+struct Shared {
+    fake: Fake,
+    others: parking_lot::Mutex<Option<u64>>,
+    notes: parking_lot::Mutex<Vec<bool>>,
+}
+
+#[async_trait]
+impl Backend for Shared {
+    async fn start(&self, spec: &Spec) -> Result<Started, ResourceError> {
+        self.fake.start(spec).await
+    }
+    async fn stop(&self, id: &str) -> Result<(), ResourceError> {
+        self.fake.stop(id).await
+    }
+    async fn owned(&self, service: &str) -> Result<Vec<String>, ResourceError> {
+        self.fake.owned(service).await
+    }
+    async fn stats(&self, id: &str) -> Result<Usage, ResourceError> {
+        self.fake.stats(id).await
+    }
+    fn note_use(&self, _spec: &Spec, busy: bool, _unix_ms: u64) {
+        self.notes.lock().push(busy);
+    }
+    fn others_last_use(&self, _spec: &Spec) -> Option<u64> {
+        *self.others.lock()
+    }
+}
+
+/// The bucket a gap of `secs` falls in.
+fn bucket_of(secs: f64) -> usize {
+    let mut g = crate::containers::keepalive::IdleGaps::default();
+    g.record(Duration::from_secs_f64(secs));
+    g.to_saved().iter().position(|c| *c > 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_shared_dependency_learns_the_gaps_between_anyones_calls() {
+    let backend = Arc::new(Shared::default());
+    let pool = pool("shared", 1.0, FIXED, &backend, &Capacity::new(4, None));
+    let lease = pool.acquire().await.unwrap();
+    pool.release(lease.addr);
+    assert_eq!(*backend.notes.lock(), [true, false], "busy, then idle");
+    // This sidecar has been idle 10 s; another used the dependency 1.5 s
+    // ago: the gap that ends now is the dependency's, 1.5 s.
+    pool.state.lock().idle_since = Instant::now().checked_sub(Duration::from_secs(10));
+    *backend.others.lock() = Some(crate::clock::unix_ms() - 1500);
+    let lease = pool.acquire().await.unwrap();
+    pool.release(lease.addr);
+    let saved = pool.state.lock().gaps.to_saved();
+    let got = saved.iter().position(|c| *c > 0).unwrap();
+    assert!(
+        got <= bucket_of(2.0) && got >= bucket_of(1.4),
+        "recorded in bucket {got}: {saved:?}"
+    );
+    // Nobody else since: the gap is this sidecar's own.
+    pool.state.lock().idle_since = Instant::now().checked_sub(Duration::from_secs(10));
+    *backend.others.lock() = Some(crate::clock::unix_ms() - 60_000);
+    let lease = pool.acquire().await.unwrap();
+    pool.release(lease.addr);
+    let saved = pool.state.lock().gaps.to_saved();
+    assert_eq!(saved[bucket_of(10.0)], 1, "{saved:?}");
 }
