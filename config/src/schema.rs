@@ -35,7 +35,29 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
         .collect();
     let routes: Vec<_> = root.tables("route").into_iter().map(route).collect();
     if let Some(max) = containers.as_ref().and_then(|c| c.max_memory) {
-        memory_fits(&root, max, dependencies.iter().flatten());
+        let bytes = |n: f64| format!("{n} bytes");
+        let deps = dependencies.iter().flatten();
+        let memory = |c: &Container| c.memory.map(|m| m as f64);
+        limit_fits(
+            &root,
+            ("containers.max_memory", "memory"),
+            max as f64,
+            bytes,
+            deps,
+            memory,
+        );
+    }
+    if let Some(max) = containers.as_ref().and_then(|c| c.max_cpus) {
+        let plain = |n: f64| n.to_string();
+        let deps = dependencies.iter().flatten();
+        limit_fits(
+            &root,
+            ("containers.max_cpus", "cpus"),
+            max,
+            plain,
+            deps,
+            |c| c.cpus,
+        );
     }
     root.finish();
 
@@ -59,26 +81,36 @@ pub(crate) fn config(mut root: Section<'_>) -> Option<Config> {
 
 const SERVICE: &str = "service";
 
-/// With `containers.max_memory`, every container dependency must say what
-/// it may use (its `memory` counts against the limit), and fit under it.
-fn memory_fits<'d>(root: &Section<'_>, max: u64, deps: impl Iterator<Item = &'d Dependency>) {
+/// With a `containers.max_*` limit (`key`), every container dependency must
+/// say what it may use (its own limit, `own`, counts against the global
+/// one), and fit under it.
+fn limit_fits<'d>(
+    root: &Section<'_>,
+    (key, own): (&str, &str),
+    max: f64,
+    show: impl Fn(f64) -> String,
+    deps: impl Iterator<Item = &'d Dependency>,
+    limit: impl Fn(&Container) -> Option<f64>,
+) {
     for d in deps {
         let Target::Container(c) = &d.target else {
             continue;
         };
-        match c.memory {
+        match limit(c) {
             None => root.problem(
-                "containers.max_memory",
+                key,
                 format!(
-                    "is set, so dependency {:?} needs container.memory (what it may use counts against the limit)",
+                    "is set, so dependency {:?} needs container.{own} (what it may use counts against the limit)",
                     d.name
                 ),
             ),
-            Some(m) if m > max => root.problem(
-                "containers.max_memory",
+            Some(n) if n > max => root.problem(
+                key,
                 format!(
-                    "{max} bytes is less than dependency {:?}'s container.memory ({m} bytes): it could never start",
-                    d.name
+                    "{} is less than dependency {:?}'s container.{own} ({}): it could never start",
+                    show(max),
+                    d.name,
+                    show(n)
                 ),
             ),
             Some(_) => {}
@@ -819,6 +851,11 @@ fn containers(mut s: Section<'_>) -> Option<Containers> {
     } else {
         Some(None)
     };
+    let max_cpus = if s.has("max_cpus") {
+        s.number("max_cpus", 0.01, 1_000_000.0).map(Some)
+    } else {
+        Some(None)
+    };
     let stats_interval = or_default!(s, "stats_interval", duration; 5 * SECOND);
     if stats_interval.is_some_and(|d| d < Duration::from_millis(100)) {
         s.problem("stats_interval", "must be at least 100ms");
@@ -827,6 +864,7 @@ fn containers(mut s: Section<'_>) -> Option<Containers> {
     Some(Containers {
         max_containers: max_containers? as usize,
         max_memory: max_memory?,
+        max_cpus: max_cpus?,
         stats_interval: stats_interval.filter(|d| *d >= Duration::from_millis(100))?,
     })
 }

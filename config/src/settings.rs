@@ -415,6 +415,8 @@ pub struct Containers {
     pub max_containers: usize,
     /// Total of the containers' `memory` limits, when set.
     pub max_memory: Option<u64>,
+    /// Total of the containers' `cpus` limits, when set.
+    pub max_cpus: Option<f64>,
     /// How often Docker stats are read for running containers.
     #[serde(serialize_with = "text::duration")]
     pub stats_interval: Duration,

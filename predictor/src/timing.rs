@@ -55,6 +55,15 @@ impl Recent {
         self.len = (usize::from(self.len) + 1).min(KEPT) as u8;
     }
 
+    /// How many observations are kept (at most [`KEPT`]).
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The `q` quantile (0..=1) of what is kept, nearest rank.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         let n = usize::from(self.len);

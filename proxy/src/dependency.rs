@@ -272,7 +272,7 @@ mod tests {
             service: "svc",
             backend: &backend,
             swarm: None,
-            capacity: &Capacity::new(4, None),
+            capacity: &Capacity::new(4, None, None),
             metrics: &metrics,
             names: &Names::default(),
             horizon: Duration::from_millis(200),

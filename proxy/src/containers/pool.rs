@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use augur_predictor::timing::Recent;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::backend::{Backend, ResourceError, Spec, Usage, short};
-use super::capacity::{Capacity, Full, Tenant};
+use super::capacity::{Capacity, Full, Room, Tenant};
 use super::keepalive::IdleGaps;
 
 pub(crate) use report::Gauges;
@@ -117,6 +118,14 @@ const IDLE_WORTH: f64 = 0.5;
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
 /// A CPU-limited instance using this share of its limit counts as busy.
 const BUSY_CPU: f64 = 0.9;
+/// Docker stats samples of a dependency's instances before what they use
+/// (the 90th percentile, plus [`HEADROOM`]) replaces their limits in the
+/// room a new instance holds.
+const USAGE_SAMPLES: usize = 8;
+/// Head-room over the predicted use.
+const HEADROOM: f64 = 1.25;
+/// Docker's smallest memory limit: no instance holds less.
+const MIN_MEMORY: u64 = 6 << 20;
 
 struct Instance {
     id: String,
@@ -128,6 +137,8 @@ struct Instance {
     /// a call yet.
     unused_prestart: Option<f64>,
     usage: Option<Usage>,
+    /// What it holds of the global limits.
+    room: Room,
 }
 
 type StartWatch = watch::Receiver<Option<Result<(), PoolError>>>;
@@ -157,6 +168,10 @@ struct State {
     stopped_seconds: f64,
     /// A prestart waiting for its moment.
     scheduled: Option<Instant>,
+    /// What instances used, per Docker stats sample: memory in KiB, CPU in
+    /// thousandths of a core.
+    memory_kib: Recent,
+    cpu_milli: Recent,
     /// A cold start is waiting for room under the global limit.
     awaiting_room: bool,
     /// After a start was denied room: no speculative start before this.
@@ -235,6 +250,8 @@ impl ContainerPool {
                 start_time: Duration::from_secs(1),
                 stopped_seconds: 0.0,
                 scheduled: None,
+                memory_kib: Recent::default(),
+                cpu_milli: Recent::default(),
                 awaiting_room: false,
                 denied_until: None,
             }),
@@ -266,9 +283,34 @@ impl ContainerPool {
         }
     }
 
-    /// What one instance counts against the global memory limit.
-    fn memory(&self) -> u64 {
-        self.spec.memory.unwrap_or(0)
+    /// What the dependency's instances are predicted to use (the 90th
+    /// percentile of their Docker stats samples), once seen enough.
+    fn predicted(state: &State) -> Option<Usage> {
+        if state.memory_kib.len() < USAGE_SAMPLES {
+            return None;
+        }
+        Some(Usage {
+            memory_bytes: state.memory_kib.quantile(0.9)? << 10,
+            cpu_cores: state.cpu_milli.quantile(0.9)? as f64 / 1000.0,
+        })
+    }
+
+    /// What a new instance holds of the global limits: its `memory` and
+    /// `cpus` limits, or less once its dependency's instances have been
+    /// seen to use less (their predicted use with [`HEADROOM`]). The limits
+    /// still bound each container; the room is what it is expected to
+    /// take, as a Kubernetes request is to a limit.
+    fn room(&self) -> Room {
+        let predicted = Self::predicted(&self.state.lock());
+        let memory = self.spec.memory.map_or(0, |limit| match predicted {
+            Some(p) => limit.min(((p.memory_bytes as f64 * HEADROOM) as u64).max(MIN_MEMORY)),
+            None => limit,
+        });
+        let cpus = self.spec.cpus.map_or(0.0, |limit| match predicted {
+            Some(p) => limit.min((p.cpu_cores * HEADROOM).max(0.01)),
+            None => limit,
+        });
+        Room { memory, cpus }
     }
 
     /// The dependency's idle gap that ends at `end`, this sidecar's having
@@ -458,7 +500,8 @@ impl ContainerPool {
                 self.spec.dependency,
                 short(&instance.id)
             );
-            self.stop_instance(&instance.id, instance.started).await;
+            self.stop_instance(&instance.id, instance.started, instance.room)
+                .await;
         }
     }
 

@@ -89,14 +89,16 @@ impl Admin {
     }
 
     fn containers(&self) -> serde_json::Value {
-        let (containers, memory) = self.capacity.used();
+        let (containers, held) = self.capacity.used();
         let pools: Vec<_> = self.pools.iter().map(|p| p.snapshot()).collect();
         serde_json::json!({
             "capacity": {
                 "containers": containers,
                 "max_containers": self.capacity.max_containers(),
-                "memory_bytes": memory,
+                "memory_bytes": held.memory,
                 "max_memory_bytes": self.capacity.max_memory(),
+                "cpus": held.cpus,
+                "max_cpus": self.capacity.max_cpus(),
             },
             "dependencies": pools,
         })

@@ -73,6 +73,7 @@ impl Upstreams {
         let capacity = Capacity::new(
             config.containers.max_containers,
             config.containers.max_memory,
+            config.containers.max_cpus,
         );
         let env = Environment {
             service: &service.name,

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{ContainerPool, KeepAlive};
 use crate::containers::backend::short;
+use crate::containers::capacity::Room;
 
 /// What `/debug/containers` and the metrics show of a pool.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,6 +21,12 @@ pub(crate) struct Snapshot {
     pub(crate) keep_alive_seconds: f64,
     pub(crate) idle_gaps_seen: u32,
     pub(crate) start_seconds: f64,
+    /// What an instance is predicted to use (the 90th percentile of the
+    /// Docker stats samples), once seen enough.
+    pub(crate) predicted_memory_bytes: Option<u64>,
+    pub(crate) predicted_cpu_cores: Option<f64>,
+    /// What a new instance would hold of the global limits.
+    pub(crate) room: Room,
     pub(crate) instances: Vec<InstanceSnapshot>,
 }
 
@@ -50,7 +57,9 @@ pub(crate) struct Gauges {
 
 impl ContainerPool {
     pub(crate) fn snapshot(&self) -> Snapshot {
+        let room = self.room();
         let state = self.state.lock();
+        let predicted = Self::predicted(&state);
         let now = Instant::now();
         let windows = self.windows(&state);
         Snapshot {
@@ -67,6 +76,9 @@ impl ContainerPool {
             keep_alive_seconds: windows.keep_alive.as_secs_f64(),
             idle_gaps_seen: state.gaps.samples(),
             start_seconds: state.start_time.as_secs_f64(),
+            predicted_memory_bytes: predicted.map(|p| p.memory_bytes),
+            predicted_cpu_cores: predicted.map(|p| p.cpu_cores),
+            room,
             instances: state
                 .ready
                 .iter()

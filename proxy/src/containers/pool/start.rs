@@ -11,7 +11,7 @@ use super::{
     BACKOFF, ContainerPool, DENIED_PAUSE, Instance, PoolError, Probe, Reason, StartWatch, State,
 };
 use crate::containers::backend::Started;
-use crate::containers::capacity;
+use crate::containers::capacity::{self, Room};
 
 impl ContainerPool {
     /// Starts an instance in the background and returns what tells when it
@@ -82,18 +82,18 @@ impl ContainerPool {
             Reason::Prestart(value) => value,
             Reason::Prewarm | Reason::Scale | Reason::Minimum => self.limits.criticality,
         };
-        let memory = self.memory();
+        let room = self.room();
         let deadline = Instant::now() + self.limits.start_timeout;
         // Only a call's start waits for room; its callers are told why.
         let cold = reason == Reason::Cold;
         if cold {
             self.state.lock().awaiting_room = true;
         }
-        let room = self.capacity.reserve(memory, priority, deadline).await;
+        let reserved = self.capacity.reserve(room, priority, deadline).await;
         if cold {
             self.state.lock().awaiting_room = false;
         }
-        room.map_err(PoolError::Capacity)?;
+        reserved.map_err(PoolError::Capacity)?;
         self.metrics
             .starts
             .with_label_values(&[&self.spec.dependency, reason.label()])
@@ -102,12 +102,12 @@ impl ContainerPool {
         let started = match self.backend.start(&self.spec).await {
             Ok(started) => started,
             Err(e) => {
-                self.capacity.release(memory);
+                self.capacity.release(room);
                 return Err(PoolError::Start(e));
             }
         };
         if let Err(e) = self.ready(&started).await {
-            self.stop_instance(&started.id, now).await;
+            self.stop_instance(&started.id, now, room).await;
             return Err(e);
         }
         let instance = Instance {
@@ -121,6 +121,7 @@ impl ContainerPool {
                 _ => None,
             },
             usage: None,
+            room,
         };
         let refused = {
             let mut state = self.state.lock();
@@ -133,7 +134,7 @@ impl ContainerPool {
         };
         match refused {
             Some(instance) => {
-                self.stop_instance(&instance.id, now).await;
+                self.stop_instance(&instance.id, now, room).await;
                 Err(PoolError::Stopping)
             }
             None => Ok(()),
@@ -166,11 +167,11 @@ impl ContainerPool {
     }
 
     /// Stops a container, gives its room back and counts its seconds.
-    pub(super) async fn stop_instance(&self, id: &str, started: Instant) {
+    pub(super) async fn stop_instance(&self, id: &str, started: Instant, room: Room) {
         if let Err(e) = self.backend.stop(id).await {
             tracing::warn!("{e}");
         }
-        self.capacity.release(self.memory());
+        self.capacity.release(room);
         self.state.lock().stopped_seconds += started.elapsed().as_secs_f64();
     }
 }

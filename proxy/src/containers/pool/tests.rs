@@ -19,14 +19,8 @@ fn metrics() -> PoolMetrics {
     }
 }
 
-fn pool<B: Backend + 'static>(
-    name: &str,
-    criticality: f64,
-    keep_alive: KeepAlive,
-    backend: &Arc<B>,
-    capacity: &Arc<Capacity>,
-) -> Arc<ContainerPool> {
-    let spec = Spec {
+fn spec(name: &str) -> Spec {
+    Spec {
         service: "test".into(),
         dependency: name.into(),
         image: "none".into(),
@@ -37,8 +31,11 @@ fn pool<B: Backend + 'static>(
         min_instances: 0,
         max_instances: 4,
         swarm_service: None,
-    };
-    let limits = Limits {
+    }
+}
+
+fn limits(criticality: f64, keep_alive: KeepAlive) -> Limits {
+    Limits {
         min_instances: 0,
         max_instances: 4,
         keep_alive,
@@ -48,8 +45,24 @@ fn pool<B: Backend + 'static>(
         probe: Probe::Tcp,
         criticality,
         prestart: true,
-    };
-    ContainerPool::new(spec, limits, backend.clone(), capacity.clone(), metrics())
+    }
+}
+
+fn pool<B: Backend + 'static>(
+    name: &str,
+    criticality: f64,
+    keep_alive: KeepAlive,
+    backend: &Arc<B>,
+    capacity: &Arc<Capacity>,
+) -> Arc<ContainerPool> {
+    let limits = limits(criticality, keep_alive);
+    ContainerPool::new(
+        spec(name),
+        limits,
+        backend.clone(),
+        capacity.clone(),
+        metrics(),
+    )
 }
 
 const FIXED: KeepAlive = KeepAlive::Fixed(Duration::from_secs(60));
@@ -66,7 +79,7 @@ async fn settle(pool: &ContainerPool) {
 #[tokio::test]
 async fn a_prestart_displaces_only_idle_work_worth_less() {
     let backend = Arc::new(Fake::default());
-    let capacity = Capacity::new(1, None);
+    let capacity = Capacity::new(1, None, None);
     let critical = pool("critical", 1.0, FIXED, &backend, &capacity);
     let minor = pool("minor", 0.2, FIXED, &backend, &capacity);
     let lease = minor.acquire().await.unwrap();
@@ -112,7 +125,7 @@ async fn a_prestart_displaces_only_idle_work_worth_less() {
 #[tokio::test]
 async fn a_prestart_no_call_uses_is_stopped_after_the_grace_as_waste() {
     let backend = Arc::new(Fake::default());
-    let capacity = Capacity::new(4, None);
+    let capacity = Capacity::new(4, None, None);
     let p = pool("p", 1.0, FIXED, &backend, &capacity);
     assert!(p.prestart(0.95));
     settle(&p).await;
@@ -142,7 +155,7 @@ async fn a_prestart_no_call_uses_is_stopped_after_the_grace_as_waste() {
 #[tokio::test]
 async fn adaptive_keep_alive_stops_at_once_and_prewarms_before_the_next_call() {
     let backend = Arc::new(Fake::default());
-    let capacity = Capacity::new(4, None);
+    let capacity = Capacity::new(4, None, None);
     let fallback = Duration::from_secs(60);
     let p = pool(
         "p",
@@ -190,7 +203,7 @@ async fn adaptive_keep_alive_stops_at_once_and_prewarms_before_the_next_call() {
 async fn an_instance_near_its_cpu_limit_counts_as_busy() {
     let backend = Arc::new(Fake::default());
     backend.cpu.store(950, Ordering::SeqCst); // 0.95 cores
-    let capacity = Capacity::new(4, None);
+    let capacity = Capacity::new(4, None, None);
     let template = pool("t", 1.0, FIXED, &backend, &capacity);
     let mut spec = template.spec.clone();
     spec.cpus = Some(1.0);
@@ -226,7 +239,7 @@ async fn an_instance_near_its_cpu_limit_counts_as_busy() {
 #[tokio::test]
 async fn min_instances_are_started_and_kept() {
     let backend = Arc::new(Fake::default());
-    let capacity = Capacity::new(4, None);
+    let capacity = Capacity::new(4, None, None);
     let template = pool(
         "t",
         1.0,
@@ -249,10 +262,7 @@ async fn min_instances_are_started_and_kept() {
     }
     assert_eq!(p.snapshot().ready, 2);
     assert_eq!(p.metrics.starts.with_label_values(&["t", "min"]).get(), 2);
-    assert!(
-        p.idle_value().is_none(),
-        "never displaced below the minimum"
-    );
+    assert!(p.idle().is_empty(), "never displaced below the minimum");
     let lease = p.acquire().await.unwrap();
     p.release(lease.addr);
     p.maintain().await;
@@ -285,7 +295,7 @@ async fn a_failed_start_backs_off_with_the_error() {
             unreachable!()
         }
     }
-    let capacity = Capacity::new(4, None);
+    let capacity = Capacity::new(4, None, None);
     let fake = Arc::new(Fake::default());
     let p = pool("p", 1.0, FIXED, &fake, &capacity);
     let down = ContainerPool::new(
@@ -349,7 +359,13 @@ fn bucket_of(secs: f64) -> usize {
 #[tokio::test]
 async fn a_shared_dependency_learns_the_gaps_between_anyones_calls() {
     let backend = Arc::new(Shared::default());
-    let pool = pool("shared", 1.0, FIXED, &backend, &Capacity::new(4, None));
+    let pool = pool(
+        "shared",
+        1.0,
+        FIXED,
+        &backend,
+        &Capacity::new(4, None, None),
+    );
     let lease = pool.acquire().await.unwrap();
     pool.release(lease.addr);
     assert_eq!(*backend.notes.lock(), [true, false], "busy, then idle");
@@ -372,4 +388,56 @@ async fn a_shared_dependency_learns_the_gaps_between_anyones_calls() {
     pool.release(lease.addr);
     let saved = pool.state.lock().gaps.to_saved();
     assert_eq!(saved[bucket_of(10.0)], 1, "{saved:?}");
+}
+
+#[tokio::test]
+async fn an_instance_holds_what_its_dependency_is_seen_to_use_not_its_limits() {
+    let backend = Arc::new(Fake::default());
+    // The fake's instances use 32 MiB and a tenth of a core.
+    backend.cpu.store(100, Ordering::SeqCst);
+    let capacity = Capacity::new(8, Some(1 << 30), Some(2.0));
+    let spec = Spec {
+        memory: Some(256 << 20),
+        cpus: Some(1.0),
+        ..spec("limited")
+    };
+    let p = ContainerPool::new(
+        spec,
+        limits(1.0, FIXED),
+        backend.clone(),
+        capacity.clone(),
+        metrics(),
+    );
+    let lease = p.acquire().await.unwrap();
+    p.release(lease.addr);
+    let limits_room = Room {
+        memory: 256 << 20,
+        cpus: 1.0,
+    };
+    assert_eq!(
+        capacity.used().1,
+        limits_room,
+        "nothing seen yet: the limits"
+    );
+    for _ in 0..USAGE_SAMPLES {
+        p.poll_stats().await;
+    }
+    let snap = p.snapshot();
+    assert_eq!(snap.predicted_memory_bytes, Some(32 << 20));
+    assert_eq!(snap.predicted_cpu_cores, Some(0.1));
+    let predicted = Room {
+        memory: 40 << 20,
+        cpus: 0.125,
+    };
+    assert_eq!(
+        snap.room, predicted,
+        "the 90th percentile and a quarter more"
+    );
+    // The first instance gives back what it held; the next holds less.
+    p.failed(lease.addr).await;
+    assert_eq!(capacity.used(), (0, Room::default()));
+    let lease = p.acquire().await.unwrap();
+    assert_eq!(capacity.used(), (1, predicted));
+    p.failed(lease.addr).await;
+    assert_eq!(capacity.used(), (0, Room::default()));
 }

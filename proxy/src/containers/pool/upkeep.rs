@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{ContainerPool, IDLE_WORTH, Instance, KeepAlive, Reason, State, lead};
 use crate::containers::backend::short;
-use crate::containers::capacity::Tenant;
+use crate::containers::capacity::{Idle, Tenant};
 use crate::containers::keepalive::Windows;
 
 impl ContainerPool {
@@ -157,7 +157,10 @@ impl ContainerPool {
         };
         for instance in stopped {
             let pool = self.clone();
-            tokio::spawn(async move { pool.stop_instance(&instance.id, instance.started).await });
+            tokio::spawn(async move {
+                pool.stop_instance(&instance.id, instance.started, instance.room)
+                    .await
+            });
         }
     }
 
@@ -182,6 +185,10 @@ impl ContainerPool {
                     if let Some(i) = state.ready.iter_mut().find(|i| i.id == id) {
                         i.usage = Some(usage);
                     }
+                    state.memory_kib.add(usage.memory_bytes >> 10);
+                    state
+                        .cpu_milli
+                        .add((usage.cpu_cores * 1000.0).round() as u64);
                 }
                 Err(e) => tracing::debug!("{e}"),
             }
@@ -191,24 +198,25 @@ impl ContainerPool {
 
 #[async_trait]
 impl Tenant for ContainerPool {
-    /// The idle instance worth least (its id and worth), for making room:
-    /// never one of `min_instances`, never one with a call in flight.
-    fn idle_value(&self) -> Option<(f64, String)> {
+    /// The idle instances that may go to make room, each with its worth
+    /// and room: none of `min_instances`, none with a call in flight.
+    fn idle(&self) -> Vec<Idle> {
         let state = self.state.lock();
         if state.stopping || state.ready.len() <= self.limits.min_instances {
-            return None;
+            return Vec::new();
         }
         state
             .ready
             .iter()
             .filter(|i| i.inflight == 0)
-            .map(|i| {
-                let worth = i
+            .map(|i| Idle {
+                worth: i
                     .unused_prestart
-                    .unwrap_or(self.limits.criticality * IDLE_WORTH);
-                (worth, i.id.clone())
+                    .unwrap_or(self.limits.criticality * IDLE_WORTH),
+                id: i.id.clone(),
+                room: i.room,
             })
-            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .collect()
     }
 
     /// Stops the instance `id` to make room, if it is still idle.
@@ -234,7 +242,8 @@ impl Tenant for ContainerPool {
             self.metrics.wasted_prestarts.inc();
         }
         self.metrics.evictions.inc();
-        self.stop_instance(&instance.id, instance.started).await;
+        self.stop_instance(&instance.id, instance.started, instance.room)
+            .await;
         true
     }
 }
