@@ -252,6 +252,7 @@ fn pool_of(name: &str, c: &Container, env: &Environment<'_>) -> Arc<ContainerPoo
         (augur_config::Engine::Swarm, Some(swarm)) => swarm.clone(),
         _ => env.backend.clone(),
     };
+    backend.adopt(&spec);
     ContainerPool::new(spec, limits, backend, env.capacity.clone(), counters)
 }
 

@@ -84,6 +84,11 @@ pub(crate) trait Backend: Send + Sync {
     async fn owned(&self, service: &str) -> Result<Vec<String>, ResourceError>;
     /// What a running container uses now.
     async fn stats(&self, id: &str) -> Result<Usage, ResourceError>;
+    /// A pool for `spec` exists. An engine whose instances other sidecars
+    /// share keeps its count in order from now on, before any call (after
+    /// every sidecar died, the first to start again drops their expired
+    /// demands).
+    fn adopt(&self, _spec: &Spec) {}
     /// This sidecar used the dependency: its calls are in flight
     /// (`busy`), or the last of them ended at `unix_ms`. An engine whose
     /// instances other sidecars share tells them.

@@ -278,6 +278,10 @@ impl Backend for swarm::SwarmBackend {
         swarm::SwarmBackend::stats(self, id).await
     }
 
+    fn adopt(&self, spec: &Spec) {
+        swarm::SwarmBackend::adopt(self, spec);
+    }
+
     fn note_use(&self, spec: &Spec, busy: bool, unix_ms: u64) {
         swarm::SwarmBackend::note_use(self, spec, busy, unix_ms);
     }

@@ -147,9 +147,9 @@ async fn swarm_services_are_scaled_by_every_sidecar_that_needs_them() {
     // Three replicas of one service, each with its sidecar: a and b in
     // front of echo servers (the test calls their egress), p in front of
     // a service that calls `fast` 1 s into each request.
-    let a = sidecar(&svc, "2s", None).await;
+    let mut a = sidecar(&svc, "2s", None).await;
     let mut b = sidecar(&svc, "60s", None).await;
-    let p = sidecar(&svc, "1s", Some(Duration::from_secs(1))).await;
+    let mut p = sidecar(&svc, "1s", Some(Duration::from_secs(1))).await;
 
     // Twenty concurrent first calls from two sidecars: one task, all served.
     let calls: Vec<_> = (0..20)
@@ -276,20 +276,40 @@ async fn swarm_services_are_scaled_by_every_sidecar_that_needs_them() {
     assert_eq!(tasks(&service), before + 1, "one task for both");
     assert_eq!(replicas(&service), Some(1));
 
-    // The node leaves the swarm: a call that needs an instance fails fast,
-    // naming the operation; nothing hangs.
     until(
         Duration::from_secs(20),
         "every instance idle and stopped",
         || demands(&service) == 0,
     )
     .await;
+
+    // Every sidecar dies at once, a's demand still live: nothing lowers
+    // the count until a sidecar starts again, and that one, called or
+    // not, drops the expired demands and takes the service to zero.
+    assert_eq!(get(&a.dep_url(0, "/last")).await.status, 200);
+    assert_eq!(demands(&service), 1);
+    for sidecar in [&mut a, &mut p] {
+        if let Some(mut child) = sidecar.take_child() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    let c = sidecar(&svc, "2s", None).await;
+    until(
+        Duration::from_secs(40),
+        "the new sidecar took it to zero",
+        || replicas(&service) == Some(0) && demands(&service) == 0,
+    )
+    .await;
+
+    // The node leaves the swarm: a call that needs an instance fails fast,
+    // naming the operation; nothing hangs.
     docker(&["service", "rm", &service]);
     let ours = swarm.made;
     swarm.leave();
     if ours {
         let started = Instant::now();
-        let got = get(&a.dep_url(0, "/after")).await;
+        let got = get(&c.dep_url(0, "/after")).await;
         assert_eq!(got.status, 503, "{}", got.text());
         let text = got.text();
         assert!(
@@ -298,5 +318,5 @@ async fn swarm_services_are_scaled_by_every_sidecar_that_needs_them() {
         );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
-    drop((a, p));
+    drop((a, p, c));
 }

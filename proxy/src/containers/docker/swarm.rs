@@ -240,10 +240,18 @@ impl SwarmBackend {
                     l.and_then(|l| if l.busy { Some(u64::MAX) } else { l.used }),
                 )
             };
-            let service = docker
+            let service = match docker
                 .inspect_service(name, None::<InspectServiceOptions>)
                 .await
-                .map_err(fail("inspect service", name))?;
+            {
+                Ok(service) => service,
+                // Not made yet (augur makes it at the first start): there
+                // is nothing to keep in order.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) if wanted == 0 && !published => return Ok(0),
+                Err(e) => return Err(fail("inspect service", name)(e)),
+            };
             let version = service.version.and_then(|v| v.index).unwrap_or(0);
             let mut spec = service.spec.unwrap_or_default();
             let mut labels = spec.labels.take().unwrap_or_default();
@@ -511,6 +519,11 @@ impl SwarmBackend {
                 .collect()
         };
         self.publish_each(names).await
+    }
+
+    /// Reconciles the service of `spec` with every renewal from now on.
+    pub(crate) fn adopt(&self, spec: &Spec) {
+        entry(&mut self.local.lock(), spec);
     }
 
     /// Notes this sidecar's use of the service of `spec` (written on it
