@@ -314,6 +314,21 @@ macro_rules! or_default {
     };
 }
 
+/// A key whose value names one of `choices` (the first by default); any
+/// other is a problem that lists them.
+fn one_of<T: Copy>(s: &mut Section<'_>, key: &str, what: &str, choices: &[(&str, T)]) -> Option<T> {
+    let value = or_default!(s, key, string; choices[0].0.to_string())?;
+    let found = choices.iter().find(|(name, _)| *name == value);
+    if found.is_none() {
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        s.problem(
+            key,
+            format!("unknown {what} {value:?} ({})", names.join(" or ")),
+        );
+    }
+    found.map(|(_, choice)| *choice)
+}
+
 /// A duration that must be more than zero.
 fn positive(s: &mut Section<'_>, key: &str, default: Duration) -> Option<Duration> {
     let value = or_default!(s, key, duration; default)?;
@@ -759,15 +774,8 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     }; KeepAlive::Fixed(60 * SECOND));
     let start_timeout = or_default!(s, "start_timeout", duration; 30 * SECOND);
     let target_inflight = or_default!(s, "target_inflight", count, 1, 100_000; 8);
-    let readiness =
-        or_default!(s, "readiness", string; "http".to_string()).and_then(|r| match r.as_str() {
-            "http" => Some(Readiness::Http),
-            "tcp" => Some(Readiness::Tcp),
-            _ => {
-                s.problem("readiness", format!("unknown probe {r:?} (http or tcp)"));
-                None
-            }
-        });
+    let probes = [("http", Readiness::Http), ("tcp", Readiness::Tcp)];
+    let readiness = one_of(&mut s, "readiness", "probe", &probes);
     let readiness_path = or_default!(s, "readiness_path", string; "/".to_string()).filter(|p| {
         let ok = p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
@@ -799,15 +807,8 @@ fn container(mut s: Section<'_>) -> Option<Container> {
     };
     let criticality = or_default!(s, "criticality", number, 0.0, 1.0; 1.0);
     let prestart = or_default!(s, "prestart", boolean; true);
-    let engine =
-        or_default!(s, "engine", string; "docker".to_string()).and_then(|e| match e.as_str() {
-            "docker" => Some(Engine::Docker),
-            "swarm" => Some(Engine::Swarm),
-            _ => {
-                s.problem("engine", format!("unknown engine {e:?} (docker or swarm)"));
-                None
-            }
-        });
+    let engines = [("docker", Engine::Docker), ("swarm", Engine::Swarm)];
+    let engine = one_of(&mut s, "engine", "engine", &engines);
     let swarm_service = s.string("swarm_service");
     if swarm_service.is_some() && engine != Some(Engine::Swarm) {
         s.problem("swarm_service", "only used with engine = \"swarm\"");

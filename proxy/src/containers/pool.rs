@@ -168,6 +168,8 @@ struct State {
     stopped_seconds: f64,
     /// A prestart waiting for its moment.
     scheduled: Option<Instant>,
+    /// What the engine was last told: calls in flight or not.
+    in_use: bool,
     /// What instances used, per Docker stats sample: memory in KiB, CPU in
     /// thousandths of a core.
     memory_kib: Recent,
@@ -250,6 +252,7 @@ impl ContainerPool {
                 start_time: Duration::from_secs(1),
                 stopped_seconds: 0.0,
                 scheduled: None,
+                in_use: false,
                 memory_kib: Recent::default(),
                 cpu_milli: Recent::default(),
                 awaiting_room: false,
@@ -313,6 +316,16 @@ impl ContainerPool {
         Room { memory, cpus }
     }
 
+    /// Tells the engine when this sidecar's use of the dependency begins
+    /// (`busy`) or ends: on the change only, not on every call.
+    fn tell_use(&self, state: &mut State, busy: bool) {
+        if state.in_use != busy {
+            state.in_use = busy;
+            self.backend
+                .note_use(&self.spec, busy, crate::clock::unix_ms());
+        }
+    }
+
     /// The dependency's idle gap that ends at `end`, this sidecar's having
     /// begun at `since`: shorter when another sidecar sharing the
     /// dependency used it in between.
@@ -334,11 +347,10 @@ impl ContainerPool {
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Acquired, PoolError> {
         let got = self.acquire_or_start().await;
         if got.is_err() {
-            let idle = self.state.lock().ready.iter().all(|i| i.inflight == 0);
-            if idle {
+            let mut state = self.state.lock();
+            if state.ready.iter().all(|i| i.inflight == 0) {
                 // The call that said so is not in flight after all.
-                self.backend
-                    .note_use(&self.spec, false, crate::clock::unix_ms());
+                self.tell_use(&mut state, false);
             }
         }
         got
@@ -362,8 +374,7 @@ impl ContainerPool {
                         let gap = self.idle_gap(since, began);
                         state.gaps.record(gap);
                     }
-                    self.backend
-                        .note_use(&self.spec, true, crate::clock::unix_ms());
+                    self.tell_use(&mut state, true);
                 }
                 if let Some(lease) = self.lease(&mut state) {
                     return Ok(Acquired {
@@ -429,8 +440,7 @@ impl ContainerPool {
             let gap = self.idle_gap(since, Instant::now());
             state.gaps.record(gap);
         }
-        self.backend
-            .note_use(&self.spec, true, crate::clock::unix_ms());
+        self.tell_use(&mut state, true);
         self.lease(&mut state).map(|lease| lease.addr)
     }
 
@@ -475,8 +485,7 @@ impl ContainerPool {
             }
             if state.ready.iter().all(|i| i.inflight == 0) {
                 state.idle_since = Some(now);
-                self.backend
-                    .note_use(&self.spec, false, crate::clock::unix_ms());
+                self.tell_use(&mut state, false);
             }
             went_idle
         };

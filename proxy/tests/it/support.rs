@@ -471,9 +471,13 @@ impl Augur {
         assert!(status.success());
     }
 
-    /// The process, taken over: dropping this `Augur` leaves it alone.
-    pub fn take_child(&mut self) -> Option<Child> {
-        self.child.take()
+    /// Kills the process without a word (SIGKILL), as a crash would, and
+    /// reaps it: nothing of its shutdown runs.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Waits for the process to exit, at most `within`.

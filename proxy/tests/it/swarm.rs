@@ -235,10 +235,7 @@ async fn swarm_services_are_scaled_by_every_sidecar_that_needs_them() {
 
     // b killed without a word: its demand stops counting once expired, and
     // a (alive, wanting nothing) takes the service back to zero.
-    if let Some(mut child) = b.take_child() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    b.sigkill();
     until(Duration::from_secs(40), "the service back at zero", || {
         replicas(&service) == Some(0) && demands(&service) == 0
     })
@@ -288,12 +285,8 @@ async fn swarm_services_are_scaled_by_every_sidecar_that_needs_them() {
     // not, drops the expired demands and takes the service to zero.
     assert_eq!(get(&a.dep_url(0, "/last")).await.status, 200);
     assert_eq!(demands(&service), 1);
-    for sidecar in [&mut a, &mut p] {
-        if let Some(mut child) = sidecar.take_child() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    a.sigkill();
+    p.sigkill();
     let c = sidecar(&svc, "2s", None).await;
     until(
         Duration::from_secs(40),
