@@ -113,17 +113,33 @@ fn onnx_benches(c: &mut Criterion) {
     };
     let window = vec![0i64; model.window()];
     c.bench_function("onnx/one inference (batch 1, window 12, LSTM 64)", |b| {
-        b.iter(|| model.run(black_box(&window)).unwrap())
+        b.iter(|| model.run(black_box(&window), &[]).unwrap())
     });
-    match OnnxModel::load(&root.join("predictor/models/demo-transformer.onnx")) {
-        Ok(transformer) => {
-            let window = vec![0i64; transformer.window()];
-            c.bench_function(
-                "onnx/one inference (batch 1, window 12, Transformer 32, 1 layer)",
-                |b| b.iter(|| transformer.run(black_box(&window)).unwrap()),
-            );
+    // The Transformer, and both networks reading fields of the context.
+    for (file, name) in [
+        (
+            "demo-transformer",
+            "onnx/one inference (batch 1, window 12, Transformer 32, 1 layer)",
+        ),
+        (
+            "combined-lstm",
+            "onnx/one inference (batch 1, window 12, LSTM 64, with fields)",
+        ),
+        (
+            "combined-transformer",
+            "onnx/one inference (batch 1, window 12, Transformer 32, with fields)",
+        ),
+    ] {
+        match OnnxModel::load(&root.join(format!("predictor/models/{file}.onnx"))) {
+            Ok(other) => {
+                let window = vec![0i64; other.window()];
+                let fields = vec![1.0f32; other.inputs().len()];
+                c.bench_function(name, |b| {
+                    b.iter(|| other.run(black_box(&window), black_box(&fields)).unwrap())
+                });
+            }
+            Err(e) => eprintln!("{file} bench skipped: {e}"),
         }
-        Err(e) => eprintln!("transformer bench skipped: {e}"),
     }
     let (records, _) = trace::read_path(&root.join("loadtests/traces/demo.jsonl")).unwrap();
     let mut learner = Learner::with_model(Settings::default(), Box::new(model));

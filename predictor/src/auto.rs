@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::provenance::Available;
 use crate::sequence::{Next, SequenceModel};
 use crate::shapes::{Shape, ShapeId};
 
@@ -87,13 +88,20 @@ impl AutoModel {
 }
 
 /// Share of the steps of `shapes` (each call, then the end) whose actual
-/// next step was `model`'s most likely one.
-fn top1(model: &dyn SequenceModel, route: &str, shapes: &[ShapeId]) -> f64 {
+/// next step was `model`'s most likely one, given what the context held
+/// before each.
+fn top1<'c>(
+    model: &dyn SequenceModel,
+    route: &str,
+    shapes: &[ShapeId],
+    given: &dyn Fn(usize) -> Available<'c>,
+) -> f64 {
     let steps = shapes.len() + 1;
     let right = (0..steps)
         .filter(|&t| {
             let actual = shapes.get(t).map_or(Next::End, |s| Next::Call(*s));
-            model.next(route, &shapes[..t]).first().map(|(n, _)| *n) == Some(actual)
+            let next = model.next_given(route, &shapes[..t], &given(t));
+            next.first().map(|(n, _)| *n) == Some(actual)
         })
         .count();
     right as f64 / steps as f64
@@ -101,9 +109,18 @@ fn top1(model: &dyn SequenceModel, route: &str, shapes: &[ShapeId]) -> f64 {
 
 impl SequenceModel for AutoModel {
     fn observe(&mut self, route: &str, shapes: &[ShapeId]) {
+        self.observe_given(route, shapes, &|_| Available::default());
+    }
+
+    fn observe_given<'c>(
+        &mut self,
+        route: &str,
+        shapes: &[ShapeId],
+        given: &dyn Fn(usize) -> Available<'c>,
+    ) {
         let (online, offline) = (
-            top1(&*self.online, route, shapes),
-            top1(&*self.offline, route, shapes),
+            top1(&*self.online, route, shapes, given),
+            top1(&*self.offline, route, shapes, given),
         );
         let scores = self.routes.entry(route.to_string()).or_default();
         if scores.scored == 0 {
@@ -114,12 +131,21 @@ impl SequenceModel for AutoModel {
         }
         scores.scored = scores.scored.saturating_add(1);
         scores.choose();
-        self.online.observe(route, shapes);
-        self.offline.observe(route, shapes);
+        self.online.observe_given(route, shapes, given);
+        self.offline.observe_given(route, shapes, given);
     }
 
     fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(Next, f64)> {
         self.chosen(route).next(route, history)
+    }
+
+    fn next_given(
+        &self,
+        route: &str,
+        history: &[ShapeId],
+        given: &Available<'_>,
+    ) -> Vec<(Next, f64)> {
+        self.chosen(route).next_given(route, history, given)
     }
 
     fn memory_bytes(&self) -> usize {

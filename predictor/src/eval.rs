@@ -154,7 +154,7 @@ fn replay(learner: &Learner, ctx: &Context, settings: &EvalSettings, tally: &mut
         tally.total_us += call.duration_us as f64;
         // Top-1 of the sequence model before this call.
         if let Some(actual) = learner.shapes().lookup(&call.dependency, &call.request) {
-            if learner.next_top1(&ctx.route, &history) == Some(Next::Call(actual)) {
+            if learner.next_top1(ctx, &history, j) == Some(Next::Call(actual)) {
                 tally.top1 += 1;
             }
             history.push(actual);

@@ -244,9 +244,7 @@ impl Learner {
                 .get_or_insert_with(key, CallState::default, &mut Vec::new());
             state.timing.add(call.start_us, call.duration_us);
 
-            let avail = available(ctx, &ids, &occurrences, |i| {
-                ctx.calls[i].end_us() <= call.start_us && i < j
-            });
+            let avail = Available::before(ctx, &ids, &occurrences, j);
             let Some(info) = self.shapes.info(ids[j]) else {
                 continue;
             };
@@ -269,7 +267,7 @@ impl Learner {
             .copied()
             .zip(occurrences.iter().copied())
             .collect();
-        let all = available(ctx, &ids, &occurrences, |_| true);
+        let all = Available::before(ctx, &ids, &occurrences, ctx.calls.len());
         for (key, state) in route.calls.iter_mut() {
             if !made.contains(key) {
                 state.gate.observe(
@@ -284,7 +282,9 @@ impl Learner {
             self.calls_evicted_before += gone.calls.evicted();
             self.model.route_removed(&name);
         }
-        self.model.observe(&ctx.route, &ids);
+        self.model.observe_given(&ctx.route, &ids, &|t| {
+            Available::before(ctx, &ids, &occurrences, t)
+        });
     }
 
     /// The calls expected in `live` (a context still open: its inbound
@@ -304,13 +304,14 @@ impl Learner {
             }
         }
         let occurrences = occurrences(&history);
-        let avail = available(live, &history, &occurrences, |i| {
+        let avail = Available::of(live, &history, &occurrences, |i| {
             live.calls[i].response.is_some()
         });
         let expected = lookahead(
             &*self.model,
             &live.route,
             &history,
+            &avail,
             self.settings.max_depth,
             self.settings.min_path,
         );
@@ -574,9 +575,28 @@ impl Learner {
         self.model.next(route, history)
     }
 
-    /// The sequence model's most likely next step after `history`.
-    pub fn next_top1(&self, route: &str, history: &[ShapeId]) -> Option<crate::sequence::Next> {
-        self.model.next(route, history).first().map(|(n, _)| *n)
+    /// The sequence model's most likely next step after `history`, the
+    /// shapes of `ctx`'s first `t` calls, knowing what `ctx` held when its
+    /// `t`-th call started (nothing, if a call of those is of a shape not
+    /// known).
+    pub fn next_top1(
+        &self,
+        ctx: &Context,
+        history: &[ShapeId],
+        t: usize,
+    ) -> Option<crate::sequence::Next> {
+        let ids: Option<Vec<ShapeId>> = ctx.calls[..t.min(ctx.calls.len())]
+            .iter()
+            .map(|c| self.shapes.lookup(&c.dependency, &c.request))
+            .collect();
+        let given = match &ids {
+            Some(ids) => Available::before(ctx, ids, &occurrences(ids), t),
+            None => Available::default(),
+        };
+        self.model
+            .next_given(&ctx.route, history, &given)
+            .first()
+            .map(|(n, _)| *n)
     }
 
     /// Whether `route` has been learned: only then does [`predict`]
@@ -595,7 +615,7 @@ impl Learner {
 }
 
 /// For each call, how many calls of the same shape came before it.
-fn occurrences(ids: &[ShapeId]) -> Vec<u32> {
+pub fn occurrences(ids: &[ShapeId]) -> Vec<u32> {
     let mut seen: HashMap<ShapeId, u32> = HashMap::new();
     ids.iter()
         .map(|id| {
@@ -604,30 +624,4 @@ fn occurrences(ids: &[ShapeId]) -> Vec<u32> {
             *n - 1
         })
         .collect()
-}
-
-/// The inbound request and the responses of the calls `include` admits.
-fn available<'a>(
-    ctx: &'a Context,
-    ids: &[ShapeId],
-    occurrences: &[u32],
-    include: impl Fn(usize) -> bool,
-) -> Available<'a> {
-    Available {
-        inbound: Some(&ctx.inbound),
-        responses: ctx
-            .calls
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| include(*i))
-            .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_deref()?)))
-            .collect(),
-        statuses: ctx
-            .calls
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| c.status != 0 && include(*i))
-            .map(|(i, c)| (ids[i], occurrences[i], c.status))
-            .collect(),
-    }
 }

@@ -14,6 +14,7 @@
 pub mod auto;
 pub mod dataset;
 pub mod eval;
+pub mod features;
 pub mod gate;
 pub mod headers;
 pub mod json;

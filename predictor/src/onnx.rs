@@ -6,6 +6,9 @@
 //! marker and the shapes so far, left-padded) and gives `probs` (float,
 //! `[batch, vocab]`: the next token) and `log_latency` (float, `[batch, 1]`).
 //! Its vocabulary travels in the model's metadata under `augur.vocab`.
+//! A model may also take `features` (float, `[batch, n]`): fields of what
+//! the context holds, listed in its metadata under `augur.features` and
+//! read by [`features::encode`], as when its training data was written.
 //!
 //! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` (or the system's
 //! `libonnxruntime.so`); a missing library, an unreadable or corrupt model,
@@ -21,6 +24,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 use serde::Deserialize;
 
+use crate::features::{self, Input, Test};
+use crate::gate::Feature;
+use crate::provenance::Available;
 use crate::sequence::{Next, SequenceModel};
 use crate::shapes::{Shape, ShapeId};
 
@@ -87,8 +93,8 @@ fn runtime() -> Result<&'static Environment, ModelError> {
         })
 }
 
-/// Distributions computed, by window of tokens.
-type Distributions = HashMap<Vec<i64>, Arc<[f32]>>;
+/// Distributions computed, by window of tokens and the features' bits.
+type Distributions = HashMap<(Vec<i64>, Vec<u32>), Arc<[f32]>>;
 
 #[derive(Clone)]
 pub struct OnnxModel {
@@ -98,6 +104,14 @@ pub struct OnnxModel {
     vocab_size: usize,
     routes: HashMap<String, i64>,
     shape_tokens: HashMap<String, i64>,
+    /// Token of the vocabulary's first shape.
+    shape_offset: usize,
+    /// The fields the network reads beside the tokens (none: it takes no
+    /// `features` input).
+    inputs: Arc<[Input]>,
+    /// Each input's feature under the learner's shape ids (`None` while
+    /// its shape has none).
+    resolved: Vec<(Option<Feature>, Test)>,
     /// Token of each shape id the learner has named.
     by_id: HashMap<ShapeId, i64>,
     /// Shape id of each token the learner has named.
@@ -155,6 +169,25 @@ impl OnnxModel {
             })?;
             serde_json::from_str(&text).map_err(|e| invalid(format!("augur.vocab: {e}")))?
         };
+        let inputs: Vec<Input> = {
+            let meta = session.metadata().map_err(|e| invalid(e.to_string()))?;
+            match meta.custom("augur.features") {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| invalid(format!("augur.features: {e}")))?,
+                None => Vec::new(),
+            }
+        };
+        let takes_features = session.inputs().iter().any(|o| o.name() == "features");
+        if takes_features == inputs.is_empty() {
+            return Err(shape(if takes_features {
+                "it takes features but lists none in augur.features".into()
+            } else {
+                format!(
+                    "augur.features lists {} fields but it has no input named \"features\"",
+                    inputs.len()
+                )
+            }));
+        }
         for (name, kind) in [
             ("tokens", "input"),
             ("probs", "output"),
@@ -195,13 +228,17 @@ impl OnnxModel {
             vocab_size: shape_offset + vocab.shapes.len(),
             routes,
             shape_tokens,
+            shape_offset,
+            resolved: Vec::new(),
+            inputs: inputs.into(),
             by_id: HashMap::new(),
             by_token: HashMap::new(),
             cache: Arc::new(Mutex::new(HashMap::new())),
         };
+        model.resolve();
         // One run proves the shapes line up.
         let (probs, _) = model
-            .run(&vec![PAD; model.window])
+            .run(&vec![PAD; model.window], &vec![0.0; model.inputs.len()])
             .map_err(|e| shape(e.to_string()))?;
         if probs.len() != model.vocab_size {
             return Err(shape(format!(
@@ -214,17 +251,31 @@ impl OnnxModel {
         Ok(model)
     }
 
-    /// Runs one window: the next-token distribution and the log latency.
-    pub fn run(&self, tokens: &[i64]) -> Result<(Vec<f32>, f32), ModelError> {
-        let input = Tensor::from_array(([1usize, tokens.len()], tokens.to_vec()))
-            .map_err(|e| ModelError::Run(e.to_string()))?;
+    /// Runs one window with its features (as many as the model's
+    /// `inputs`; none for a model that takes none): the next-token
+    /// distribution and the log latency.
+    pub fn run(&self, tokens: &[i64], features: &[f32]) -> Result<(Vec<f32>, f32), ModelError> {
+        let run = |e: ort::Error| ModelError::Run(e.to_string());
+        if features.len() != self.inputs.len() {
+            return Err(ModelError::Run(format!(
+                "{} features given, the model reads {}",
+                features.len(),
+                self.inputs.len()
+            )));
+        }
+        let tokens = Tensor::from_array(([1usize, tokens.len()], tokens.to_vec())).map_err(run)?;
         let mut session = self
             .session
             .lock()
             .map_err(|_| ModelError::Run("session lock poisoned".into()))?;
-        let outputs = session
-            .run(ort::inputs!["tokens" => input])
-            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let outputs = if self.inputs.is_empty() {
+            session.run(ort::inputs!["tokens" => tokens])
+        } else {
+            let features =
+                Tensor::from_array(([1usize, features.len()], features.to_vec())).map_err(run)?;
+            session.run(ort::inputs!["tokens" => tokens, "features" => features])
+        }
+        .map_err(run)?;
         let (_, probs) = outputs["probs"]
             .try_extract_tensor::<f32>()
             .map_err(|e| ModelError::Run(e.to_string()))?;
@@ -255,18 +306,48 @@ impl OnnxModel {
         self.window
     }
 
-    /// The next-token distribution of a window, from the cache or a run.
-    fn distribution(&self, window: Vec<i64>) -> Option<Arc<[f32]>> {
-        if let Some(hit) = self.cache.lock().ok()?.get(&window) {
+    /// The fields the model reads beside the call history.
+    pub fn inputs(&self) -> &[Input] {
+        &self.inputs
+    }
+
+    /// The numbers of the model's fields in `given`.
+    pub fn features_in(&self, given: &Available<'_>) -> Vec<f32> {
+        features::encode(&self.resolved, given)
+    }
+
+    /// Names each input's shape by the learner's id for it, after the
+    /// learner named or forgot a shape.
+    fn resolve(&mut self) {
+        let (offset, by_token) = (self.shape_offset, &self.by_token);
+        self.resolved = self
+            .inputs
+            .iter()
+            .map(|input| {
+                let id = |k: usize| by_token.get(&((offset + k) as i64)).copied();
+                (input.field.feature(id), input.test.clone())
+            })
+            .collect();
+        if let Ok(mut cache) = self.cache.lock() {
+            // Windows and features now map differently: forget them.
+            cache.clear();
+        }
+    }
+
+    /// The next-token distribution of a window and its features, from the
+    /// cache or a run.
+    fn distribution(&self, window: Vec<i64>, features: Vec<f32>) -> Option<Arc<[f32]>> {
+        let key = (window, features.iter().map(|f| f.to_bits()).collect());
+        if let Some(hit) = self.cache.lock().ok()?.get(&key) {
             return Some(hit.clone());
         }
-        let (probs, _) = self.run(&window).ok()?;
+        let (probs, _) = self.run(&key.0, &features).ok()?;
         let probs: Arc<[f32]> = probs.into();
         let mut cache = self.cache.lock().ok()?;
         if cache.len() >= CACHE {
             cache.clear();
         }
-        cache.insert(window, probs.clone());
+        cache.insert(key, probs.clone());
         Some(probs)
     }
 }
@@ -284,10 +365,19 @@ impl SequenceModel for OnnxModel {
     fn observe(&mut self, _route: &str, _shapes: &[ShapeId]) {}
 
     fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(Next, f64)> {
+        self.next_given(route, history, &Available::default())
+    }
+
+    fn next_given(
+        &self,
+        route: &str,
+        history: &[ShapeId],
+        given: &Available<'_>,
+    ) -> Vec<(Next, f64)> {
         let Some(window) = self.window_for(route, history) else {
             return Vec::new();
         };
-        let Some(probs) = self.distribution(window) else {
+        let Some(probs) = self.distribution(window, self.features_in(given)) else {
             return Vec::new();
         };
         let mut out: Vec<(Next, f64)> = probs
@@ -308,16 +398,12 @@ impl SequenceModel for OnnxModel {
 
     fn memory_bytes(&self) -> usize {
         // The session's own memory is ONNX Runtime's; count the tables.
-        (self.routes.len() + self.shape_tokens.len()) * 64
+        (self.routes.len() + self.shape_tokens.len() + self.inputs.len() * 2) * 64
             + self.by_id.len() * 16
             + self.by_token.len() * 16
     }
 
     fn shape_added(&mut self, id: ShapeId, shape: &Shape) {
-        // Windows now map differently: forget them.
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
         let token = self
             .shape_tokens
             .get(&shape.to_string())
@@ -327,16 +413,15 @@ impl SequenceModel for OnnxModel {
         if token != UNK {
             self.by_token.insert(token, id);
         }
+        self.resolve();
     }
 
     fn shape_removed(&mut self, id: ShapeId) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
         if let Some(token) = self.by_id.remove(&id) {
             if self.by_token.get(&token) == Some(&id) {
                 self.by_token.remove(&token);
             }
         }
+        self.resolve();
     }
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::headers;
 use crate::json::{self, escape, scalar_text as scalar};
-use crate::observation::Request;
+use crate::observation::{Context, Request};
 use crate::shapes::{ShapeId, Slot};
 
 /// Where a slot's value comes from.
@@ -204,6 +204,46 @@ pub struct Available<'a> {
     pub responses: Vec<(ShapeId, u32, &'a Value)>,
     /// The statuses of the calls that have been answered.
     pub statuses: Vec<(ShapeId, u32, u16)>,
+}
+
+impl<'a> Available<'a> {
+    /// What `ctx` holds of its calls that `include` takes (by index; `ids`
+    /// and `occurrences` name each call), with its inbound request.
+    pub fn of(
+        ctx: &'a Context,
+        ids: &[ShapeId],
+        occurrences: &[u32],
+        include: impl Fn(usize) -> bool,
+    ) -> Self {
+        Available {
+            inbound: Some(&ctx.inbound),
+            responses: ctx
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| include(*i))
+                .filter_map(|(i, c)| Some((ids[i], occurrences[i], c.response.as_deref()?)))
+                .collect(),
+            statuses: ctx
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| c.status != 0 && include(*i))
+                .map(|(i, c)| (ids[i], occurrences[i], c.status))
+                .collect(),
+        }
+    }
+
+    /// What `ctx` held when its `t`-th call started: the calls before it
+    /// that had been answered by then (every call, for `t` past the last).
+    pub fn before(ctx: &'a Context, ids: &[ShapeId], occurrences: &[u32], t: usize) -> Self {
+        match ctx.calls.get(t) {
+            Some(call) => Self::of(ctx, ids, occurrences, |i| {
+                i < t && ctx.calls[i].end_us() <= call.start_us
+            }),
+            None => Self::of(ctx, ids, occurrences, |_| true),
+        }
+    }
 }
 
 /// A source's value in a context.

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::provenance::Available;
 use crate::shapes::{Shape, ShapeId};
 
 /// What comes after a history: another call, or the end of the context.
@@ -21,6 +22,30 @@ pub trait SequenceModel: Send + Sync {
     /// The distribution of what follows `history` on `route`, most likely
     /// first; empty when the model knows nothing of the route.
     fn next(&self, route: &str, history: &[ShapeId]) -> Vec<(Next, f64)>;
+
+    /// The same, knowing what the context holds (its inbound request, the
+    /// responses that have arrived): a model that reads only the history
+    /// ignores it.
+    fn next_given(
+        &self,
+        route: &str,
+        history: &[ShapeId],
+        _given: &Available<'_>,
+    ) -> Vec<(Next, f64)> {
+        self.next(route, history)
+    }
+
+    /// Learns one closed context, with what it held before each step
+    /// (`given(t)`: before its `t`-th call, or by its end for `t` =
+    /// `shapes.len()`), computed only for a model that asks.
+    fn observe_given<'c>(
+        &mut self,
+        route: &str,
+        shapes: &[ShapeId],
+        _given: &dyn Fn(usize) -> Available<'c>,
+    ) {
+        self.observe(route, shapes);
+    }
 
     /// Rough bytes held, for reporting.
     fn memory_bytes(&self) -> usize;
@@ -273,6 +298,7 @@ pub fn lookahead(
     model: &dyn SequenceModel,
     route: &str,
     history: &[ShapeId],
+    given: &Available<'_>,
     max_depth: usize,
     min_path: f64,
 ) -> Vec<Expected> {
@@ -281,6 +307,7 @@ pub fn lookahead(
     walk(
         model,
         route,
+        given,
         &mut path,
         history.len(),
         1.0,
@@ -309,6 +336,7 @@ pub fn lookahead(
 fn walk(
     model: &dyn SequenceModel,
     route: &str,
+    given: &Available<'_>,
     path: &mut Vec<ShapeId>,
     base: usize,
     prob: f64,
@@ -320,7 +348,7 @@ fn walk(
     if depth >= max_depth {
         return;
     }
-    for (next, p) in model.next(route, path) {
+    for (next, p) in model.next_given(route, path, given) {
         let Next::Call(shape) = next else { continue };
         let q = prob * p;
         if q < min_path {
@@ -333,7 +361,9 @@ fn walk(
         entry.0 += q;
         entry.1 = entry.1.min(depth);
         path.push(shape);
-        walk(model, route, path, base, q, max_depth, min_path, found);
+        walk(
+            model, route, given, path, base, q, max_depth, min_path, found,
+        );
         path.pop();
     }
 }
@@ -355,7 +385,7 @@ mod tests {
         assert_eq!(m.next("r", &[]), [(Next::Call(1), 1.0)]);
         assert_eq!(m.next("r", &[1, 2]), [(Next::Call(3), 1.0)]);
         assert_eq!(m.next("r", &[1, 2, 3]), [(Next::End, 1.0)]);
-        let ahead = lookahead(&m, "r", &[], 5, 0.01);
+        let ahead = lookahead(&m, "r", &[], &Available::default(), 5, 0.01);
         let shapes: Vec<_> = ahead.iter().map(|e| (e.shape, e.probability)).collect();
         assert_eq!(shapes, [(1, 1.0), (2, 1.0), (3, 1.0)]);
     }
@@ -370,7 +400,7 @@ mod tests {
                 m.observe("r", &[1, 3, 2])
             }
         }
-        let ahead = lookahead(&m, "r", &[1], 4, 0.01);
+        let ahead = lookahead(&m, "r", &[1], &Available::default(), 4, 0.01);
         for shape in [2, 3] {
             let e = ahead.iter().find(|e| e.shape == shape).unwrap();
             assert!((e.probability - 1.0).abs() < 1e-9, "{e:?}");
@@ -383,7 +413,7 @@ mod tests {
         for _ in 0..5 {
             m.observe("r", &[1, 2, 2, 2, 3]);
         }
-        let ahead = lookahead(&m, "r", &[1], 6, 0.01);
+        let ahead = lookahead(&m, "r", &[1], &Available::default(), 6, 0.01);
         let twos: Vec<_> = ahead
             .iter()
             .filter(|e| e.shape == 2)

@@ -18,6 +18,7 @@
 //! | `computed` | nothing, but parameters are computed: `user-{id}`, zero-padded, two decimals |
 //! | `drift` | the flow changes half way through the trace |
 //! | `interleaved` | two concurrent calls in either order, and a random noise call |
+//! | `combined` | two responses together: the account is premium *and* the cart is not empty |
 
 use serde_json::{Value, json};
 
@@ -38,10 +39,11 @@ pub enum Class {
     Computed,
     Drift,
     Interleaved,
+    Combined,
 }
 
 impl Class {
-    pub const ALL: [Class; 12] = [
+    pub const ALL: [Class; 13] = [
         Class::Chain,
         Class::Flag,
         Class::Empty,
@@ -54,6 +56,7 @@ impl Class {
         Class::Computed,
         Class::Drift,
         Class::Interleaved,
+        Class::Combined,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Class {
             Class::Computed => "computed",
             Class::Drift => "drift",
             Class::Interleaved => "interleaved",
+            Class::Combined => "combined",
         }
     }
 
@@ -91,6 +95,7 @@ impl Class {
                 | Class::FanOut
                 | Class::Batch
                 | Class::Computed
+                | Class::Combined
         )
     }
 }
@@ -115,6 +120,7 @@ pub fn generate(class: Class, n: usize, seed: u64) -> Vec<Context> {
                 Class::Computed => computed(&mut ctx, id),
                 Class::Drift => drift(&mut ctx, id, i >= n / 2),
                 Class::Interleaved => interleaved(&mut ctx, id),
+                Class::Combined => combined(&mut ctx, id),
             }
         })
         .collect()
@@ -354,6 +360,33 @@ fn interleaved(f: &mut Flow<'_>, id: u64) -> Context {
         f.call("noise", &format!("/noise/{n}"), json!({}));
     }
     f.call("audit", &format!("/audit/{id}"), json!({"ok": true}));
+    f.done()
+}
+
+/// A call decided by two responses together, as in `if user.premium &&
+/// !cart.items.is_empty()`: neither field alone decides it (each agrees
+/// with the call in three contexts of four), both together always do.
+fn combined(f: &mut Flow<'_>, id: u64) -> Context {
+    f.inbound("GET /checkout/{id}", &format!("/checkout/{id}"), &[]);
+    let premium = f.rng.chance(0.5);
+    f.call(
+        "users",
+        &format!("/users/{id}"),
+        json!({"id": id, "premium": premium, "name": format!("user {id}")}),
+    );
+    let items: Vec<Value> = (0..f.rng.below(4))
+        .map(|k| json!({"sku": id * 10 + k, "qty": 1 + f.rng.below(3)}))
+        .collect();
+    let filled = !items.is_empty();
+    f.call("carts", &format!("/carts/{id}"), json!({ "items": items }));
+    if premium && filled {
+        f.call(
+            "discounts",
+            &format!("/discounts/{id}"),
+            json!({"percent": 10}),
+        );
+    }
+    f.call("orders", &format!("/orders/{id}"), json!({"ok": true}));
     f.done()
 }
 

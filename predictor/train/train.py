@@ -18,6 +18,13 @@ that call):
   (single-head self-attention that ignores padding, a feed-forward block,
   each with a residual and a layer norm), read at the last position.
 
+Both may also read fields of what the context holds (the inbound request,
+the responses so far: `--features N`, chosen by `augur export-sequences`
+for what they tell of the next call beyond the history, and read by augur
+exactly as it wrote them). They enter beside the sequence's summary: the
+next token comes from relu([h, features] · W + b), so a call decided by
+two fields together, or by a field and the history, is learned.
+
 The model is written with its vocabulary in its metadata (`augur.vocab`)
 and checked with ONNX Runtime against JAX; the inputs and outputs of that
 check are written beside it (`.check.json`) so that the Rust side can prove
@@ -41,35 +48,88 @@ PAD, START, END, UNK = 0, 1, 2, 3
 OFFSET = 4
 
 
-def load(augur, traces):
-    out = subprocess.run([augur, "export-sequences", *traces], check=True, capture_output=True, text=True)
+def load(augur, traces, features, train_fraction):
+    out = subprocess.run(
+        [augur, "export-sequences", "--features", str(features), "--train-fraction", str(train_fraction), *traces],
+        check=True, capture_output=True, text=True)
     if out.stderr:
         sys.stderr.write(out.stderr)
     return json.loads(out.stdout)
 
 
 def examples(data, window):
-    """Windows of tokens, the next token, and its log latency (NaN: none)."""
+    """Windows of tokens, the fields' numbers, the next token, and its log
+    latency (NaN: none).
+
+    A step is seen twice when the context read fields: with what was known
+    when its call started, and with what was known when the call before it
+    started (that call's answer still in flight, as augur asks then too),
+    so the network learns to be unsure until the fields that decide arrive."""
     routes, shapes = len(data["routes"]), len(data["shapes"])
+    n_features = len(data.get("features", []))
     shape_offset = OFFSET + routes
-    xs, ys, lat = [], [], []
+    xs, fs, ys, lat = [], [], [], []
     for seq in data["sequences"]:
         tokens = [OFFSET + seq["route"], START] + [shape_offset + s for s in seq["shapes"]]
+        rows = seq.get("features") or [[0.0] * n_features] * (len(seq["shapes"]) + 1)
         for t in range(len(seq["shapes"]) + 1):
             prefix = tokens[: t + 2][-window:]
-            xs.append([PAD] * (window - len(prefix)) + prefix)
+            window_tokens = [PAD] * (window - len(prefix)) + prefix
             if t < len(seq["shapes"]):
-                ys.append(shape_offset + seq["shapes"][t])
-                lat.append(np.log1p(seq["latencies_us"][t]))
+                y, l = shape_offset + seq["shapes"][t], np.log1p(seq["latencies_us"][t])
             else:
-                ys.append(END)
-                lat.append(np.nan)
+                y, l = END, np.nan
+            known = [rows[t]] + ([rows[t - 1]] if n_features and t > 0 and rows[t - 1] != rows[t] else [])
+            for f in known:
+                xs.append(window_tokens)
+                fs.append(f)
+                ys.append(y)
+                lat.append(l)
     vocab = shape_offset + shapes
-    return np.array(xs, np.int64), np.array(ys, np.int32), np.array(lat, np.float32), vocab
+    return (np.array(xs, np.int64), np.array(fs, np.float32).reshape(len(xs), n_features),
+            np.array(ys, np.int32), np.array(lat, np.float32), vocab)
 
 
-def init_transformer(key, vocab, window, embed, hidden):
-    k = jax.random.split(key, 10)
+def init_mix(key, width, features):
+    """The head that reads the fields beside the sequence's summary `h`."""
+    if not features:
+        return {}
+    return {
+        "mix_W": jax.random.normal(key, (width + features, width)) / np.sqrt(width + features),
+        "mix_b": jnp.zeros((width,)),
+    }
+
+
+def head(p, h, features):
+    """The next-token distribution and the log latency from the summary."""
+    z = jax.nn.relu(jnp.concatenate([h, features], axis=-1) @ p["mix_W"] + p["mix_b"]) if "mix_W" in p else h
+    return jax.nn.softmax(z @ p["out_W"] + p["out_b"], axis=-1), h @ p["lat_W"] + p["lat_b"]
+
+
+def head_nodes(p):
+    """`head` as ONNX nodes, from `h` and `features` to the two outputs."""
+    n = helper.make_node
+    nodes = []
+    z = "h"
+    if "mix_W" in p:
+        nodes += [
+            n("Concat", ["h", "features"], ["hf"], axis=-1),
+            n("MatMul", ["hf", "mix_W"], ["mix0"]),
+            n("Add", ["mix0", "mix_b"], ["mix1"]),
+            n("Relu", ["mix1"], ["z"]),
+        ]
+        z = "z"
+    return nodes + [
+        n("MatMul", [z, "out_W"], ["logits0"]),
+        n("Add", ["logits0", "out_b"], ["logits"]),
+        n("Softmax", ["logits"], ["probs"], axis=-1),
+        n("MatMul", ["h", "lat_W"], ["lat0"]),
+        n("Add", ["lat0", "lat_b"], ["log_latency"]),
+    ]
+
+
+def init_transformer(key, vocab, window, embed, hidden, features):
+    k = jax.random.split(key, 11)
     g = lambda i, shape, scale: jax.random.normal(k[i], shape) * scale
     s = 1.0 / np.sqrt(embed)
     return {
@@ -91,7 +151,7 @@ def init_transformer(key, vocab, window, embed, hidden):
         "out_b": jnp.zeros((vocab,)),
         "lat_W": g(9, (embed, 1), 0.1),
         "lat_b": jnp.full((1,), 8.0),
-    }
+    } | init_mix(k[10], embed, features)
 
 
 def layer_norm(x, scale, bias, eps=1e-5):
@@ -100,7 +160,7 @@ def layer_norm(x, scale, bias, eps=1e-5):
     return (x - mean) / jnp.sqrt(var + eps) * scale + bias
 
 
-def forward_transformer(p, tokens):
+def forward_transformer(p, tokens, features):
     """Exactly what the exported ONNX graph computes."""
     embed = p["Wq"].shape[0]
     x = p["emb"][tokens] + p["pos"]  # [N, T, E]
@@ -111,11 +171,10 @@ def forward_transformer(p, tokens):
     h = layer_norm(x + att @ p["Wo"], p["ln1_s"], p["ln1_b"])
     ff = jax.nn.relu(h @ p["ff_W1"] + p["ff_b1"]) @ p["ff_W2"] + p["ff_b2"]
     h = layer_norm(h + ff, p["ln2_s"], p["ln2_b"])[:, -1, :]  # the last position
-    logits = h @ p["out_W"] + p["out_b"]
-    return jax.nn.softmax(logits, axis=-1), h @ p["lat_W"] + p["lat_b"]
+    return head(p, h, features)
 
 
-def init(key, vocab, embed, hidden):
+def init(key, vocab, embed, hidden, features):
     k = jax.random.split(key, 6)
     s = 1.0 / np.sqrt(hidden)
     return {
@@ -128,10 +187,10 @@ def init(key, vocab, embed, hidden):
         "out_b": jnp.zeros((vocab,)),
         "lat_W": jax.random.normal(k[4], (hidden, 1)) * 0.1,
         "lat_b": jnp.full((1,), 8.0),
-    }
+    } | init_mix(k[5], hidden, features)
 
 
-def forward(p, tokens):
+def forward(p, tokens, features):
     """Exactly what the exported ONNX graph computes."""
     hidden = p["R"].shape[1]
     x = p["emb"][tokens]  # [N, T, E]
@@ -149,12 +208,11 @@ def forward(p, tokens):
     n = tokens.shape[0]
     zeros = jnp.zeros((n, hidden))
     (h, _), _ = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(x, 0, 1))
-    logits = h @ p["out_W"] + p["out_b"]
-    return jax.nn.softmax(logits, axis=-1), h @ p["lat_W"] + p["lat_b"]
+    return head(p, h, features)
 
 
-def loss(p, x, y, lat, forward=None):
-    probs, log_latency = forward(p, x)
+def loss(p, x, f, y, lat, forward=None):
+    probs, log_latency = forward(p, x, f)
     ce = -jnp.mean(jnp.log(probs[jnp.arange(y.shape[0]), y] + 1e-9))
     mask = ~jnp.isnan(lat)
     err = jnp.where(mask, log_latency[:, 0] - jnp.nan_to_num(lat), 0.0)
@@ -200,21 +258,20 @@ def export_transformer(p, window, data, path):
         n("Add", ["h1", "f4"], ["r2"]),
         n("LayerNormalization", ["r2", "ln2_s", "ln2_b"], ["h2"], axis=-1, epsilon=1e-5),
         n("Gather", ["h2", "last"], ["h"], axis=1),
-        n("MatMul", ["h", "out_W"], ["logits0"]),
-        n("Add", ["logits0", "out_b"], ["logits"]),
-        n("Softmax", ["logits"], ["probs"], axis=-1),
-        n("MatMul", ["h", "lat_W"], ["lat0"]),
-        n("Add", ["lat0", "lat_b"], ["log_latency"]),
-    ]
+    ] + head_nodes(a)
     save(nodes, inits, "augur_sequence_transformer", window, data, path)
 
 
 def save(nodes, inits, name, window, data, path):
     vocab = OFFSET + len(data["routes"]) + len(data["shapes"])
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", window])]
+    fields = data.get("features", [])
+    if fields:
+        inputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(fields)]))
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", window])],
+        inputs,
         [
             helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", vocab]),
             helper.make_tensor_value_info("log_latency", TensorProto.FLOAT, ["batch", 1]),
@@ -224,7 +281,10 @@ def save(nodes, inits, name, window, data, path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="augur-train")
     model.ir_version = 8
     meta = {"window": window, "routes": data["routes"], "shapes": data["shapes"]}
-    helper.set_model_props(model, {"augur.vocab": json.dumps(meta)})
+    props = {"augur.vocab": json.dumps(meta)}
+    if fields:
+        props["augur.features"] = json.dumps(fields)
+    helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, path)
 
@@ -242,18 +302,13 @@ def export(p, window, data, path):
         numpy_helper.from_array(a["lat_W"], "lat_W"),
         numpy_helper.from_array(a["lat_b"], "lat_b"),
         numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-    ]
+    ] + [numpy_helper.from_array(a[k], k) for k in ("mix_W", "mix_b") if k in a]
     nodes = [
         helper.make_node("Gather", ["emb", "tokens"], ["x"]),
         helper.make_node("Transpose", ["x"], ["x_t"], perm=[1, 0, 2]),
         helper.make_node("LSTM", ["x_t", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
         helper.make_node("Squeeze", ["Y_h", "axis0"], ["h"]),
-        helper.make_node("MatMul", ["h", "out_W"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "out_b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
-        helper.make_node("MatMul", ["h", "lat_W"], ["lat0"]),
-        helper.make_node("Add", ["lat0", "lat_b"], ["log_latency"]),
-    ]
+    ] + head_nodes(a)
     save(nodes, inits, "augur_sequence_lstm", window, data, path)
 
 
@@ -270,45 +325,54 @@ def main():
     ap.add_argument("--train-fraction", type=float, default=0.5,
                     help="train on this first share of the contexts (augur eval measures the rest)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", type=int, default=32,
+                    help="fields of the context the model reads beside the history (0: none)")
     args = ap.parse_args()
 
-    data = load(args.augur, args.traces)
+    data = load(args.augur, args.traces, args.features, args.train_fraction)
     cut = int(round(len(data["sequences"]) * args.train_fraction))
     train = dict(data, sequences=data["sequences"][:cut])
-    x, y, lat, vocab = examples(train, args.window)
-    print(f"{len(data['sequences'])} contexts, training on {cut}: {len(x)} examples, vocabulary {vocab}")
+    x, f, y, lat, vocab = examples(train, args.window)
+    n_features = f.shape[1]
+    print(f"{len(data['sequences'])} contexts, training on {cut}: {len(x)} examples, "
+          f"vocabulary {vocab}, {n_features} fields")
 
     key = jax.random.PRNGKey(args.seed)
     if args.arch == "lstm":
-        params, fwd, write = init(key, vocab, args.embed, args.hidden), forward, export
+        params, fwd, write = init(key, vocab, args.embed, args.hidden, n_features), forward, export
     else:
-        params = init_transformer(key, vocab, args.window, args.embed, args.hidden)
+        params = init_transformer(key, vocab, args.window, args.embed, args.hidden, n_features)
         fwd, write = forward_transformer, export_transformer
     opt = optax.adam(1e-2)
     state = opt.init(params)
 
     @jax.jit
-    def update(p, s, x, y, lat):
-        value, grads = jax.value_and_grad(loss)(p, x, y, lat, fwd)
+    def update(p, s, x, f, y, lat):
+        value, grads = jax.value_and_grad(loss)(p, x, f, y, lat, fwd)
         updates, s = opt.update(grads, s)
         return optax.apply_updates(p, updates), s, value
 
     for step in range(args.steps):
-        params, state, value = update(params, state, x, y, lat)
+        params, state, value = update(params, state, x, f, y, lat)
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {float(value):.4f}")
 
     write(params, args.window, data, args.out)
     # Check with ONNX Runtime against JAX, and keep the numbers for Rust.
     sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
-    probe = np.concatenate([x[:16], np.random.default_rng(args.seed).integers(0, vocab, (4, args.window))]).astype(np.int64)
-    probs, log_latency = sess.run(["probs", "log_latency"], {"tokens": probe})
-    jp, jl = fwd(params, jnp.asarray(probe))
+    rng = np.random.default_rng(args.seed)
+    probe = np.concatenate([x[:16], rng.integers(0, vocab, (4, args.window))]).astype(np.int64)
+    probe_f = np.concatenate([f[:16], rng.integers(0, 2, (4, n_features))]).astype(np.float32)
+    feeds = {"tokens": probe} | ({"features": probe_f} if n_features else {})
+    probs, log_latency = sess.run(["probs", "log_latency"], feeds)
+    jp, jl = fwd(params, jnp.asarray(probe), jnp.asarray(probe_f))
     diff = max(np.abs(probs - np.asarray(jp)).max(), np.abs(log_latency - np.asarray(jl)).max())
     print(f"ONNX Runtime vs JAX: max abs difference {diff:.2e}")
     if diff > 1e-4:
         sys.exit(f"exported model disagrees with the trained one ({diff})")
     check = {"tokens": probe.tolist(), "probs": probs.tolist(), "log_latency": log_latency.tolist()}
+    if n_features:
+        check["features"] = probe_f.tolist()
     with open(args.out.removesuffix(".onnx") + ".check.json", "w") as f:
         json.dump(check, f)
     print(f"wrote {args.out}")

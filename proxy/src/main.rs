@@ -63,10 +63,7 @@ enum Command {
     Suite(augur_proxy::offline::SuiteArgs),
     /// Write the call sequences of trace files as JSON: the training data
     /// of `predictor/train/train.py`.
-    ExportSequences {
-        #[arg(required = true)]
-        traces: Vec<PathBuf>,
-    },
+    ExportSequences(augur_proxy::offline::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,9 +105,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::ExportSequences { traces } => print_json(
+        Command::ExportSequences(args) => print_json(
             "export-sequences",
-            augur_proxy::offline::export(&traces),
+            augur_proxy::offline::export(&args),
             false,
         ),
     }

@@ -57,9 +57,36 @@ pub fn read_traces(paths: &[PathBuf]) -> anyhow::Result<Vec<Context>> {
     Ok(contexts)
 }
 
+/// What `augur export-sequences` was asked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    #[arg(required = true)]
+    pub traces: Vec<PathBuf>,
+    /// Fields of the context (inbound request, responses) a network reads
+    /// beside the call history, chosen by what they tell of the next call
+    /// (0: none).
+    #[arg(long, default_value_t = 32)]
+    pub features: usize,
+    /// Choose the fields from this first share of the contexts only (the
+    /// share a model trains on).
+    #[arg(long, default_value_t = 1.0)]
+    pub train_fraction: f64,
+}
+
 /// `augur export-sequences`: the training data of an offline model.
-pub fn export(paths: &[PathBuf]) -> anyhow::Result<augur_predictor::dataset::Dataset> {
-    Ok(augur_predictor::dataset::dataset(&read_traces(paths)?))
+pub fn export(args: &ExportArgs) -> anyhow::Result<augur_predictor::dataset::Dataset> {
+    if !(0.0..=1.0).contains(&args.train_fraction) {
+        bail!(
+            "--train-fraction must be within 0..=1, not {}",
+            args.train_fraction
+        );
+    }
+    let contexts = read_traces(&args.traces)?;
+    let choice = augur_predictor::dataset::FeatureChoice {
+        inputs: args.features,
+        from: (contexts.len() as f64 * args.train_fraction).round() as usize,
+    };
+    Ok(augur_predictor::dataset::dataset(&contexts, choice))
 }
 
 /// Reads every trace (bad lines go to stderr with file and line number),

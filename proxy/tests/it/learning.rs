@@ -178,13 +178,78 @@ fn eval_reports_bad_lines_and_rejects_unknown_models() {
     let _ = std::fs::remove_file(&path);
 }
 
+#[test]
+fn export_sequences_writes_the_fields_a_network_reads() {
+    let dir = std::env::temp_dir().join(format!("augur-export-{}", std::process::id()));
+    let out = augur_command()
+        .args(["suite", "--contexts", "200", "--class", "combined", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = dir.join("combined.jsonl");
+    let export = |args: &[&str]| {
+        let out = augur_command()
+            .arg("export-sequences")
+            .args(args)
+            .arg(&trace)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = export(&["--features", "8", "--train-fraction", "0.5"]);
+    assert!(ok, "{stderr}");
+    let data: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    let fields = data["features"].as_array().unwrap();
+    assert!(!fields.is_empty() && fields.len() <= 8, "{fields:?}");
+    // What decides the discount call: the account's flag and the cart.
+    let text = serde_json::to_string(fields).unwrap();
+    assert!(
+        text.contains("/premium") && text.contains("/items"),
+        "{text}"
+    );
+    for seq in data["sequences"].as_array().unwrap() {
+        let rows = seq["features"].as_array().unwrap();
+        assert_eq!(rows.len(), seq["shapes"].as_array().unwrap().len() + 1);
+        assert!(
+            rows.iter()
+                .all(|r| r.as_array().unwrap().len() == fields.len())
+        );
+    }
+    let (ok, stdout, _) = export(&["--features", "0"]);
+    assert!(ok);
+    let data: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(data["features"], serde_json::json!([]));
+    assert_eq!(data["sequences"][0]["features"], serde_json::json!([]));
+    let (ok, _, stderr) = export(&["--train-fraction", "2"]);
+    assert!(
+        !ok && stderr.contains("--train-fraction must be within 0..=1"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onnx_model_is_used_and_a_bad_one_falls_back_to_online() {
-    let model =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../predictor/models/demo.onnx");
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../predictor/models");
+    let model = models.join("demo.onnx");
     let upstream = echo_server().await;
     for (kind, path, expected) in [
         ("onnx", model.display().to_string(), "onnx"),
+        // A network that reads fields of the context beside the history.
+        (
+            "onnx",
+            models.join("combined-lstm.onnx").display().to_string(),
+            "onnx",
+        ),
         ("onnx", "/nonexistent/model.onnx".into(), "online"),
         ("auto", model.display().to_string(), "auto"),
         ("auto", "/nonexistent/model.onnx".into(), "online"),
