@@ -148,16 +148,17 @@ impl Field {
     }
 }
 
-/// How a field becomes a number.
+/// How a field becomes a number: each is 1 or 0, so that the few
+/// combinations a route's contexts take keep the model's distributions
+/// cached (a raw number would make every context new).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Test {
-    /// 1 when the field has this value, else 0.
+    /// 1 when the field has this value.
     Equals(String),
-    /// The value as a number, `sign(x)·ln(1 + |x|)`; 0 when unknown or not
-    /// a number.
-    Number,
-    /// 1 when the field has a value, else 0.
+    /// 1 when the field is a number above this one.
+    Above(f64),
+    /// 1 when the field has a value.
     Known,
 }
 
@@ -173,11 +174,9 @@ impl Test {
     pub fn read(&self, value: Option<&str>) -> f32 {
         match (self, value) {
             (Test::Equals(want), Some(v)) => f32::from(u8::from(v == want)),
-            (Test::Number, Some(v)) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite())
-                .map_or(0.0, |x| (x.signum() * x.abs().ln_1p()) as f32),
+            (Test::Above(t), Some(v)) => {
+                f32::from(u8::from(v.parse::<f64>().is_ok_and(|x| x > *t)))
+            }
             (Test::Known, Some(_)) => 1.0,
             (_, None) => 0.0,
         }
@@ -217,9 +216,10 @@ const MIN_GAIN: f64 = 0.005;
 
 /// The `k` inputs that tell most about what comes next beyond the route
 /// and the last call (information gain over the steps): equality tests of
-/// few-valued fields, and numeric fields by their best threshold (as the
-/// number and whether it is known). Credential hashes, long values and
-/// tests true or false almost everywhere are left out.
+/// few-valued fields; for numeric fields, whether they are known, and their
+/// best threshold where the value tells more than its presence. Credential
+/// hashes, long values and tests true or false almost everywhere are left
+/// out.
 pub fn select(steps: &[Step], k: usize) -> Vec<Input> {
     if k == 0 || steps.is_empty() {
         return Vec::new();
@@ -270,19 +270,27 @@ pub fn select(steps: &[Step], k: usize) -> Vec<Input> {
             continue;
         }
         let by_step: HashMap<usize, f64> = values.iter().copied().collect();
-        let best = (1..THRESHOLDS)
+        let known = gain(&|i| by_step.contains_key(&i));
+        let (t, best) = (1..THRESHOLDS)
             .map(|q| distinct[q * (distinct.len() - 1) / THRESHOLDS])
-            .map(|t| gain(&|i| by_step.get(&i).is_some_and(|x| *x > t)))
-            .fold(0.0, f64::max);
-        for test in [Test::Number, Test::Known] {
-            scored.push((
-                best,
-                Input {
-                    field: (*field).clone(),
-                    test,
-                },
-            ));
+            .map(|t| (t, gain(&|i| by_step.get(&i).is_some_and(|x| *x > t))))
+            .fold((f64::NAN, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        let field = (*field).clone();
+        if best > known + MIN_GAIN {
+            let test = Test::Above(t);
+            let input = Input {
+                field: field.clone(),
+                test,
+            };
+            scored.push((best, input));
         }
+        scored.push((
+            known,
+            Input {
+                field,
+                test: Test::Known,
+            },
+        ));
     }
     // Highest gain first; ties in a stable order.
     scored.sort_by(|a, b| {
@@ -377,6 +385,31 @@ mod tests {
     }
 
     #[test]
+    fn a_number_is_read_by_the_threshold_that_decides() {
+        // The call is made when the score is above 60; scores 0..100.
+        let steps: Vec<Step> = (0..500)
+            .map(|i| {
+                let score = (i * 37) % 100;
+                Step {
+                    group: 0,
+                    label: u32::from(score > 60),
+                    values: vec![(flag("score"), Some(score.to_string()))],
+                }
+            })
+            .collect();
+        let inputs = select(&steps, 4);
+        let above: Vec<f64> = inputs
+            .iter()
+            .filter_map(|i| match i.test {
+                Test::Above(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(above.len(), 1, "{inputs:?}");
+        assert!((55.0..=61.0).contains(&above[0]), "{inputs:?}");
+    }
+
+    #[test]
     fn what_the_history_already_says_is_not_an_input() {
         // The flag is set exactly when the group says what comes next.
         let steps: Vec<Step> = (0..400)
@@ -396,9 +429,10 @@ mod tests {
         assert_eq!(Test::Equals("true".into()).read(None), 0.0);
         assert_eq!(Test::Known.read(Some("x")), 1.0);
         assert_eq!(Test::Known.read(None), 0.0);
-        assert!((Test::Number.read(Some("-99")) + 100f32.ln()).abs() < 1e-5);
-        assert_eq!(Test::Number.read(Some("abc")), 0.0);
-        assert_eq!(Test::Number.read(Some("NaN")), 0.0);
+        assert_eq!(Test::Above(2.5).read(Some("3")), 1.0);
+        assert_eq!(Test::Above(2.5).read(Some("-99")), 0.0);
+        assert_eq!(Test::Above(2.5).read(Some("abc")), 0.0);
+        assert_eq!(Test::Above(2.5).read(Some("NaN")), 0.0);
     }
 
     #[test]
