@@ -208,8 +208,11 @@ pub struct Step {
 
 /// Values longer than this are not tested for equality.
 const MAX_VALUE: usize = 32;
-/// Thresholds tried per numeric field.
-const THRESHOLDS: usize = 16;
+/// A field with more distinct values than this is not tested for
+/// equality (a number among many is read by a threshold instead).
+const MAX_VALUES: usize = 16;
+/// Thresholds tried per numeric field at most (every value, if fewer).
+const THRESHOLDS: usize = 128;
 /// Bits a test must add about the next call, beyond the history, to be
 /// an input.
 const MIN_GAIN: f64 = 0.005;
@@ -245,11 +248,18 @@ pub fn select(steps: &[Step], k: usize) -> Vec<Input> {
             }
         }
     }
+    let mut distinct_values: HashMap<&Field, usize> = HashMap::new();
+    for (field, _) in equals.keys() {
+        *distinct_values.entry(field).or_default() += 1;
+    }
     let base = Counts::of(steps, |_| false).entropy();
     let gain = |holds: &dyn Fn(usize) -> bool| base - Counts::of(steps, holds).entropy();
     let mut scored: Vec<(f64, Input)> = Vec::new();
     for ((field, value), at) in &equals {
-        if at.len() < min_support || at.len() + min_support > n {
+        if at.len() < min_support
+            || at.len() + min_support > n
+            || distinct_values[field] > MAX_VALUES
+        {
             continue;
         }
         let g = gain(&|i| at.binary_search(&i).is_ok());
@@ -271,8 +281,9 @@ pub fn select(steps: &[Step], k: usize) -> Vec<Input> {
         }
         let by_step: HashMap<usize, f64> = values.iter().copied().collect();
         let known = gain(&|i| by_step.contains_key(&i));
-        let (t, best) = (1..THRESHOLDS)
-            .map(|q| distinct[q * (distinct.len() - 1) / THRESHOLDS])
+        let tried = THRESHOLDS.min(distinct.len() - 1);
+        let (t, best) = (0..tried)
+            .map(|q| distinct[q * (distinct.len() - 1) / tried])
             .map(|t| (t, gain(&|i| by_step.get(&i).is_some_and(|x| *x > t))))
             .fold((f64::NAN, 0.0), |a, b| if b.1 > a.1 { b } else { a });
         let field = (*field).clone();
